@@ -1,0 +1,182 @@
+/*
+ * mux.h - the tunnel: one transport carrying many streams as frames.
+ *
+ * Shared by both roles. A tunnel owns two rings: rx (frames read from the
+ * transport, parsed in place) and tx (frames waiting for the transport).
+ * Stream payload goes from a socket straight into tx behind a reserved
+ * header (stream_send_from_fd), and from rx straight to the destination
+ * socket (stream_end::on_data); a stream copies into a buffer of its own
+ * only what its destination could not take yet, at most its window.
+ *
+ * Flow control (per stream, per direction): the receiver grants credit equal
+ * to the buffer space it will hold for the stream. The sender never sends
+ * more than its credit. The receiver returns credit as its end consumes,
+ * once a quarter of the window has been consumed, and grows the window
+ * (doubling, up to max_window, while the tunnel's windows stay under
+ * tunnel_buffer) when the sender ran out of credit while the stream's buffer
+ * was nearly empty: then the window, not the reader, was the bottleneck.
+ * A stalled reader therefore stops only its own stream, and holds at most
+ * its window.
+ *
+ * Reasons to stop work are named flags: TX_FULL (no room in tx: streams
+ * queue on tx_waiters), NO_CREDIT (stream_send_room() == 0: the end hears
+ * on_writable()), RX_PAUSED (streams hold more than tunnel_buffer: the
+ * tunnel stops reading until they drain below half).
+ */
+#ifndef WMPROXY_MUX_H
+#define WMPROXY_MUX_H
+
+#include <stdint.h>
+#include <string>
+#include <unordered_map>
+#include "frame.h"
+#include "reactor.h"
+#include "ring.h"
+#include "transport.h"
+
+struct tunnel;
+struct stream;
+
+/* What a stream is connected to on this side: a socket relay, an HTTP
+ * session, a proxy session. */
+struct stream_end {
+    /* Payload for the end. Deliver what you can now and return how many
+     * bytes you took (0..len); the stream buffers the rest and calls
+     * on_rx_ready() later, when the end should drain stream_rx_spans(). */
+    virtual size_t on_data(const iovec *iov, int n, size_t len) = 0;
+    /* Buffered data, or the peer's FIN, waits for the end. */
+    virtual void on_rx_ready() = 0;
+    /* Sending is possible again (credit or tx room came back). */
+    virtual void on_writable() = 0;
+    /* The stream is gone (peer reset, tunnel down): drop the pointer,
+     * close, do not call any stream_* function on it again. */
+    virtual void on_reset(uint8_t code, const char *why) = 0;
+protected:
+    ~stream_end() {}
+};
+
+struct stream : deferred {
+    tunnel *t = nullptr;
+    uint32_t sid = 0;
+    stream_end *end = nullptr;
+
+    int64_t send_credit = 0;     /* bytes we may send */
+    uint32_t rx_window = 0;      /* current receive window */
+    int64_t rx_avail = 0;        /* credit the peer still holds */
+    uint32_t rx_consumed = 0;    /* consumed since the last WINDOW */
+    bool rx_starved = false;     /* the peer ran out of credit since the last WINDOW */
+    ring rx;                     /* what the end could not take yet; allocated on demand */
+
+    bool fin_sent = false, fin_recv = false;
+    bool waiting_tx = false;     /* on t->tx_waiters */
+    stream *wnext = nullptr;     /* tx_waiters link */
+    bool want_credit = false;
+    task wake;                   /* runs end->on_writable() */
+    uint64_t bytes_in = 0, bytes_out = 0;
+    uint32_t mapping = 0;
+    bool dead = false;           /* freed: the end must not use it */
+    ~stream() override;
+};
+
+/* The peer finished its direction and the end has taken every byte. */
+static inline bool stream_rx_done(const stream *s) { return s->fin_recv && s->rx.data == 0; }
+
+enum tunnel_state { TS_TLS, TS_PREFACE, TS_HELLO, TS_AUTH, TS_READY, TS_CLOSED };
+
+/* The role's side of a tunnel (server.cpp, client.cpp). */
+struct tunnel_owner {
+    /* Authenticated: the client registers now; the server waits. */
+    virtual void on_ready(tunnel *t) = 0;
+    /* Server: a mapping to register; returns 0 accepted, else the reason in *why. */
+    virtual int on_register(tunnel *t, uint32_t idx, const register_msg &m, std::string *why) = 0;
+    /* Client: the answer to a registration. */
+    virtual void on_registered(tunnel *t, uint32_t idx, uint8_t status, const std::string &why) = 0;
+    /* The peer opened stream s: attach an end to it, or stream_reset it. */
+    virtual void on_open(tunnel *t, stream *s, const open_msg &m) = 0;
+    /* A datagram of flow id for mapping idx (UDP mappings). */
+    virtual void on_dgram(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len) = 0;
+    /* The tunnel is closed; every stream was reset already. why is for the log. */
+    virtual void on_down(tunnel *t, const char *why, bool auth_failure) = 0;
+protected:
+    ~tunnel_owner() {}
+};
+
+struct tunnel_conf {
+    bool is_server = false;
+    std::string token;
+    uint32_t heartbeat_ms = 15000;
+    uint32_t window = 256 * 1024, max_window = 4 * 1024 * 1024;
+    uint64_t tunnel_buffer = 32ull << 20;
+    uint32_t max_streams = 4096;
+    uint32_t handshake_timeout_ms = 10000;
+};
+
+struct tunnel : io_handler, deferred {
+    tunnel_owner *owner = nullptr;
+    tunnel_conf cf;
+    transport *tr = nullptr;
+    std::string peer;            /* address, for log lines */
+    tunnel_state state = TS_PREFACE;
+    bool can_read = true, can_write = true;
+    bool rx_paused = false;      /* RX_PAUSED, see above */
+
+    ring rxr, txr;
+    std::string tx_overflow;     /* control frames that found tx full */
+    stream *tx_waiters = nullptr, *tx_waiters_tail = nullptr;
+    task flush_task, read_task;
+
+    std::unordered_map<uint32_t, stream *> streams;
+    uint32_t next_sid = 0;       /* ours: server even, client odd */
+    uint32_t peer_max_sid = 0;   /* highest the peer opened */
+    uint32_t peer_window = 0;    /* the peer's initial window */
+    uint64_t rx_buffered = 0;    /* bytes held in stream rx rings */
+    uint64_t windows_sum = 0;    /* sum of rx windows, capped by tunnel_buffer */
+    uint8_t nonce[NONCE_LEN];
+    uint32_t hb_ms = 0;          /* agreed heartbeat */
+    uint64_t last_rx = 0;
+    timer hb_timer, hs_timer, dead_timer;
+    uint64_t bytes_in = 0, bytes_out = 0, started = 0;
+    uint64_t dgrams_dropped = 0;
+    bool closing = false;
+    void *user = nullptr;        /* the owner's per-tunnel data */
+
+    void on_io(unsigned events) override;
+    ~tunnel() override;
+};
+
+/* Start a tunnel on an established (or TLS-handshaking) transport. */
+tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer);
+/* Close: reset every stream, tell the owner, free later. code/why go in a
+ * GOAWAY to the peer when the transport can still take it. */
+void tunnel_close(tunnel *t, uint8_t code, const char *why);
+/* Client: register mapping idx. Returns 0, or -1 when its domains and
+ * rules do not fit in a REGISTER frame (16 KiB). */
+int tunnel_register(tunnel *t, uint32_t idx, const register_msg &m);
+/* Open a stream from this side. Returns nullptr at max_streams. */
+stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end);
+size_t tunnel_stream_count(const tunnel *t);
+/* Send one datagram of flow for mapping idx, or drop it when the tunnel
+ * cannot take it right now: datagrams never wait and never hold back
+ * streams. Returns 0 sent, -1 dropped (counted in t->dgrams_dropped). */
+int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len);
+
+/* Payload bytes s may send now. 0: wait, end->on_writable() will follow. */
+size_t stream_send_room(stream *s);
+/* Read from fd straight into the tunnel, at most max (<= send room).
+ * Returns bytes (>0), 0 at end of file, -1 with errno (EAGAIN included). */
+ssize_t stream_send_from_fd(stream *s, int fd, size_t max);
+/* Copy len bytes in as DATA. Returns 0, or -1 if it does not fit in the
+ * send room (nothing sent then). */
+int stream_send(stream *s, const void *buf, size_t len);
+/* Our direction is finished: DATA with FIN. */
+void stream_send_fin(stream *s);
+/* Abort: RESET to the peer; the stream is freed (no callback to the end). */
+void stream_reset(stream *s, uint8_t code);
+/* Bytes waiting for the end: spans, then stream_rx_consume(). */
+int stream_rx_spans(stream *s, iovec iov[2]);
+void stream_rx_consume(stream *s, size_t n);
+static inline size_t stream_rx_pending(const stream *s) { return s->rx.data; }
+/* Both directions are finished: free the stream (no frame is sent). */
+void stream_close(stream *s);
+
+#endif

@@ -1,0 +1,26 @@
+/*
+ * roles.h - the two roles of the daemon (server.cpp, client.cpp).
+ */
+#ifndef WMPROXY_ROLES_H
+#define WMPROXY_ROLES_H
+
+#include <string>
+#include "conf.h"
+
+/* Bind every listener and start serving. Returns 0, or -1 with *err
+ * ("bind 0.0.0.0:8001: Address already in use"): a start-up failure. */
+int server_start(const conf &cf, std::string *err);
+/* Apply a new, validated configuration (HUP). Returns 0 or -1 with *err;
+ * on failure the old configuration stays in force. */
+int server_reload(const conf &cf, std::string *err);
+/* Close every listener; with drain, let streams finish (QUIT). */
+void server_stop(bool drain);
+/* Streams still open (for the QUIT drain). */
+size_t server_streams(void);
+
+int client_start(const conf &cf, std::string *err);
+int client_reload(const conf &cf, std::string *err);
+void client_stop(bool drain);
+size_t client_streams(void);
+
+#endif

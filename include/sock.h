@@ -1,0 +1,62 @@
+/*
+ * sock.h - nonblocking socket helpers and asynchronous name resolution.
+ */
+#ifndef WMPROXY_SOCK_H
+#define WMPROXY_SOCK_H
+
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <string>
+#include "conf.h"
+
+struct sockaddr_buf {
+    sockaddr_storage ss;
+    socklen_t len = 0;
+    const sockaddr *sa() const { return (const sockaddr *)&ss; }
+};
+
+/* "1.2.3.4:80" or "[::1]:80" */
+std::string sock_addr_text(const sockaddr *sa);
+uint16_t sock_addr_port(const sockaddr *sa);
+
+/*
+ * Bind and listen (SOCK_STREAM) or bind (SOCK_DGRAM) on a, which may name
+ * every address (empty host: [::] dual-stack, or 0.0.0.0 where IPv6 is
+ * absent). The host must be numeric or resolvable at start-up (this is the
+ * only blocking resolution: it happens before the loop serves anything).
+ * Returns the fd, or -1 with *err = "bind 0.0.0.0:8001: Address already in use".
+ */
+int sock_listen(const addr_conf &a, int type, std::string *err);
+/* accept4 nonblocking; returns fd or -1 (errno EAGAIN when drained). */
+int sock_accept(int lfd, sockaddr_buf *peer);
+/* Start a nonblocking connect. Returns fd (connection in progress or done),
+ * or -1 with errno. */
+int sock_connect(const sockaddr *sa, socklen_t len);
+/* The result of a nonblocking connect: 0 connected, else the errno. */
+int sock_connect_result(int fd);
+void sock_nodelay(int fd);
+/* On close, send RST instead of FIN (to carry a reset). */
+void sock_linger0(int fd);
+
+/* ---- asynchronous resolution ----
+ * getaddrinfo() blocks, so each lookup of a name runs on a short-lived
+ * helper thread (at most RESOLVE_THREADS at once, the rest wait in a queue)
+ * that hands the result back to the loop through a pipe. A numeric host is
+ * answered without a thread. The loop never waits: a slow or dead DNS
+ * server delays only the requests that asked for that name. */
+#define RESOLVE_THREADS 4
+
+struct resolve_req;
+/* status: 0 and the first address in *addr, or an EAI_* code with text in err */
+typedef void (*resolve_fn)(void *arg, int status, const sockaddr_buf *addr, const char *err);
+
+/* The callback always runs later from the loop, never inside this call.
+ * Returns a handle for resolve_cancel, or nullptr when out of memory. */
+resolve_req *resolve_start(const std::string &host, uint16_t port, resolve_fn fn, void *arg);
+/* The callback will not be called. */
+void resolve_cancel(resolve_req *r);
+/* A parsed numeric address, or -1 when host is not numeric. */
+int resolve_numeric(const std::string &host, uint16_t port, sockaddr_buf *out);
+
+#endif

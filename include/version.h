@@ -1,0 +1,4 @@
+#ifndef WMPROXY_VERSION_H
+#define WMPROXY_VERSION_H
+#define WMPROXY_VERSION "0.1.0"
+#endif

@@ -1,0 +1,283 @@
+/*
+ * client.cpp - the client role: keeps one tunnel to the server, registers
+ * the [mapping]s, and connects each stream the server opens to the
+ * mapping's local_addr. It never gives up: every failure (server down,
+ * refused, token wrong, tunnel dead) leads to a reconnect after an
+ * exponential back-off with jitter between reconnect_min and reconnect_max.
+ */
+#include "roles.h"
+#include "log.h"
+#include "mux.h"
+#include "relay.h"
+#include "sock.h"
+#include "tls.h"
+#include "udp.h"
+#include <vector>
+
+#include <errno.h>
+#include <openssl/rand.h>
+#include <string.h>
+#include <unistd.h>
+
+enum client_state { CS_IDLE, CS_RESOLVING, CS_CONNECTING, CS_TUNNEL, CS_STOPPED };
+
+struct client : tunnel_owner, io_handler {
+    conf cf;
+    tunnel_conf tcf;
+    tls_ctx *tls = nullptr;
+    client_state state = CS_IDLE;
+    tunnel *t = nullptr;
+    int fd = -1;                 /* while connecting */
+    std::string peer;
+    resolve_req *rq = nullptr;
+    timer retry, connect_timer;
+    unsigned attempts = 0;
+    std::vector<sockaddr_buf> udp_local;   /* resolved local_addr of udp mappings */
+
+    void on_io(unsigned events) override;
+    void on_ready(tunnel *t) override;
+    int on_register(tunnel *, uint32_t, const register_msg &, std::string *) override { return 1; }
+    void on_registered(tunnel *t, uint32_t idx, uint8_t status, const std::string &why) override;
+    void on_open(tunnel *t, stream *s, const open_msg &m) override;
+    void on_dgram(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len) override;
+    void on_down(tunnel *t, const char *why, bool auth_failure) override;
+};
+
+static client *cl;
+
+static void connect_server(void *);
+
+/* Exponential back-off with jitter: a random delay in [d/2, d] where d
+ * doubles from reconnect_min up to reconnect_max, so a fleet of clients
+ * does not reconnect in lock-step after a server restart. */
+static void schedule_retry(const char *why)
+{
+    uint64_t d = cl->cf.reconnect_min_ms;
+    for (unsigned i = 0; i < cl->attempts && d < cl->cf.reconnect_max_ms; i++)
+        d *= 2;
+    if (d > cl->cf.reconnect_max_ms)
+        d = cl->cf.reconnect_max_ms;
+    uint32_t r = 0;
+    RAND_bytes((unsigned char *)&r, sizeof r);
+    uint64_t delay = d / 2 + (d / 2 ? r % (d / 2 + 1) : 0);
+    cl->attempts++;
+    cl->state = CS_IDLE;
+    log_info("reconnecting to %s in %llums (attempt %u): %s", cl->cf.server.text().c_str(),
+             (unsigned long long)delay, cl->attempts, why);
+    timer_arm(&cl->retry, delay);
+}
+
+static void connect_failed(const char *why)
+{
+    timer_cancel(&cl->connect_timer);
+    if (cl->fd >= 0) {
+        reactor_del(cl->fd, cl);
+        close(cl->fd);
+        cl->fd = -1;
+    }
+    schedule_retry(why);
+}
+
+static void start_tunnel(void)
+{
+    timer_cancel(&cl->connect_timer);
+    reactor_del(cl->fd, cl);
+    int fd = cl->fd;
+    cl->fd = -1;
+    sock_nodelay(fd);
+    if (cl->tls && !cl->cf.verify)
+        log_warn("tls verification is off (verify = false): the server at %s is not authenticated",
+                 cl->peer.c_str());
+    transport *tr = cl->tls ? tls_transport_new(cl->tls, fd, false, cl->cf.server_name.c_str())
+                            : plain_transport_new(fd);
+    cl->t = tunnel_new(tr, cl->tcf, cl, cl->peer);
+    if (!cl->t)
+        return schedule_retry("out of memory");
+    cl->state = CS_TUNNEL;
+}
+
+void client::on_io(unsigned)
+{
+    if (state != CS_CONNECTING || fd < 0)
+        return;
+    int err = sock_connect_result(fd);
+    if (err == EINPROGRESS || err == EALREADY)
+        return;
+    if (err) {
+        char why[160];
+        snprintf(why, sizeof why, "connect %s: %s", peer.c_str(), strerror(err));
+        return connect_failed(why);
+    }
+    start_tunnel();
+}
+
+static void resolved(void *, int status, const sockaddr_buf *a, const char *err)
+{
+    cl->rq = nullptr;
+    if (status != 0) {
+        char why[200];
+        snprintf(why, sizeof why, "resolve %s: %s", cl->cf.server.host.c_str(), err);
+        return schedule_retry(why);
+    }
+    cl->peer = sock_addr_text(a->sa());
+    cl->fd = sock_connect(a->sa(), a->len);
+    if (cl->fd < 0) {
+        char why[160];
+        snprintf(why, sizeof why, "connect %s: %s", cl->peer.c_str(), strerror(errno));
+        return schedule_retry(why);
+    }
+    cl->state = CS_CONNECTING;
+    reactor_add(cl->fd, cl);
+    timer_arm(&cl->connect_timer, cl->cf.connect_timeout_ms);
+}
+
+static void connect_server(void *)
+{
+    if (cl->state == CS_STOPPED)
+        return;
+    cl->state = CS_RESOLVING;
+    cl->rq = resolve_start(cl->cf.server.host, cl->cf.server.port, resolved, nullptr);
+    if (!cl->rq)
+        schedule_retry("out of memory");
+}
+
+static const char *mode_name(map_mode m)
+{
+    static const char *const names[] = {"?", "http", "https", "tcp", "udp", "proxy"};
+    return names[m];
+}
+
+void client::on_ready(tunnel *tn)
+{
+    log_info("tunnel up peer=%s", tn->peer.c_str());
+    attempts = 0;
+    for (size_t i = 0; i < cf.mappings.size(); i++) {
+        const mapping_conf &mc = cf.mappings[i];
+        register_msg m;
+        m.mode = (uint8_t)mc.mode;
+        m.remote_port = mc.remote_port;
+        m.proxy_protocol = (uint8_t)mc.proxy_protocol;
+        m.udp_timeout_ms = mc.udp_timeout_ms;
+        m.name = mc.name;
+        for (size_t d = 0; d < mc.domains.size(); d++)
+            m.domains += (d ? "," : "") + mc.domains[d];
+        if (tunnel_register(tn, (uint32_t)i, m) < 0)
+            log_error("mapping %s not registered: its domains and header rules exceed 16 KiB", mc.name.c_str());
+    }
+}
+
+void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::string &why)
+{
+    if (idx >= cf.mappings.size())
+        return;
+    const mapping_conf &mc = cf.mappings[idx];
+    if (status == 0)
+        log_info("mapping registered name=%s mode=%s", mc.name.c_str(), mode_name(mc.mode));
+    else
+        log_warn("mapping rejected name=%s reason=\"%s\"", mc.name.c_str(), why.c_str());
+}
+
+void client::on_open(tunnel *, stream *s, const open_msg &m)
+{
+    if (m.mapping >= cf.mappings.size() || cf.mappings[m.mapping].mode != MODE_TCP) {
+        log_warn("stream %u for unknown mapping %u", s->sid, m.mapping);
+        return stream_reset(s, RST_NOMAPPING);
+    }
+    const mapping_conf &mc = cf.mappings[m.mapping];
+    relay *r = relay_connect(mc.local_addr.host, mc.local_addr.port, s, cf.connect_timeout_ms);
+    if (r)
+        r->what = mc.name;
+}
+
+void client::on_dgram(tunnel *tn, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len)
+{
+    if (idx >= cf.mappings.size() || cf.mappings[idx].mode != MODE_UDP || udp_local[idx].len == 0)
+        return;   /* not (yet) resolved: dropped, as a datagram may be */
+    udp_flow_dgram(tn, flow, idx, udp_local[idx], cf.mappings[idx].udp_timeout_ms, p, len);
+}
+
+void client::on_down(tunnel *, const char *why, bool auth_failure)
+{
+    t = nullptr;
+    udp_flows_close();
+    if (state == CS_STOPPED)
+        return;
+    if (auth_failure)
+        log_error("server %s refused the tunnel: %s", peer.c_str(), why);
+    else
+        log_info("tunnel down peer=%s reason=\"%s\"", peer.c_str(), why);
+    schedule_retry(why);
+}
+
+int client_start(const conf &cf, std::string *err)
+{
+    cl = new client;
+    cl->cf = cf;
+    cl->tcf.is_server = false;
+    cl->tcf.token = cf.token;
+    cl->tcf.heartbeat_ms = cf.heartbeat_ms;
+    cl->tcf.window = cf.window;
+    cl->tcf.max_window = cf.max_window;
+    cl->tcf.tunnel_buffer = cf.tunnel_buffer;
+    cl->tcf.max_streams = cf.max_streams;
+    cl->tcf.handshake_timeout_ms = cf.handshake_timeout_ms;
+    cl->retry.fn = connect_server;
+    cl->connect_timer.fn = [](void *) {
+        char why[160];
+        snprintf(why, sizeof why, "connect %s: timed out", cl->peer.c_str());
+        connect_failed(why);
+    };
+    if (cf.ts) {
+        tls_client_opts o;
+        o.ca = cf.ca;
+        o.cert = cf.cert;
+        o.key = cf.key;
+        o.fingerprint = cf.fingerprint;
+        o.verify = cf.verify;
+        cl->tls = tls_client_ctx_new(o, err);
+        if (!cl->tls)
+            return -1;
+    }
+    /* udp mappings need their local_addr before the first datagram */
+    cl->udp_local.resize(cf.mappings.size());
+    for (size_t i = 0; i < cf.mappings.size(); i++) {
+        const mapping_conf &mc = cf.mappings[i];
+        if (mc.mode != MODE_UDP)
+            continue;
+        resolve_start(mc.local_addr.host, mc.local_addr.port,
+                      [](void *arg, int status, const sockaddr_buf *a, const char *e) {
+                          size_t idx = (size_t)(uintptr_t)arg;
+                          if (status == 0)
+                              cl->udp_local[idx] = *a;
+                          else
+                              log_error("mapping %s: resolve %s: %s", cl->cf.mappings[idx].name.c_str(),
+                                        cl->cf.mappings[idx].local_addr.text().c_str(), e);
+                      },
+                      (void *)(uintptr_t)i);
+    }
+    log_info("client starting: server %s%s, %zu mapping(s)", cf.server.text().c_str(), cf.ts ? " (tls)" : "",
+             cf.mappings.size());
+    connect_server(nullptr);
+    return 0;
+}
+
+int client_reload(const conf &, std::string *err)
+{
+    *err = "reload is not supported yet";
+    return -1;
+}
+
+size_t client_streams(void)
+{
+    return cl && cl->t ? tunnel_stream_count(cl->t) : 0;
+}
+
+void client_stop(bool drain)
+{
+    if (!cl)
+        return;
+    cl->state = CS_STOPPED;
+    timer_cancel(&cl->retry);
+    if (!drain && cl->t)
+        tunnel_close(cl->t, GA_SHUTDOWN, "client is stopping");
+}

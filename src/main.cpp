@@ -1,0 +1,286 @@
+/*
+ * main.cpp - command line, start-up, signals, exit status (SPEC section 2).
+ */
+#include "conf.h"
+#include "log.h"
+#include "reactor.h"
+#include "roles.h"
+#include "version.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/crypto.h>
+#include <openssl/opensslv.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define DEFAULT_CONF "/etc/wmproxy/wmproxy.ini"
+
+static conf cf;
+static bool draining;
+static timer drain_timer;
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: wmproxyd [-f FILE] [-t] [-d] [-s reload|stop|quit] [-v] [-h]\n"
+            "  -f FILE   configuration file (default " DEFAULT_CONF ")\n"
+            "  -t        check the configuration and exit\n"
+            "  -d        detach into the background once every listener is bound\n"
+            "  -s SIG    send reload|stop|quit to the daemon named by pid_file\n"
+            "  -v        print the version and exit\n"
+            "  -h        this help\n");
+}
+
+static size_t streams(void)
+{
+    return cf.role_ == ROLE_SERVER ? server_streams() : client_streams();
+}
+
+static void stop_now(void)
+{
+    if (cf.role_ == ROLE_SERVER)
+        server_stop(false);
+    else
+        client_stop(false);
+    reactor_stop();
+}
+
+static void drain_check(void *)
+{
+    if (streams() == 0) {
+        log_info("drained, stopping");
+        return stop_now();
+    }
+    timer_arm(&drain_timer, 100);
+}
+
+static void on_signal(int signo, void *)
+{
+    switch (signo) {
+    case SIGTERM:
+    case SIGINT:
+        log_info("stopping (signal %s)", signo == SIGTERM ? "TERM" : "INT");
+        stop_now();
+        break;
+    case SIGQUIT: {
+        if (draining)
+            break;
+        draining = true;
+        log_info("stopping gracefully: no new connections, draining streams for up to %ums",
+                 cf.shutdown_timeout_ms);
+        if (cf.role_ == ROLE_SERVER)
+            server_stop(true);
+        else
+            client_stop(true);
+        static timer deadline;
+        deadline.fn = [](void *) {
+            log_info("shutdown_timeout reached with %zu stream(s) open, stopping", streams());
+            stop_now();
+        };
+        timer_arm(&deadline, cf.shutdown_timeout_ms);
+        drain_timer.fn = drain_check;
+        drain_check(nullptr);
+        break;
+    }
+    case SIGHUP: {
+        conf next;
+        std::string err;
+        if (conf_load(cf.path.c_str(), &next, &err) < 0) {
+            log_error("reload failed, keeping the running configuration: %s", err.c_str());
+            break;
+        }
+        int r = cf.role_ == ROLE_SERVER ? server_reload(next, &err) : client_reload(next, &err);
+        if (r < 0) {
+            log_error("reload failed, keeping the running configuration: %s", err.c_str());
+            break;
+        }
+        log_set_level(next.log_level);
+        cf = next;
+        log_info("reloaded %s", cf.path.c_str());
+        break;
+    }
+    case SIGUSR1:
+        if (log_reopen() < 0)
+            log_error("reopen log file: %s", strerror(errno));
+        else
+            log_info("log file reopened");
+        break;
+    }
+}
+
+/* -s: signal the daemon whose pid is in the configuration's pid_file. */
+static int send_signal(const char *what)
+{
+    int signo;
+    if (!strcmp(what, "reload"))
+        signo = SIGHUP;
+    else if (!strcmp(what, "stop"))
+        signo = SIGTERM;
+    else if (!strcmp(what, "quit"))
+        signo = SIGQUIT;
+    else {
+        fprintf(stderr, "wmproxyd: -s takes reload, stop or quit, not '%s'\n", what);
+        usage(stderr);
+        return 1;
+    }
+    if (cf.pid_file.empty()) {
+        fprintf(stderr, "wmproxyd: %s sets no pid_file: cannot find the daemon\n", cf.path.c_str());
+        return 1;
+    }
+    FILE *f = fopen(cf.pid_file.c_str(), "r");
+    long pid = 0;
+    if (!f || fscanf(f, "%ld", &pid) != 1 || pid <= 0) {
+        fprintf(stderr, "wmproxyd: no daemon running (pid_file %s: %s)\n", cf.pid_file.c_str(),
+                f ? "no pid in it" : strerror(errno));
+        if (f)
+            fclose(f);
+        return 1;
+    }
+    fclose(f);
+    if (kill((pid_t)pid, signo) < 0) {
+        fprintf(stderr, "wmproxyd: no daemon running (pid %ld from %s: %s)\n", pid, cf.pid_file.c_str(),
+                strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+static int write_pid_file(void)
+{
+    if (cf.pid_file.empty())
+        return 0;
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    int fd = open(cf.pid_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, buf, (size_t)n) != n) {
+        int e = errno;
+        if (fd >= 0)
+            close(fd);
+        errno = e;
+        return -1;
+    }
+    close(fd);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = DEFAULT_CONF, *sig = nullptr;
+    bool test = false, detach = false;
+    int c;
+
+    while ((c = getopt(argc, argv, "f:tds:vh")) != -1) {
+        switch (c) {
+        case 'f': path = optarg; break;
+        case 't': test = true; break;
+        case 'd': detach = true; break;
+        case 's': sig = optarg; break;
+        case 'v':
+            printf("wmproxyd %s\n%s\n", WMPROXY_VERSION, OpenSSL_version(OPENSSL_VERSION));
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "wmproxyd: unexpected argument '%s'\n", argv[optind]);
+        usage(stderr);
+        return 1;
+    }
+
+    std::string err;
+    if (conf_load(path, &cf, &err) < 0) {
+        fprintf(stderr, "%s\n", err.c_str());
+        return 1;
+    }
+    if (test) {
+        fprintf(stderr, "%s: configuration is valid\n", path);
+        return 0;
+    }
+    if (sig)
+        return send_signal(sig);
+
+    signal(SIGPIPE, SIG_IGN);
+    /* -d: the parent waits on a pipe until the child has bound every
+     * listener, so its exit status tells whether start-up worked */
+    int ready[2] = {-1, -1};
+    if (detach) {
+        if (pipe(ready) < 0) {
+            fprintf(stderr, "wmproxyd: pipe: %s\n", strerror(errno));
+            return 2;
+        }
+        pid_t pid = fork();
+        if (pid < 0) {
+            fprintf(stderr, "wmproxyd: fork: %s\n", strerror(errno));
+            return 2;
+        }
+        if (pid > 0) {
+            char status = 2;
+            close(ready[1]);
+            if (read(ready[0], &status, 1) != 1)
+                status = 2;
+            return status;
+        }
+        close(ready[0]);
+        setsid();
+    }
+
+    const char *log_target = cf.log_file.empty() && detach ? "syslog" : cf.log_file.c_str();
+    if (log_open(log_target, cf.log_level) < 0) {
+        fprintf(stderr, "wmproxyd: log_file %s: %s\n", log_target, strerror(errno));
+        return 2;
+    }
+    if (!cf.access_log.empty() && access_log_open(cf.access_log.c_str()) < 0) {
+        fprintf(stderr, "wmproxyd: access_log %s: %s\n", cf.access_log.c_str(), strerror(errno));
+        return 2;
+    }
+    if (reactor_init() < 0) {
+        fprintf(stderr, "wmproxyd: event loop: %s\n", strerror(errno));
+        return 2;
+    }
+    static const int sigs[] = {SIGTERM, SIGINT, SIGQUIT, SIGHUP, SIGUSR1};
+    reactor_signals(sigs, 5, on_signal, nullptr);
+
+    log_info("wmproxyd %s starting as %s with %s", WMPROXY_VERSION, cf.role_ == ROLE_SERVER ? "server" : "client",
+             cf.path.c_str());
+    int r = cf.role_ == ROLE_SERVER ? server_start(cf, &err) : client_start(cf, &err);
+    if (r < 0) {
+        log_error("start-up failed: %s", err.c_str());
+        if (!detach || log_target != std::string(""))
+            fprintf(stderr, "wmproxyd: %s\n", err.c_str());
+        return 2;
+    }
+    if (write_pid_file() < 0) {
+        log_error("pid_file %s: %s", cf.pid_file.c_str(), strerror(errno));
+        fprintf(stderr, "wmproxyd: pid_file %s: %s\n", cf.pid_file.c_str(), strerror(errno));
+        return 2;
+    }
+    if (detach) {
+        char ok = 0;
+        int devnull = open("/dev/null", O_RDWR);
+        if (devnull >= 0) {
+            dup2(devnull, 0);
+            dup2(devnull, 1);
+            if (!cf.log_file.empty())
+                dup2(devnull, 2);
+            close(devnull);
+        }
+        if (write(ready[1], &ok, 1) != 1)
+            log_warn("could not tell the parent that start-up succeeded");
+        close(ready[1]);
+    }
+    reactor_run();
+    if (!cf.pid_file.empty())
+        unlink(cf.pid_file.c_str());
+    log_info("stopped");
+    return 0;
+}

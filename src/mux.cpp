@@ -1,0 +1,944 @@
+/*
+ * mux.cpp - the tunnel: handshake, frames, streams, flow control,
+ * heartbeats. See mux.h for the model and PROTOCOL.md for the wire.
+ */
+#include "mux.h"
+#include "log.h"
+#include "version.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <string.h>
+
+#define RX_RING (256 * 1024)
+#define TX_RING (256 * 1024)
+#define CTL_RESERVE (16 * 1024)      /* tx room that only control frames may use */
+#define OVERFLOW_MAX (1024 * 1024)   /* a peer that never reads our control frames */
+#define PASS_MAX (256 * 1024)        /* bytes read from the tunnel per loop pass */
+
+static void tunnel_flush(void *arg);
+static void tunnel_read(tunnel *t);
+static void wake_stream(void *arg);
+
+static uint32_t min32(uint64_t a, uint64_t b) { return (uint32_t)(a < b ? a : b); }
+
+/* ---- sending ---- */
+
+static void schedule_flush(tunnel *t)
+{
+    task_post(&t->flush_task);
+}
+
+/* Queue a control frame, in order with everything queued before it. */
+static void send_ctl(tunnel *t, uint8_t type, uint8_t flags, uint32_t sid, const void *p, size_t len)
+{
+    uint8_t h[FRAME_HDR];
+    if (t->state == TS_CLOSED)
+        return;
+    frame_hdr_encode(h, (uint32_t)len, type, flags, sid);
+    if (t->tx_overflow.empty() && ring_room(&t->txr) >= FRAME_HDR + len) {
+        ring_put(&t->txr, h, FRAME_HDR);
+        ring_put(&t->txr, p, len);
+    } else {
+        t->tx_overflow.append((const char *)h, FRAME_HDR);
+        t->tx_overflow.append((const char *)p, len);
+        if (t->tx_overflow.size() > OVERFLOW_MAX) {
+            tunnel_close(t, GA_PROTOCOL, "peer does not read: control frames overflow");
+            return;
+        }
+    }
+    schedule_flush(t);
+}
+
+static void send_ctl_str(tunnel *t, uint8_t type, uint32_t sid, const std::string &p)
+{
+    send_ctl(t, type, 0, sid, p.data(), p.size());
+}
+
+static void send_code(tunnel *t, uint8_t type, uint32_t sid, uint8_t code, const char *text)
+{
+    std::string p;
+    code_encode(code, text, &p);
+    send_ctl_str(t, type, sid, p);
+}
+
+/* Room for payload in tx, headers deducted, leaving the control reserve. */
+static size_t tx_payload_room(const tunnel *t)
+{
+    if (!t->tx_overflow.empty())
+        return 0;
+    size_t room = ring_room(&t->txr);
+    if (room <= CTL_RESERVE + FRAME_HDR)
+        return 0;
+    room -= CTL_RESERVE;
+    size_t frames = room / (FRAME_MAX_DATA + FRAME_HDR) + 1;
+    return room > frames * FRAME_HDR ? room - frames * FRAME_HDR : 0;
+}
+
+static void wait_tx(stream *s)
+{
+    tunnel *t = s->t;
+    if (s->waiting_tx)
+        return;
+    s->waiting_tx = true;
+    s->wnext = nullptr;
+    if (t->tx_waiters_tail)
+        t->tx_waiters_tail->wnext = s;
+    else
+        t->tx_waiters = s;
+    t->tx_waiters_tail = s;
+}
+
+static void unwait_tx(stream *s)
+{
+    tunnel *t = s->t;
+    if (!s->waiting_tx)
+        return;
+    stream **pp = &t->tx_waiters, *prev = nullptr;
+    while (*pp && *pp != s) {
+        prev = *pp;
+        pp = &(*pp)->wnext;
+    }
+    if (*pp)
+        *pp = s->wnext;
+    if (t->tx_waiters_tail == s)
+        t->tx_waiters_tail = prev;
+    s->waiting_tx = false;
+    s->wnext = nullptr;
+}
+
+size_t stream_send_room(stream *s)
+{
+    tunnel *t = s->t;
+    if (t->state != TS_READY || s->fin_sent)
+        return 0;
+    if (s->send_credit <= 0) {
+        s->want_credit = true;
+        return 0;
+    }
+    size_t room = tx_payload_room(t);
+    if (room == 0) {
+        wait_tx(s);
+        return 0;
+    }
+    return room < (uint64_t)s->send_credit ? room : (size_t)s->send_credit;
+}
+
+static void account_sent(stream *s, size_t n)
+{
+    s->send_credit -= (int64_t)n;
+    s->bytes_out += n;
+    s->t->bytes_out += n;
+    schedule_flush(s->t);
+}
+
+ssize_t stream_send_from_fd(stream *s, int fd, size_t max)
+{
+    tunnel *t = s->t;
+    iovec iov[2 * 8];
+    size_t plen[8];
+    int niov = 0, nchunks = 0;
+    size_t off = 0, want = max;
+
+    /* header gaps between payload spans: one readv fills several frames */
+    while (want > 0 && nchunks < 8) {
+        size_t l = want < FRAME_MAX_DATA ? want : FRAME_MAX_DATA;
+        int c = ring_room_spans(&t->txr, off + FRAME_HDR, l, &iov[niov]);
+        if (c == 0)
+            break;
+        size_t got = 0;
+        for (int i = 0; i < c; i++)
+            got += iov[niov + i].iov_len;
+        niov += c;
+        plen[nchunks++] = got;
+        off += FRAME_HDR + got;
+        want -= got;
+    }
+    if (niov == 0) {
+        errno = EAGAIN;
+        return -1;
+    }
+    ssize_t n = readv(fd, iov, niov);
+    if (n <= 0)
+        return n;
+    size_t left = (size_t)n;
+    off = 0;
+    for (int i = 0; i < nchunks && left > 0; i++) {
+        size_t l = left < plen[i] ? left : plen[i];
+        uint8_t h[FRAME_HDR];
+        frame_hdr_encode(h, (uint32_t)l, FT_DATA, 0, s->sid);
+        ring_poke(&t->txr, off, h, FRAME_HDR);
+        off += FRAME_HDR + l;
+        left -= l;
+    }
+    ring_produce(&t->txr, off);
+    account_sent(s, (size_t)n);
+    return n;
+}
+
+int stream_send(stream *s, const void *buf, size_t len)
+{
+    tunnel *t = s->t;
+    const char *p = (const char *)buf;
+    if (len > tx_payload_room(t) || (int64_t)len > s->send_credit)
+        return -1;
+    while (len > 0) {
+        size_t l = len < FRAME_MAX_DATA ? len : FRAME_MAX_DATA;
+        uint8_t h[FRAME_HDR];
+        frame_hdr_encode(h, (uint32_t)l, FT_DATA, 0, s->sid);
+        ring_put(&t->txr, h, FRAME_HDR);
+        ring_put(&t->txr, p, l);
+        account_sent(s, l);
+        p += l;
+        len -= l;
+    }
+    return 0;
+}
+
+static void stream_free(stream *s)
+{
+    tunnel *t = s->t;
+    s->dead = true;
+    unwait_tx(s);
+    task_cancel(&s->wake);
+    t->streams.erase(s->sid);
+    t->rx_buffered -= s->rx.data;
+    t->windows_sum -= s->rx_window;
+    ring_free(&s->rx);
+    s->end = nullptr;
+    defer_delete(s);
+    if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
+        t->rx_paused = false;
+        task_post(&t->read_task);
+    }
+}
+
+void stream_send_fin(stream *s)
+{
+    if (s->fin_sent)
+        return;
+    s->fin_sent = true;
+    send_ctl(s->t, FT_DATA, FL_FIN, s->sid, nullptr, 0);
+}
+
+void stream_reset(stream *s, uint8_t code)
+{
+    send_code(s->t, FT_RESET, s->sid, code, "");
+    stream_free(s);
+}
+
+void stream_close(stream *s)
+{
+    stream_free(s);
+}
+
+/* ---- receiving, per stream ---- */
+
+/* Return consumed credit to the sender; grow the window when the sender
+ * starved while we were keeping up. */
+static void give_credit(stream *s, bool force)
+{
+    tunnel *t = s->t;
+    if (s->fin_recv || s->rx_consumed == 0)
+        return;
+    if (!force && s->rx_consumed < s->rx_window / 4)
+        return;
+    uint32_t inc = s->rx_consumed;
+    if (s->rx_starved && s->rx.data < s->rx_window / 4 && s->rx_window < t->cf.max_window) {
+        uint32_t grow = min32(s->rx_window, t->cf.max_window - s->rx_window);
+        if (t->windows_sum + grow <= t->cf.tunnel_buffer) {
+            s->rx_window += grow;
+            t->windows_sum += grow;
+            inc += grow;
+        }
+    }
+    s->rx_starved = false;
+    s->rx_consumed = 0;
+    s->rx_avail += inc;
+    uint8_t b[4];
+    put_u32(b, inc);
+    send_ctl(t, FT_WINDOW, 0, s->sid, b, 4);
+}
+
+int stream_rx_spans(stream *s, iovec iov[2])
+{
+    return ring_data_spans(&s->rx, 0, s->rx.data, iov);
+}
+
+void stream_rx_consume(stream *s, size_t n)
+{
+    tunnel *t = s->t;
+    ring_consume(&s->rx, n);
+    t->rx_buffered -= n;
+    s->rx_consumed += (uint32_t)n;
+    if (s->rx.data == 0)
+        ring_free(&s->rx);   /* idle streams hold no buffers */
+    give_credit(s, false);
+    if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
+        t->rx_paused = false;
+        task_post(&t->read_task);
+    }
+}
+
+/* DATA for s, in one or two spans of the rx ring. Returns 0, or -1 when
+ * the peer broke the protocol. */
+static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin)
+{
+    tunnel *t = s->t;
+    if (s->fin_recv || (int64_t)len > s->rx_avail)
+        return -1;
+    s->rx_avail -= (int64_t)len;
+    if (s->rx_avail == 0)
+        s->rx_starved = true;
+    s->bytes_in += len;
+    t->bytes_in += len;
+    size_t took = 0;
+    if (len > 0 && s->rx.data == 0 && s->end) {
+        took = s->end->on_data(iov, n, len);
+        if (s->dead)
+            return 0;
+    }
+    if (took < len) {
+        if (!s->rx.area && ring_alloc(&s->rx, s->rx_window) < 0)
+            return -1;
+        if (s->rx.size < s->rx.data + (len - took) && ring_grow(&s->rx, s->rx_window) < 0)
+            return -1;
+        size_t skip = took;
+        for (int i = 0; i < n; i++) {
+            size_t l = iov[i].iov_len;
+            if (skip >= l) {
+                skip -= l;
+                continue;
+            }
+            ring_put(&s->rx, (char *)iov[i].iov_base + skip, l - skip);
+            skip = 0;
+        }
+        t->rx_buffered += len - took;
+        if (t->rx_buffered > t->cf.tunnel_buffer)
+            t->rx_paused = true;
+    }
+    if (took > 0) {
+        s->rx_consumed += (uint32_t)took;
+        give_credit(s, false);
+    }
+    if (fin)
+        s->fin_recv = true;
+    if ((fin || took < len) && s->end)
+        s->end->on_rx_ready();
+    return 0;
+}
+
+static void wake_stream(void *arg)
+{
+    stream *s = (stream *)arg;
+    if (s->end)
+        s->end->on_writable();
+}
+
+stream::~stream()
+{
+    task_cancel(&wake);
+    ring_free(&rx);
+}
+
+static stream *stream_new(tunnel *t, uint32_t sid)
+{
+    stream *s = new stream;
+    s->t = t;
+    s->sid = sid;
+    s->send_credit = t->peer_window;
+    s->rx_window = t->cf.window;
+    s->rx_avail = t->cf.window;
+    s->wake.fn = wake_stream;
+    s->wake.arg = s;
+    t->windows_sum += s->rx_window;
+    t->streams[sid] = s;
+    return s;
+}
+
+size_t tunnel_stream_count(const tunnel *t)
+{
+    return t->streams.size();
+}
+
+stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
+{
+    if (t->state != TS_READY || t->streams.size() >= t->cf.max_streams)
+        return nullptr;
+    /* ids are never reused while alive: skip any still in use after a wrap */
+    do {
+        t->next_sid += 2;
+        if (t->next_sid < 2)
+            t->next_sid = t->cf.is_server ? 2 : 1;
+    } while (t->streams.count(t->next_sid));
+    stream *s = stream_new(t, t->next_sid);
+    s->end = end;
+    s->mapping = m.mapping;
+    std::string p;
+    open_encode(m, &p);
+    send_ctl_str(t, FT_OPEN, s->sid, p);
+    return s;
+}
+
+/* ---- the tunnel ---- */
+
+static void reset_all(tunnel *t, const char *why)
+{
+    while (!t->streams.empty()) {
+        stream *s = t->streams.begin()->second;
+        stream_end *e = s->end;
+        stream_free(s);
+        if (e)
+            e->on_reset(RST_CANCEL, why);
+    }
+}
+
+void tunnel_close(tunnel *t, uint8_t code, const char *why)
+{
+    if (t->state == TS_CLOSED)
+        return;
+    bool auth = code == GA_AUTH;
+    if (t->state != TS_TLS && code != GA_NORMAL) {
+        /* a last word for the peer, if the socket takes it right now */
+        std::string p;
+        uint8_t h[FRAME_HDR];
+        code_encode(code, why, &p);
+        frame_hdr_encode(h, (uint32_t)p.size(), FT_GOAWAY, 0, 0);
+        p.insert(0, (const char *)h, FRAME_HDR);
+        if (t->txr.data == 0 && t->tx_overflow.empty()) {
+            iovec iov = {(void *)p.data(), p.size()};
+            t->tr->writev(&iov, 1);
+            t->tr->flush();
+        }
+    }
+    t->state = TS_CLOSED;
+    timer_cancel(&t->hb_timer);
+    timer_cancel(&t->hs_timer);
+    timer_cancel(&t->dead_timer);
+    reset_all(t, why);
+    reactor_del(t->tr->fd, t);
+    t->owner->on_down(t, why, auth);
+    defer_delete(t);
+}
+
+tunnel::~tunnel()
+{
+    task_cancel(&flush_task);
+    task_cancel(&read_task);
+    delete tr;
+    ring_free(&rxr);
+    ring_free(&txr);
+}
+
+static void tunnel_flush(void *arg)
+{
+    tunnel *t = (tunnel *)arg;
+    if (t->state == TS_CLOSED)
+        return;
+    while (t->can_write) {
+        if (!t->tx_overflow.empty()) {
+            size_t l = t->tx_overflow.size() < ring_room(&t->txr) ? t->tx_overflow.size() : ring_room(&t->txr);
+            ring_put(&t->txr, t->tx_overflow.data(), l);
+            t->tx_overflow.erase(0, l);
+        }
+        if (t->txr.data == 0) {
+            int r = t->tr->flush();
+            if (r == IO_AGAIN)
+                t->can_write = false;
+            else if (r == IO_ERR)
+                return tunnel_close(t, GA_PROTOCOL, t->tr->error());
+            break;
+        }
+        iovec iov[2];
+        int n = ring_data_spans(&t->txr, 0, t->txr.data, iov);
+        ssize_t w = t->tr->writev(iov, n);
+        if (w > 0) {
+            ring_consume(&t->txr, (size_t)w);
+            continue;
+        }
+        if (w == IO_AGAIN) {
+            t->can_write = false;
+            break;
+        }
+        return tunnel_close(t, GA_PROTOCOL, t->tr->error());
+    }
+    /* wake the streams that waited for room, in order; each may fill the
+     * ring again, the rest keep waiting */
+    while (t->tx_waiters && tx_payload_room(t) >= FRAME_MAX_DATA) {
+        stream *s = t->tx_waiters;
+        unwait_tx(s);
+        task_post(&s->wake);
+    }
+}
+
+static void send_hello(tunnel *t)
+{
+    hello_msg m;
+    m.heartbeat_ms = t->cf.heartbeat_ms;
+    m.window = t->cf.window;
+    m.name = "wmproxyd " WMPROXY_VERSION;
+    if (t->cf.is_server) {
+        m.auth_required = t->cf.token.empty() ? 0 : 1;
+        memcpy(m.nonce, t->nonce, NONCE_LEN);
+    }
+    std::string p;
+    hello_encode(m, &p);
+    send_ctl_str(t, FT_HELLO, 0, p);
+}
+
+static void heartbeat(void *arg)
+{
+    tunnel *t = (tunnel *)arg;
+    uint8_t b[8] = {};
+    send_ctl(t, FT_PING, 0, 0, b, 8);
+    timer_arm(&t->hb_timer, t->hb_ms);
+}
+
+/* Armed for last_rx + 3 heartbeats and pushed back lazily: traffic only
+ * updates last_rx, the timer re-arms itself when it finds it moved. */
+static void dead_check(void *arg)
+{
+    tunnel *t = (tunnel *)arg;
+    uint64_t now = now_ms(), limit = 3ull * t->hb_ms;
+    if (now - t->last_rx < limit) {
+        timer_arm_at(&t->dead_timer, t->last_rx + limit);
+        return;
+    }
+    char why[96];
+    snprintf(why, sizeof why, "peer silent for %llums (heartbeat %ums)", (unsigned long long)(now - t->last_rx),
+             t->hb_ms);
+    tunnel_close(t, GA_TIMEOUT, why);
+}
+
+static void become_ready(tunnel *t)
+{
+    t->state = TS_READY;
+    timer_cancel(&t->hs_timer);
+    t->owner->on_ready(t);
+}
+
+static int on_hello(tunnel *t, const uint8_t *p, size_t len)
+{
+    hello_msg m;
+    if (t->state != TS_HELLO || hello_decode(p, len, &m) < 0)
+        return -1;
+    t->peer_window = m.window;
+    t->hb_ms = m.heartbeat_ms > t->cf.heartbeat_ms ? m.heartbeat_ms : t->cf.heartbeat_ms;
+    timer_arm(&t->hb_timer, t->hb_ms);
+    timer_arm_at(&t->dead_timer, t->last_rx + 3ull * t->hb_ms);
+    if (t->cf.is_server) {
+        t->state = TS_AUTH;
+        if (t->cf.token.empty()) {
+            send_ctl(t, FT_READY, 0, 0, nullptr, 0);
+            become_ready(t);
+        }
+        return 0;
+    }
+    if (m.auth_required) {
+        uint8_t mac[MAC_LEN];
+        auth_mac(t->cf.token, m.nonce, mac);
+        send_ctl(t, FT_AUTH, 0, 0, mac, MAC_LEN);
+    }
+    t->state = TS_AUTH;
+    return 0;
+}
+
+static int on_auth(tunnel *t, const uint8_t *p, size_t len)
+{
+    if (!t->cf.is_server || t->state != TS_AUTH || len != MAC_LEN || t->cf.token.empty())
+        return -1;
+    uint8_t mac[MAC_LEN];
+    auth_mac(t->cf.token, t->nonce, mac);
+    if (CRYPTO_memcmp(mac, p, MAC_LEN) != 0) {
+        tunnel_close(t, GA_AUTH, "wrong token");
+        return 1;
+    }
+    send_ctl(t, FT_READY, 0, 0, nullptr, 0);
+    become_ready(t);
+    return 0;
+}
+
+static int protocol_error(tunnel *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int protocol_error(tunnel *t, const char *fmt, ...)
+{
+    char why[160];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, sizeof why, fmt, ap);
+    va_end(ap);
+    tunnel_close(t, GA_PROTOCOL, why);
+    return 1;
+}
+
+/* Serial-number order: is a after b (ids wrap after 2^32)? */
+static bool sid_after(uint32_t a, uint32_t b)
+{
+    return (int32_t)(a - b) > 0;
+}
+
+/* A frame on an existing stream id: the stream, nullptr for a stream
+ * closed already (late frames are normal), or a protocol error for an id
+ * that was never opened. */
+static int find_stream(tunnel *t, uint32_t sid, stream **out)
+{
+    auto it = t->streams.find(sid);
+    if (it != t->streams.end()) {
+        *out = it->second;
+        return 0;
+    }
+    *out = nullptr;
+    bool ours = (sid & 1) == (t->cf.is_server ? 0u : 1u);
+    if (sid == 0 || (ours && sid_after(sid, t->next_sid)) || (!ours && sid_after(sid, t->peer_max_sid)))
+        return -1;
+    return 0;
+}
+
+/* Handle one whole frame whose payload sits at offset FRAME_HDR of rx.
+ * Returns 0 to go on, 1 when the tunnel was closed. */
+static int dispatch(tunnel *t, const frame_hdr &h)
+{
+    static uint8_t buf[FRAME_MAX_PAYLOAD];
+    stream *s;
+
+    if (t->state != TS_READY && h.type != FT_HELLO && h.type != FT_AUTH && h.type != FT_READY &&
+        h.type != FT_GOAWAY && h.type != FT_PING)
+        return protocol_error(t, "%s frame before authentication", frame_type_name(h.type));
+
+    /* control frames are small: make them contiguous */
+    ring_peek(&t->rxr, FRAME_HDR, buf, h.len);
+    switch (h.type) {
+    case FT_HELLO:
+        if (on_hello(t, buf, h.len) < 0)
+            return protocol_error(t, "bad HELLO");
+        return 0;
+    case FT_AUTH: {
+        int r = on_auth(t, buf, h.len);
+        if (r < 0)
+            return protocol_error(t, "unexpected AUTH");
+        return r;
+    }
+    case FT_READY:
+        if (t->cf.is_server || t->state != TS_AUTH)
+            return protocol_error(t, "unexpected READY");
+        become_ready(t);
+        return t->state == TS_CLOSED;
+    case FT_PING:
+        if (!(h.flags & FL_ACK))
+            send_ctl(t, FT_PING, FL_ACK, 0, buf, h.len);
+        return 0;
+    case FT_GOAWAY: {
+        uint8_t code = GA_PROTOCOL;
+        std::string text;
+        if (code_decode(buf, h.len, &code, &text) < 0)
+            return protocol_error(t, "bad GOAWAY");
+        std::string why = std::string("peer closed the tunnel: ") + goaway_code_name(code);
+        if (!text.empty())
+            why += ": " + text;
+        tunnel_close(t, code == GA_AUTH ? GA_AUTH : GA_NORMAL, why.c_str());
+        return 1;
+    }
+    case FT_WINDOW: {
+        if (h.len != 4 || find_stream(t, h.sid, &s) < 0)
+            return protocol_error(t, "bad WINDOW for stream %u", h.sid);
+        if (!s)
+            return 0;
+        uint32_t inc = get_u32(buf);
+        s->send_credit += inc;
+        if (s->send_credit > 0x7fffffff)
+            return protocol_error(t, "stream %u: window overflow (+%u)", h.sid, inc);
+        if (s->want_credit && s->send_credit > 0) {
+            s->want_credit = false;
+            task_post(&s->wake);
+        }
+        return 0;
+    }
+    case FT_RESET: {
+        if (find_stream(t, h.sid, &s) < 0)
+            return protocol_error(t, "RESET for stream %u that was never opened", h.sid);
+        if (!s)
+            return 0;
+        uint8_t code = 0;
+        std::string text;
+        if (code_decode(buf, h.len, &code, &text) < 0)
+            return protocol_error(t, "bad RESET for stream %u", h.sid);
+        stream_end *e = s->end;
+        stream_free(s);
+        if (e)
+            e->on_reset(code, reset_code_name(code));
+        return 0;
+    }
+    case FT_OPEN: {
+        open_msg m;
+        bool theirs = (h.sid & 1) == (t->cf.is_server ? 1u : 0u);
+        if (!theirs || !sid_after(h.sid, t->peer_max_sid) || open_decode(buf, h.len, &m) < 0)
+            return protocol_error(t, "bad OPEN for stream %u", h.sid);
+        t->peer_max_sid = h.sid;
+        if (t->streams.size() >= t->cf.max_streams) {
+            send_code(t, FT_RESET, h.sid, RST_LIMIT, "max_streams");
+            return 0;
+        }
+        s = stream_new(t, h.sid);
+        s->mapping = m.mapping;
+        t->owner->on_open(t, s, m);
+        return t->state == TS_CLOSED;
+    }
+    case FT_REGISTER: {
+        register_msg m;
+        std::string why;
+        if (!t->cf.is_server || register_decode(buf, h.len, &m) < 0)
+            return protocol_error(t, "bad REGISTER");
+        int st = t->owner->on_register(t, h.sid, m, &why);
+        send_code(t, FT_REGISTERED, h.sid, (uint8_t)st, why.c_str());
+        return t->state == TS_CLOSED;
+    }
+    case FT_REGISTERED: {
+        uint8_t code;
+        std::string text;
+        if (t->cf.is_server || code_decode(buf, h.len, &code, &text) < 0)
+            return protocol_error(t, "bad REGISTERED");
+        t->owner->on_registered(t, h.sid, code, text);
+        return t->state == TS_CLOSED;
+    }
+    case FT_DGRAM:
+        if (h.len < 4)
+            return protocol_error(t, "short DGRAM");
+        t->owner->on_dgram(t, h.sid, get_u32(buf), buf + 4, h.len - 4);
+        return t->state == TS_CLOSED;
+    default:
+        return protocol_error(t, "unexpected %s frame", frame_type_name(h.type));
+    }
+}
+
+/* Consecutive DATA frames of one stream already in rx reach its end in
+ * one call, so a relay writes up to 16 frames with one writev(). Returns
+ * 1 when the tunnel closed; *used is what the frames took of rx. */
+static int data_frames(tunnel *t, const frame_hdr &h, size_t *used)
+{
+    iovec iov[34];
+    int n = ring_data_spans(&t->rxr, FRAME_HDR, h.len, iov);
+    size_t total = h.len, off = FRAME_HDR + h.len;
+    bool fin = h.flags & FL_FIN;
+    stream *s;
+
+    for (int frames = 1; !fin && frames < 16; frames++) {
+        uint8_t hb[FRAME_HDR];
+        frame_hdr nh;
+        if (t->rxr.data < off + FRAME_HDR)
+            break;
+        ring_peek(&t->rxr, off, hb, FRAME_HDR);
+        if (!frame_hdr_decode(hb, &nh) || nh.type != FT_DATA || nh.sid != h.sid ||
+            t->rxr.data < off + FRAME_HDR + nh.len)
+            break;
+        n += ring_data_spans(&t->rxr, off + FRAME_HDR, nh.len, iov + n);
+        total += nh.len;
+        off += FRAME_HDR + nh.len;
+        fin = nh.flags & FL_FIN;
+    }
+    *used = off;
+    if (t->state != TS_READY)
+        return protocol_error(t, "DATA frame before authentication");
+    if (find_stream(t, h.sid, &s) < 0)
+        return protocol_error(t, "DATA for stream %u that was never opened", h.sid);
+    if (!s)
+        return 0;
+    if (stream_data(s, iov, n, total, fin) < 0)
+        return protocol_error(t, "stream %u: %zu bytes over its window", h.sid, total);
+    return t->state == TS_CLOSED;
+}
+
+/* Parse every whole frame in rx. Returns 1 when the tunnel closed. */
+static int parse(tunnel *t)
+{
+    while (t->state != TS_CLOSED) {
+        if (t->state == TS_PREFACE) {
+            if (t->rxr.data < PREFACE_LEN)
+                return 0;
+            uint8_t p[PREFACE_LEN], version;
+            ring_peek(&t->rxr, 0, p, PREFACE_LEN);
+            if (!preface_decode(p, &version)) {
+                tunnel_close(t, GA_PROTOCOL, "not a wmproxyd tunnel (bad magic)");
+                return 1;
+            }
+            if (version != WMPX_VERSION) {
+                char why[96];
+                snprintf(why, sizeof why, "protocol version mismatch: peer speaks %u, we speak %u", version,
+                         WMPX_VERSION);
+                tunnel_close(t, GA_VERSION, why);
+                return 1;
+            }
+            ring_consume(&t->rxr, PREFACE_LEN);
+            t->state = TS_HELLO;
+            continue;
+        }
+        if (t->rxr.data < FRAME_HDR)
+            return 0;
+        uint8_t hb[FRAME_HDR];
+        frame_hdr h;
+        ring_peek(&t->rxr, 0, hb, FRAME_HDR);
+        if (!frame_hdr_decode(hb, &h))
+            return protocol_error(t, "bad frame header (type %u, length %u)", hb[3], h.len);
+        if (t->rxr.data < FRAME_HDR + h.len)
+            return 0;
+        size_t used = FRAME_HDR + h.len;
+        if (h.type == FT_DATA ? data_frames(t, h, &used) : dispatch(t, h))
+            return 1;
+        ring_consume(&t->rxr, used);
+        if (t->rx_paused)
+            return 0;
+    }
+    return 1;
+}
+
+static void tunnel_read(tunnel *t)
+{
+    size_t pass = 0;
+    while (t->state != TS_CLOSED && (t->can_read || t->tr->pending()) && !t->rx_paused) {
+        if (pass >= PASS_MAX) {
+            /* fairness: others get a turn, we resume at the end of the pass */
+            task_post(&t->read_task);
+            return;
+        }
+        iovec iov[2];
+        int n = ring_room_spans(&t->rxr, 0, ring_room(&t->rxr), iov);
+        if (n == 0)
+            return; /* a whole frame always fits: parse() consumed what it could */
+        ssize_t r = t->tr->readv(iov, n);
+        if (r > 0) {
+            ring_produce(&t->rxr, (size_t)r);
+            t->last_rx = now_ms();
+            pass += (size_t)r;
+            if (parse(t))
+                return;
+            continue;
+        }
+        if (r == 0)
+            return tunnel_close(t, GA_NORMAL, "peer closed the connection");
+        if (r == IO_AGAIN) {
+            t->can_read = false;
+            break;
+        }
+        return tunnel_close(t, GA_PROTOCOL, t->tr->error());
+    }
+    /* TLS may have produced output while reading (handshake, key update) */
+    if (t->state != TS_CLOSED && t->tr->buffered())
+        schedule_flush(t);
+}
+
+static void read_task_fn(void *arg)
+{
+    tunnel *t = (tunnel *)arg;
+    if (t->state != TS_CLOSED) {
+        if (!t->rx_paused && t->rxr.data)
+            if (parse(t))
+                return;
+        tunnel_read(t);
+    }
+}
+
+static void start_protocol(tunnel *t)
+{
+    uint8_t p[PREFACE_LEN];
+    preface_encode(p);
+    ring_put(&t->txr, p, PREFACE_LEN);
+    t->state = TS_PREFACE;
+    send_hello(t);
+}
+
+void tunnel::on_io(unsigned ev)
+{
+    tunnel *t = this;
+    if (t->state == TS_CLOSED)
+        return;
+    if (ev & EV_READ)
+        t->can_read = true;
+    if (ev & EV_WRITE)
+        t->can_write = true;
+    if (t->state == TS_TLS) {
+        int r = t->tr->handshake();
+        if (r == IO_AGAIN)
+            return;
+        if (r == IO_ERR)
+            return tunnel_close(t, GA_PROTOCOL, t->tr->error());
+        start_protocol(t);
+        t->can_read = t->can_write = true;
+    }
+    if (ev & EV_WRITE)
+        tunnel_flush(t);
+    if (t->state != TS_CLOSED && (t->can_read || t->tr->pending()))
+        tunnel_read(t);
+}
+
+static void hs_timeout(void *arg)
+{
+    tunnel *t = (tunnel *)arg;
+    tunnel_close(t, GA_TIMEOUT, "handshake timed out");
+}
+
+static void read_task_cb(void *arg) { read_task_fn(arg); }
+
+tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer)
+{
+    tunnel *t = new tunnel;
+    t->tr = tr;
+    t->cf = cf;
+    t->owner = owner;
+    t->peer = peer;
+    t->next_sid = cf.is_server ? 0 : 0xffffffffu;   /* first: 2 or 1 */
+    t->flush_task.fn = tunnel_flush;
+    t->flush_task.arg = t;
+    t->read_task.fn = read_task_cb;
+    t->read_task.arg = t;
+    t->hb_timer.fn = heartbeat;
+    t->hb_timer.arg = t;
+    t->dead_timer.fn = dead_check;
+    t->dead_timer.arg = t;
+    t->hs_timer.fn = hs_timeout;
+    t->hs_timer.arg = t;
+    t->started = t->last_rx = now_ms();
+    if (cf.is_server)
+        RAND_bytes(t->nonce, NONCE_LEN);
+    if (ring_alloc(&t->rxr, RX_RING) < 0 || ring_alloc(&t->txr, TX_RING) < 0) {
+        delete t;
+        return nullptr;
+    }
+    timer_arm(&t->hs_timer, cf.handshake_timeout_ms);
+    if (reactor_add(tr->fd, t) < 0) {
+        delete t;
+        return nullptr;
+    }
+    int r = tr->handshake();
+    if (r == IO_AGAIN)
+        t->state = TS_TLS;
+    else
+        start_protocol(t);
+    return t;
+}
+
+int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len)
+{
+    uint8_t h[FRAME_HDR + 4];
+    if (t->state != TS_READY || len + 4 > FRAME_MAX_PAYLOAD || !t->tx_overflow.empty() ||
+        ring_room(&t->txr) < CTL_RESERVE + sizeof h + len) {
+        t->dgrams_dropped++;
+        return -1;
+    }
+    frame_hdr_encode(h, (uint32_t)(len + 4), FT_DGRAM, 0, flow);
+    put_u32(h + FRAME_HDR, idx);
+    ring_put(&t->txr, h, sizeof h);
+    ring_put(&t->txr, p, len);
+    schedule_flush(t);
+    return 0;
+}
+
+int tunnel_register(tunnel *t, uint32_t idx, const register_msg &m)
+{
+    std::string p;
+    register_encode(m, &p);
+    if (p.size() > 16 * 1024 || m.domains.size() > 0xffff || m.rules.size() > 0xffff)
+        return -1;
+    send_ctl_str(t, FT_REGISTER, idx, p);
+    return 0;
+}

@@ -1,0 +1,280 @@
+/*
+ * relay.cpp - a TCP socket joined to a stream, see relay.h.
+ */
+#include "relay.h"
+#include "log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define PUMP_MAX (64 * 1024)   /* bytes socket->tunnel per relay per pass */
+
+static void relay_run(void *arg);
+
+static void relay_init(relay *r)
+{
+    r->resume.fn = relay_run;
+    r->resume.arg = r;
+    r->started = now_ms();
+}
+
+relay *relay_new(int fd, stream *s, const std::string &peer)
+{
+    relay *r = new relay;
+    relay_init(r);
+    r->fd = fd;
+    r->s = s;
+    r->peer = peer;
+    s->end = r;
+    sock_nodelay(fd);
+    if (reactor_add(fd, r) < 0) {
+        r->fd = -1;
+        close(fd);
+        relay_close(r, RST_RESET);
+        return nullptr;
+    }
+    return r;
+}
+
+relay::~relay()
+{
+    task_cancel(&resume);
+    timer_cancel(&connect_timer);
+}
+
+void relay_close(relay *r, uint8_t code)
+{
+    if (r->closed)
+        return;
+    r->closed = true;
+    if (r->s) {
+        stream *s = r->s;
+        r->s = nullptr;
+        if (code == RST_CANCEL && s->fin_sent && stream_rx_done(s))
+            stream_close(s);
+        else
+            stream_reset(s, code);
+    }
+    task_cancel(&r->resume);
+    timer_cancel(&r->connect_timer);
+    resolve_cancel(r->rq);
+    r->rq = nullptr;
+    if (r->fd >= 0) {
+        reactor_del(r->fd, r);
+        close(r->fd);
+        r->fd = -1;
+    }
+    if (r->done)
+        r->done(r);
+    defer_delete(r);
+}
+
+/* tunnel -> socket */
+static int pump_out(relay *r)
+{
+    stream *s = r->s;
+    while (r->can_write && !r->prefix.empty()) {
+        ssize_t w = write(r->fd, r->prefix.data(), r->prefix.size());
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                r->can_write = false;
+            else
+                return -1;
+        } else {
+            r->prefix.erase(0, (size_t)w);
+        }
+    }
+    if (!r->prefix.empty())
+        return 0;
+    while (r->can_write && stream_rx_pending(s)) {
+        iovec iov[2];
+        int n = stream_rx_spans(s, iov);
+        size_t want = iov[0].iov_len + (n > 1 ? iov[1].iov_len : 0);
+        ssize_t w = writev(r->fd, iov, n);
+        if (w < 0) {
+            if (errno == EAGAIN || errno == EINTR) {
+                r->can_write = false;
+                break;
+            }
+            return -1;
+        }
+        r->down += (size_t)w;
+        stream_rx_consume(s, (size_t)w);
+        if ((size_t)w < want)
+            r->can_write = false;
+    }
+    if (stream_rx_done(s) && !r->shut) {
+        r->shut = true;
+        shutdown(r->fd, SHUT_WR);
+    }
+    return 0;
+}
+
+/* socket -> tunnel */
+static int pump_in(relay *r)
+{
+    stream *s = r->s;
+    size_t budget = PUMP_MAX;
+    while (r->can_read && !r->eof) {
+        size_t room = stream_send_room(s);
+        if (room == 0)
+            return 0;   /* on_writable() follows */
+        if (room > budget)
+            room = budget;
+        ssize_t n = stream_send_from_fd(s, r->fd, room);
+        if (n > 0) {
+            r->up += (size_t)n;
+            budget -= (size_t)n;
+            if ((size_t)n < room && !r->rdhup)
+                r->can_read = false;   /* drained; the next edge tells us more */
+            if (budget == 0) {
+                task_post(&r->resume);   /* fairness: the others get a turn */
+                return 0;
+            }
+            continue;
+        }
+        if (n == 0) {
+            r->eof = true;
+            stream_send_fin(s);
+            return 0;
+        }
+        if (errno == EAGAIN || errno == EINTR) {
+            r->can_read = false;
+            return 0;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+static void relay_run(void *arg)
+{
+    relay *r = (relay *)arg;
+    if (r->closed || !r->s || r->connecting)
+        return;
+    if (r->write_error || pump_out(r) < 0 || pump_in(r) < 0) {
+        log_debug("relay %s: %s", r->peer.c_str(), strerror(errno));
+        return relay_close(r, RST_RESET);
+    }
+    if (r->eof && r->shut)
+        relay_close(r, RST_CANCEL);   /* both directions finished cleanly */
+}
+
+static void connected(relay *r)
+{
+    int err = sock_connect_result(r->fd);
+    if (err == EINPROGRESS || err == EALREADY)
+        return;
+    timer_cancel(&r->connect_timer);
+    r->connecting = false;
+    if (err) {
+        log_info("connect %s: %s", r->peer.c_str(), strerror(err));
+        return relay_close(r, err == ECONNREFUSED ? RST_REFUSED : RST_UNREACHABLE);
+    }
+    sock_nodelay(r->fd);
+    r->can_write = true;
+    relay_run(r);
+}
+
+void relay::on_io(unsigned ev)
+{
+    if (closed)
+        return;
+    if (ev & EV_RDHUP)
+        rdhup = true;
+    if (ev & EV_READ)
+        can_read = true;
+    if (ev & EV_WRITE)
+        can_write = true;
+    if (connecting) {
+        if (ev & (EV_WRITE | EV_ERR | EV_HUP))
+            connected(this);
+        return;
+    }
+    relay_run(this);
+}
+
+size_t relay::on_data(const iovec *iov, int n, size_t len)
+{
+    if (connecting || !can_write || !prefix.empty() || write_error)
+        return 0;
+    ssize_t w = writev(fd, iov, n);
+    if (w < 0) {
+        can_write = false;
+        if (errno != EAGAIN && errno != EINTR) {
+            write_error = true;
+            task_post(&resume);
+        }
+        return 0;
+    }
+    if ((size_t)w < len)
+        can_write = false;
+    down += (size_t)w;
+    return (size_t)w;
+}
+
+void relay::on_rx_ready()
+{
+    task_post(&resume);
+}
+
+void relay::on_writable()
+{
+    task_post(&resume);
+}
+
+void relay::on_reset(uint8_t code, const char *why)
+{
+    s = nullptr;
+    log_debug("stream of %s reset: %s", peer.c_str(), why);
+    /* carry a reset as a reset; a vanished tunnel just closes */
+    if (code != RST_CANCEL && fd >= 0)
+        sock_linger0(fd);
+    relay_close(this, RST_CANCEL);
+}
+
+static void connect_timeout(void *arg)
+{
+    relay *r = (relay *)arg;
+    log_info("connect %s: timed out", r->peer.c_str());
+    relay_close(r, RST_TIMEOUT);
+}
+
+static void resolved(void *arg, int status, const sockaddr_buf *a, const char *err)
+{
+    relay *r = (relay *)arg;
+    r->rq = nullptr;
+    if (status != 0) {
+        log_info("resolve %s: %s", r->peer.c_str(), err);
+        return relay_close(r, RST_DNS);
+    }
+    r->fd = sock_connect(a->sa(), a->len);
+    if (r->fd < 0) {
+        int e = errno;
+        log_info("connect %s: %s", r->peer.c_str(), strerror(e));
+        return relay_close(r, e == ECONNREFUSED ? RST_REFUSED : RST_UNREACHABLE);
+    }
+    if (reactor_add(r->fd, r) < 0)
+        return relay_close(r, RST_UNREACHABLE);
+}
+
+relay *relay_connect(const std::string &host, uint16_t port, stream *s, uint32_t timeout_ms)
+{
+    relay *r = new relay;
+    relay_init(r);
+    r->s = s;
+    s->end = r;
+    r->connecting = true;
+    r->peer = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    r->connect_timer.fn = connect_timeout;
+    r->connect_timer.arg = r;
+    timer_arm(&r->connect_timer, timeout_ms);
+    r->rq = resolve_start(host, port, resolved, r);
+    if (!r->rq) {
+        relay_close(r, RST_DNS);
+        return nullptr;
+    }
+    return r;
+}

@@ -1,0 +1,443 @@
+/*
+ * server.cpp - the server role: accepts tunnels on bind_addr, registers
+ * their mappings, and turns each public connection into a stream on the
+ * tunnel of the client whose mapping owns it.
+ */
+#include "roles.h"
+#include "log.h"
+#include "mux.h"
+#include "relay.h"
+#include "sock.h"
+#include "tls.h"
+#include "udp.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <unistd.h>
+#include <map>
+#include <set>
+
+#define ACCEPT_RETRY_MS 100   /* out of descriptors: accept again after this */
+
+struct listener;
+
+/* Who owns a public TCP port. */
+struct port_owner {
+    tunnel *t = nullptr;
+    uint32_t idx = 0;          /* the client's mapping index */
+    std::string name;
+    listener *l = nullptr;     /* opened for this mapping (remote_port), else shared */
+};
+
+enum listener_kind { LK_TUNNEL, LK_TCP };
+
+struct listener : io_handler, deferred {
+    int fd = -1;
+    listener_kind kind = LK_TUNNEL;
+    uint16_t port = 0;
+    std::string addr;
+    timer retry;
+    bool paused = false;
+    void on_io(unsigned events) override;
+    ~listener() override
+    {
+        timer_cancel(&retry);
+        if (fd >= 0) {
+            reactor_del(fd, this);
+            close(fd);
+        }
+    }
+};
+
+/* Per tunnel: the peer and what it registered. */
+struct client_info {
+    std::string peer;
+    std::vector<uint16_t> ports;   /* TCP ports it owns (map_tcp_bind's included) */
+    std::vector<uint16_t> uports;  /* UDP ports it owns */
+};
+
+struct udp_owner {
+    tunnel *t = nullptr;
+    udp_port *u = nullptr;
+};
+
+struct server : tunnel_owner {
+    conf cf;
+    tunnel_conf tcf;
+    tls_ctx *tls = nullptr;
+    listener *tunnel_l = nullptr;
+    listener *tcp_l = nullptr;              /* map_tcp_bind */
+    std::map<uint16_t, port_owner> owners;  /* by public port */
+    std::map<uint16_t, udp_owner> uowners;  /* by public UDP port */
+    std::set<tunnel *> tunnels;
+    bool stopping = false;
+
+    void on_ready(tunnel *t) override;
+    int on_register(tunnel *t, uint32_t idx, const register_msg &m, std::string *why) override;
+    void on_registered(tunnel *, uint32_t, uint8_t, const std::string &) override {}
+    void on_open(tunnel *t, stream *s, const open_msg &m) override;
+    void on_dgram(tunnel *, uint32_t flow, uint32_t, const uint8_t *p, size_t len) override
+    {
+        udp_port_reply(flow, p, len);
+    }
+    void on_down(tunnel *t, const char *why, bool auth_failure) override;
+};
+
+static server *srv;
+
+static listener *listen_on(const addr_conf &a, listener_kind kind, std::string *err)
+{
+    int fd = sock_listen(a, SOCK_STREAM, err);
+    if (fd < 0)
+        return nullptr;
+    listener *l = new listener;
+    l->fd = fd;
+    l->kind = kind;
+    l->port = a.port;
+    l->addr = a.text();
+    l->retry.fn = [](void *arg) {
+        listener *l = (listener *)arg;
+        l->paused = false;
+        l->on_io(EV_READ);
+    };
+    l->retry.arg = l;
+    reactor_add(fd, l);
+    return l;
+}
+
+/* Fill the PROXY-protocol addresses of an open_msg from a connection. */
+static void fill_addrs(int fd, const sockaddr_buf &peer, open_msg *m)
+{
+    sockaddr_buf local;
+    local.len = sizeof local.ss;
+    getsockname(fd, (sockaddr *)&local.ss, &local.len);
+    const sockaddr *ps = peer.sa(), *ls = local.sa();
+    if (ps->sa_family == AF_INET && ls->sa_family == AF_INET) {
+        m->family = 4;
+        memcpy(m->src, &((const sockaddr_in *)ps)->sin_addr, 4);
+        memcpy(m->dst, &((const sockaddr_in *)ls)->sin_addr, 4);
+    } else if (ps->sa_family == AF_INET6 && ls->sa_family == AF_INET6) {
+        const in6_addr *pa = &((const sockaddr_in6 *)ps)->sin6_addr;
+        const in6_addr *la = &((const sockaddr_in6 *)ls)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(pa) && IN6_IS_ADDR_V4MAPPED(la)) {
+            m->family = 4;
+            memcpy(m->src, pa->s6_addr + 12, 4);
+            memcpy(m->dst, la->s6_addr + 12, 4);
+        } else {
+            m->family = 6;
+            memcpy(m->src, pa, 16);
+            memcpy(m->dst, la, 16);
+        }
+    }
+    m->sport = sock_addr_port(ps);
+    m->dport = sock_addr_port(ls);
+}
+
+static void public_done(relay *r)
+{
+    access_log("%s tcp %s - %llu %llu %llums", r->peer.c_str(), r->what.c_str(), (unsigned long long)r->up,
+               (unsigned long long)r->down, (unsigned long long)(now_ms() - r->started));
+}
+
+static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
+{
+    auto it = srv->owners.find(l->port);
+    std::string who = sock_addr_text(peer.sa());
+    if (it == srv->owners.end() || !it->second.t) {
+        log_info("refused %s on port %u: no client serves it", who.c_str(), l->port);
+        close(fd);
+        return;
+    }
+    port_owner &o = it->second;
+    open_msg m;
+    m.mapping = o.idx;
+    fill_addrs(fd, peer, &m);
+    stream *s = tunnel_open(o.t, m, nullptr);
+    if (!s) {
+        log_warn("refused %s on port %u: max_streams (%u) reached", who.c_str(), l->port, srv->cf.max_streams);
+        close(fd);
+        return;
+    }
+    relay *r = relay_new(fd, s, who);
+    if (r) {
+        r->what = o.name;
+        r->done = public_done;
+    }
+}
+
+static void accept_tunnel(int fd, const sockaddr_buf &peer)
+{
+    std::string who = sock_addr_text(peer.sa());
+    if (srv->tunnels.size() >= srv->cf.max_clients) {
+        log_warn("refused tunnel from %s: max_clients (%u) reached", who.c_str(), srv->cf.max_clients);
+        close(fd);
+        return;
+    }
+    sock_nodelay(fd);
+    transport *tr = srv->tls ? tls_transport_new(srv->tls, fd, true, nullptr) : plain_transport_new(fd);
+    tunnel *t = tunnel_new(tr, srv->tcf, srv, who);
+    if (!t) {
+        log_error("tunnel from %s: out of memory", who.c_str());
+        return;
+    }
+    client_info *ci = new client_info;
+    ci->peer = who;
+    t->user = ci;
+    srv->tunnels.insert(t);
+    log_debug("connection from %s on %s", who.c_str(), srv->tunnel_l->addr.c_str());
+}
+
+void listener::on_io(unsigned)
+{
+    if (paused || doomed)
+        return;
+    /* accept everything pending: the edge will not come again */
+    for (;;) {
+        sockaddr_buf peer;
+        int cfd = sock_accept(fd, &peer);
+        if (cfd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            /* EMFILE/ENFILE/ENOBUFS: retrying now would spin; pause */
+            log_warn("accept on %s: %s (pausing %dms)", addr.c_str(), strerror(errno), ACCEPT_RETRY_MS);
+            paused = true;
+            timer_arm(&retry, ACCEPT_RETRY_MS);
+            return;
+        }
+        if (kind == LK_TUNNEL)
+            accept_tunnel(cfd, peer);
+        else
+            accept_public(this, cfd, peer);
+    }
+}
+
+void server::on_ready(tunnel *t)
+{
+    log_info("tunnel up peer=%s", t->peer.c_str());
+}
+
+static const char *mode_name(uint8_t mode)
+{
+    static const char *const names[] = {"?", "http", "https", "tcp", "udp", "proxy"};
+    return mode <= MODE_PROXY ? names[mode] : "?";
+}
+
+static const char *mode_name(uint8_t mode);
+
+/* A udp mapping: its remote_port (in allow_ports) or map_udp_bind. */
+static int register_udp(tunnel *t, uint32_t idx, const register_msg &m, std::string *why)
+{
+    client_info *ci = (client_info *)t->user;
+    const conf &cf = srv->cf;
+    addr_conf a;
+    if (m.remote_port) {
+        if (!cf.port_allowed(m.remote_port)) {
+            *why = "udp port " + std::to_string(m.remote_port) + " is not in allow_ports";
+            goto rejected;
+        }
+        a.set = true;
+        a.host = cf.map_udp_bind.set ? cf.map_udp_bind.host : "";
+        a.port = m.remote_port;
+    } else if (cf.map_udp_bind.set) {
+        a = cf.map_udp_bind;
+    } else {
+        *why = "the server has no map_udp_bind";
+        goto rejected;
+    }
+    {
+        auto it = srv->uowners.find(a.port);
+        if (it != srv->uowners.end()) {
+            *why = "udp port " + std::to_string(a.port) + " is held by client " +
+                   ((client_info *)it->second.t->user)->peer;
+            goto rejected;
+        }
+        udp_port *u = udp_port_open(a, t, idx, m.udp_timeout_ms, why);
+        if (!u)
+            goto rejected;
+        srv->uowners[a.port] = udp_owner{t, u};
+        ci->uports.push_back(a.port);
+        log_info("mapping registered name=%s mode=udp port=%u peer=%s", m.name.c_str(), a.port, t->peer.c_str());
+        return 0;
+    }
+rejected:
+    log_warn("mapping rejected name=%s peer=%s reason=\"%s\"", m.name.c_str(), t->peer.c_str(), why->c_str());
+    return 1;
+}
+
+int server::on_register(tunnel *t, uint32_t idx, const register_msg &m, std::string *why)
+{
+    client_info *ci = (client_info *)t->user;
+    int st = 1;
+    if (m.mode == MODE_UDP)
+        return register_udp(t, idx, m, why);
+    if (m.mode != MODE_TCP) {
+        *why = std::string(mode_name(m.mode)) + " mappings are not served by this server";
+    } else if (m.remote_port) {
+        auto it = owners.find(m.remote_port);
+        if (!cf.port_allowed(m.remote_port)) {
+            *why = "port " + std::to_string(m.remote_port) + " is not in allow_ports";
+        } else if (it != owners.end()) {
+            *why = "port " + std::to_string(m.remote_port) + " is held by client " +
+                   ((client_info *)it->second.t->user)->peer;
+        } else if (cf.map_tcp_bind.set && m.remote_port == cf.map_tcp_bind.port) {
+            *why = "port " + std::to_string(m.remote_port) + " is the server's map_tcp_bind";
+        } else {
+            addr_conf a;
+            a.set = true;
+            a.host = cf.map_tcp_bind.set ? cf.map_tcp_bind.host : "";
+            a.port = m.remote_port;
+            std::string err;
+            listener *l = listen_on(a, LK_TCP, &err);
+            if (!l) {
+                *why = err;
+            } else {
+                port_owner &o = owners[m.remote_port];
+                o.t = t;
+                o.idx = idx;
+                o.name = m.name;
+                o.l = l;
+                ci->ports.push_back(m.remote_port);
+                st = 0;
+            }
+        }
+    } else if (!tcp_l) {
+        *why = "the server has no map_tcp_bind";
+    } else {
+        auto it = owners.find(tcp_l->port);
+        if (it != owners.end()) {
+            *why = "map_tcp_bind is held by client " + ((client_info *)it->second.t->user)->peer;
+        } else {
+            port_owner &o = owners[tcp_l->port];
+            o.t = t;
+            o.idx = idx;
+            o.name = m.name;
+            ci->ports.push_back(tcp_l->port);
+            st = 0;
+        }
+    }
+    if (st == 0)
+        log_info("mapping registered name=%s mode=%s port=%u peer=%s", m.name.c_str(), mode_name(m.mode),
+                 m.remote_port ? m.remote_port : tcp_l->port, t->peer.c_str());
+    else
+        log_warn("mapping rejected name=%s peer=%s reason=\"%s\"", m.name.c_str(), t->peer.c_str(), why->c_str());
+    return st;
+}
+
+void server::on_open(tunnel *, stream *s, const open_msg &)
+{
+    /* client-initiated streams carry forward-proxy traffic (not served yet) */
+    stream_reset(s, RST_NOMAPPING);
+}
+
+void server::on_down(tunnel *t, const char *why, bool auth_failure)
+{
+    client_info *ci = (client_info *)t->user;
+    for (uint16_t p : ci->ports) {
+        auto it = owners.find(p);
+        if (it == owners.end() || it->second.t != t)
+            continue;
+        if (it->second.l)
+            defer_delete(it->second.l);   /* its port is free again */
+        owners.erase(it);
+    }
+    for (uint16_t p : ci->uports) {
+        auto it = uowners.find(p);
+        if (it == uowners.end() || it->second.t != t)
+            continue;
+        udp_port_close(it->second.u);
+        uowners.erase(it);
+    }
+    if (auth_failure)
+        log_warn("tunnel refused peer=%s reason=\"%s\"", t->peer.c_str(), why);
+    else if (t->started && t->state != TS_PREFACE)
+        log_info("tunnel down peer=%s reason=\"%s\"", t->peer.c_str(), why);
+    else
+        log_info("connection from %s closed: %s", t->peer.c_str(), why);
+    tunnels.erase(t);
+    delete ci;
+    t->user = nullptr;
+}
+
+static tunnel_conf tunnel_conf_of(const conf &cf, bool is_server)
+{
+    tunnel_conf t;
+    t.is_server = is_server;
+    t.token = cf.token;
+    t.heartbeat_ms = cf.heartbeat_ms;
+    t.window = cf.window;
+    t.max_window = cf.max_window;
+    t.tunnel_buffer = cf.tunnel_buffer;
+    t.max_streams = cf.max_streams;
+    t.handshake_timeout_ms = cf.handshake_timeout_ms;
+    return t;
+}
+
+int server_start(const conf &cf, std::string *err)
+{
+    srv = new server;
+    srv->cf = cf;
+    srv->tcf = tunnel_conf_of(cf, true);
+    if (cf.tc) {
+        tls_server_opts o;
+        if (!cf.cert.empty())
+            o.certs.push_back({cf.cert, cf.key});
+        o.client_ca = cf.client_ca;
+        srv->tls = tls_server_ctx_new(o, err);
+        if (!srv->tls)
+            return -1;
+        log_info("tls on %s certificate sha256=%s%s", cf.bind_addr.text().c_str(),
+                 tls_ctx_fingerprint(srv->tls).c_str(), cf.cert.empty() ? " (generated, self-signed)" : "");
+    }
+    srv->tunnel_l = listen_on(cf.bind_addr, LK_TUNNEL, err);
+    if (!srv->tunnel_l)
+        return -1;
+    log_info("listening for tunnels on %s%s", cf.bind_addr.text().c_str(), cf.tc ? " (tls)" : "");
+    if (cf.map_tcp_bind.set) {
+        srv->tcp_l = listen_on(cf.map_tcp_bind, LK_TCP, err);
+        if (!srv->tcp_l)
+            return -1;
+        log_info("listening for tcp mappings on %s", cf.map_tcp_bind.text().c_str());
+    }
+    return 0;
+}
+
+int server_reload(const conf &, std::string *err)
+{
+    *err = "reload is not supported yet";
+    return -1;
+}
+
+size_t server_streams(void)
+{
+    size_t n = 0;
+    if (srv)
+        for (tunnel *t : srv->tunnels)
+            n += tunnel_stream_count(t);
+    return n;
+}
+
+void server_stop(bool drain)
+{
+    if (!srv)
+        return;
+    if (srv->tunnel_l)
+        defer_delete(srv->tunnel_l);
+    if (srv->tcp_l)
+        defer_delete(srv->tcp_l);
+    srv->tunnel_l = srv->tcp_l = nullptr;
+    for (auto &o : srv->owners)
+        if (o.second.l)
+            defer_delete(o.second.l);
+    srv->owners.clear();
+    for (auto &o : srv->uowners)
+        udp_port_close(o.second.u);
+    srv->uowners.clear();
+    if (drain)
+        return;
+    std::set<tunnel *> ts = srv->tunnels;
+    for (tunnel *t : ts)
+        tunnel_close(t, GA_SHUTDOWN, "server is stopping");
+}

@@ -1,0 +1,303 @@
+/*
+ * sock.cpp - nonblocking socket helpers, asynchronous name resolution.
+ */
+#include "sock.h"
+#include "reactor.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+std::string sock_addr_text(const sockaddr *sa)
+{
+    char host[INET6_ADDRSTRLEN], out[INET6_ADDRSTRLEN + 16];
+    if (sa->sa_family == AF_INET) {
+        const sockaddr_in *in = (const sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, sizeof out, "%s:%u", host, ntohs(in->sin_port));
+    } else if (sa->sa_family == AF_INET6) {
+        const sockaddr_in6 *in6 = (const sockaddr_in6 *)sa;
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            inet_ntop(AF_INET, &in6->sin6_addr.s6_addr[12], host, sizeof host);
+            snprintf(out, sizeof out, "%s:%u", host, ntohs(in6->sin6_port));
+        } else {
+            inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+            snprintf(out, sizeof out, "[%s]:%u", host, ntohs(in6->sin6_port));
+        }
+    } else {
+        return "unknown";
+    }
+    return out;
+}
+
+uint16_t sock_addr_port(const sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return ntohs(((const sockaddr_in *)sa)->sin_port);
+    if (sa->sa_family == AF_INET6)
+        return ntohs(((const sockaddr_in6 *)sa)->sin6_port);
+    return 0;
+}
+
+int resolve_numeric(const std::string &host, uint16_t port, sockaddr_buf *out)
+{
+    memset(&out->ss, 0, sizeof out->ss);
+    sockaddr_in *in = (sockaddr_in *)&out->ss;
+    sockaddr_in6 *in6 = (sockaddr_in6 *)&out->ss;
+    if (inet_pton(AF_INET, host.c_str(), &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        out->len = sizeof *in;
+        return 0;
+    }
+    if (inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        out->len = sizeof *in6;
+        return 0;
+    }
+    return -1;
+}
+
+static int bind_one(const sockaddr *sa, socklen_t len, int type, bool dual)
+{
+    int fd = socket(sa->sa_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    int one = 1, zero = 0;
+    if (type == SOCK_STREAM)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (sa->sa_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, dual ? &zero : &one, sizeof one);
+    if (bind(fd, sa, len) < 0 || (type == SOCK_STREAM && listen(fd, 1024) < 0)) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int sock_listen(const addr_conf &a, int type, std::string *err)
+{
+    sockaddr_buf b;
+    int fd;
+    const char *what = type == SOCK_STREAM ? "bind" : "bind udp";
+
+    if (a.host.empty() || a.host == "*") {
+        /* every address: one dual-stack IPv6 socket, else plain IPv4 */
+        resolve_numeric("::", a.port, &b);
+        fd = bind_one(b.sa(), b.len, type, true);
+        if (fd < 0 && (errno == EAFNOSUPPORT || errno == EADDRNOTAVAIL)) {
+            resolve_numeric("0.0.0.0", a.port, &b);
+            fd = bind_one(b.sa(), b.len, type, false);
+        }
+    } else if (resolve_numeric(a.host, a.port, &b) == 0) {
+        fd = bind_one(b.sa(), b.len, type, false);
+    } else {
+        addrinfo hints = {}, *res;
+        hints.ai_socktype = type;
+        hints.ai_flags = AI_PASSIVE;
+        char port[8];
+        snprintf(port, sizeof port, "%u", a.port);
+        int rc = getaddrinfo(a.host.c_str(), port, &hints, &res);
+        if (rc != 0) {
+            *err = std::string(what) + " " + a.text() + ": " + gai_strerror(rc);
+            return -1;
+        }
+        fd = bind_one(res->ai_addr, res->ai_addrlen, type, false);
+        freeaddrinfo(res);
+    }
+    if (fd < 0)
+        *err = std::string(what) + " " + a.text() + ": " + strerror(errno);
+    return fd;
+}
+
+int sock_accept(int lfd, sockaddr_buf *peer)
+{
+    peer->len = sizeof peer->ss;
+    return accept4(lfd, (sockaddr *)&peer->ss, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+int sock_connect(const sockaddr *sa, socklen_t len)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, sa, len) < 0 && errno != EINPROGRESS) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+int sock_connect_result(int fd)
+{
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        return errno;
+    return err;
+}
+
+void sock_nodelay(int fd)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+}
+
+void sock_linger0(int fd)
+{
+    struct linger l = {1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+/* ---- resolver ---- */
+
+struct resolve_req {
+    std::string host;
+    uint16_t port;
+    resolve_fn fn;
+    void *arg;
+    bool cancelled = false;
+    int status = 0;
+    sockaddr_buf addr;
+    std::string err;
+    resolve_req *next = nullptr;
+};
+
+struct resolver_pipe : io_handler {
+    int rfd = -1, wfd = -1;
+    void on_io(unsigned) override;
+};
+
+static resolver_pipe rp;
+static int running;
+static resolve_req *waiting_head, *waiting_tail;
+static resolve_req *numeric_done;
+static task numeric_task;
+
+static void *resolve_thread(void *p)
+{
+    resolve_req *r = (resolve_req *)p;
+    addrinfo hints = {}, *res;
+    char port[8];
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    snprintf(port, sizeof port, "%u", r->port);
+    r->status = getaddrinfo(r->host.c_str(), port, &hints, &res);
+    if (r->status == 0) {
+        memcpy(&r->addr.ss, res->ai_addr, res->ai_addrlen);
+        r->addr.len = res->ai_addrlen;
+        freeaddrinfo(res);
+    } else {
+        r->err = gai_strerror(r->status);
+    }
+    /* a pointer is smaller than PIPE_BUF: the write is atomic */
+    ssize_t n = write(rp.wfd, &r, sizeof r);
+    (void)n;
+    return nullptr;
+}
+
+static void spawn(resolve_req *r)
+{
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, 128 * 1024);
+    if (pthread_create(&th, &at, resolve_thread, r) != 0) {
+        r->status = EAI_AGAIN;
+        r->err = "cannot start a resolver thread";
+        ssize_t n = write(rp.wfd, &r, sizeof r);
+        (void)n;
+    }
+    pthread_attr_destroy(&at);
+    running++;
+}
+
+static void finish(resolve_req *r)
+{
+    if (!r->cancelled)
+        r->fn(r->arg, r->status, r->status == 0 ? &r->addr : nullptr, r->err.c_str());
+    delete r;
+}
+
+void resolver_pipe::on_io(unsigned)
+{
+    resolve_req *r;
+    while (read(rfd, &r, sizeof r) == (ssize_t)sizeof r) {
+        running--;
+        if (waiting_head) {
+            resolve_req *w = waiting_head;
+            waiting_head = w->next;
+            if (!waiting_head)
+                waiting_tail = nullptr;
+            spawn(w);
+        }
+        finish(r);
+    }
+}
+
+static void run_numeric(void *)
+{
+    resolve_req *r = numeric_done;
+    numeric_done = nullptr;
+    while (r) {
+        resolve_req *next = r->next;
+        finish(r);
+        r = next;
+    }
+}
+
+resolve_req *resolve_start(const std::string &host, uint16_t port, resolve_fn fn, void *arg)
+{
+    resolve_req *r = new resolve_req;
+    r->host = host;
+    r->port = port;
+    r->fn = fn;
+    r->arg = arg;
+    if (resolve_numeric(host, port, &r->addr) == 0) {
+        r->next = numeric_done;
+        numeric_done = r;
+        numeric_task.fn = run_numeric;
+        task_post(&numeric_task);
+        return r;
+    }
+    if (rp.rfd < 0) {
+        int p[2];
+        if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
+            delete r;
+            return nullptr;
+        }
+        rp.rfd = p[0];
+        rp.wfd = p[1];
+        /* the writer must never block: threads are few, the pipe is large */
+        fcntl(rp.wfd, F_SETFL, 0);
+        reactor_add(rp.rfd, &rp);
+    }
+    if (running < RESOLVE_THREADS) {
+        spawn(r);
+    } else {
+        if (waiting_tail)
+            waiting_tail->next = r;
+        else
+            waiting_head = r;
+        waiting_tail = r;
+    }
+    return r;
+}
+
+void resolve_cancel(resolve_req *r)
+{
+    if (r)
+        r->cancelled = true;
+}

@@ -1,0 +1,947 @@
+/*
+ * tls.cpp - OpenSSL as a state machine over memory BIOs.
+ *
+ * The engine (tls_conn) owns two memory BIOs: rbio holds ciphertext from the
+ * peer until SSL_read/SSL_do_handshake consume it, wbio collects ciphertext
+ * OpenSSL produced until someone sends it. Neither ever blocks, so OpenSSL
+ * only ever says "want read" (rbio ran dry); "want write" cannot happen.
+ * tls_transport puts a nonblocking socket under the engine for the mux.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/err.h>
+#include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "tls.h"
+
+enum {
+    TLS_REC = 16384,          /* plaintext per record, the TLS maximum */
+    TLS_READ_CHUNK = 32768,   /* ciphertext taken per read(2) */
+    TLS_HIGH = 65536,         /* held ciphertext above which writev says IO_AGAIN */
+    TLS_TRIM = 16384,         /* see tls_trim() */
+};
+
+struct tls_ctx {
+    SSL_CTX *ssl = nullptr;
+    bool server = false;
+    std::string pin;                /* client: 32 raw bytes, or empty */
+    std::string alpn;               /* server: wire format */
+    std::vector<SSL_CTX *> sni;     /* server: one holder per cert pair, [0] default */
+};
+
+struct tls_conn {
+    SSL *ssl = nullptr;
+    BIO *rbio = nullptr;            /* peer's ciphertext, waiting for OpenSSL */
+    BIO *wbio = nullptr;            /* OpenSSL's ciphertext, waiting for the peer */
+    bool dead = false;              /* a fatal error happened: err says which */
+    std::string err;
+    std::string fail;               /* certificate problem seen while verifying */
+    std::string name;               /* client: the name we verify */
+};
+
+/* ---- helpers ---- */
+
+static std::string hex_colons(const unsigned char *p, size_t n)
+{
+    static const char digits[] = "0123456789ABCDEF";
+    std::string s;
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            s += ':';
+        s += digits[p[i] >> 4];
+        s += digits[p[i] & 15];
+    }
+    return s;
+}
+
+/* The reason of the oldest queued OpenSSL error ("No such file or directory",
+ * "key values mismatch"), then an empty queue. */
+static std::string ossl_reason()
+{
+    unsigned long e = ERR_peek_error();
+    const char *r = e ? ERR_reason_error_string(e) : nullptr;
+    char buf[256];
+    if (e && ERR_SYSTEM_ERROR(e))
+        r = strerror(ERR_GET_REASON(e));    /* the reason is an errno */
+    if (!r) {
+        ERR_error_string_n(e, buf, sizeof buf);
+        r = e ? buf : "unknown error";
+    }
+    std::string s = r;
+    ERR_clear_error();
+    return s;
+}
+
+static bool is_ip_literal(const char *name)
+{
+    unsigned char a[16];
+    return inet_pton(AF_INET, name, a) == 1 || inet_pton(AF_INET6, name, a) == 1;
+}
+
+static tls_conn *conn_of_store(X509_STORE_CTX *x)
+{
+    SSL *s = (SSL *)X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+    return s ? (tls_conn *)SSL_get_app_data(s) : nullptr;
+}
+
+/* Remember the first certificate problem in words, naming the certificate
+ * involved, because the bare X509 error ("unable to get local issuer
+ * certificate") does not tell an operator which CA is missing. */
+static int verify_cb(int ok, X509_STORE_CTX *x)
+{
+    tls_conn *t = conn_of_store(x);
+    if (ok || !t || !t->fail.empty())
+        return ok;
+    int e = X509_STORE_CTX_get_error(x);
+    X509 *cert = X509_STORE_CTX_get_current_cert(x);
+    char subj[256] = "?", iss[256] = "?";
+    if (cert) {
+        X509_NAME_oneline(X509_get_subject_name(cert), subj, sizeof subj);
+        X509_NAME_oneline(X509_get_issuer_name(cert), iss, sizeof iss);
+    }
+    t->fail = "certificate verify failed: ";
+    t->fail += X509_verify_cert_error_string(e);
+    switch (e) {
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+        t->fail += " (unknown CA: issuer ";
+        t->fail += iss;
+        break;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        t->fail += " (wanted " + t->name + ", certificate for ";
+        t->fail += subj;
+        break;
+    default:
+        t->fail += " (subject ";
+        t->fail += subj;
+        break;
+    }
+    t->fail += ")";
+    return 0;
+}
+
+/* With a pin the chain means nothing: this replaces chain verification and
+ * compares the leaf's SHA-256 in constant time. Failing here (rather than
+ * after the handshake) also tells the server why, with a bad_certificate
+ * alert, and no application byte ever flows to the wrong peer. */
+static int pin_cb(X509_STORE_CTX *x, void *arg)
+{
+    const tls_ctx *c = (const tls_ctx *)arg;
+    tls_conn *t = conn_of_store(x);
+    X509 *leaf = X509_STORE_CTX_get0_cert(x);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+
+    if (leaf && X509_digest(leaf, EVP_sha256(), md, &n) && n == c->pin.size()
+        && CRYPTO_memcmp(md, c->pin.data(), n) == 0)
+        return 1;
+    if (t)
+        t->fail = "certificate fingerprint mismatch (got " + hex_colons(md, n) + ")";
+    X509_STORE_CTX_set_error(x, X509_V_ERR_CERT_REJECTED);
+    return 0;
+}
+
+static int sni_cb(SSL *s, int *alert, void *arg)
+{
+    (void)alert;
+    const tls_ctx *c = (const tls_ctx *)arg;
+    const char *name = SSL_get_servername(s, TLSEXT_NAMETYPE_host_name);
+    if (!name)
+        return SSL_TLSEXT_ERR_OK;
+    for (size_t i = 0; i < c->sni.size(); i++) {
+        X509 *x = SSL_CTX_get0_certificate(c->sni[i]);
+        /* SAN DNS names, CN only without them; "*." covers one label */
+        if (X509_check_host(x, name, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, nullptr) != 1)
+            continue;
+        if (i == 0)
+            return SSL_TLSEXT_ERR_OK;     /* the default is already in place */
+        STACK_OF(X509) *chain = nullptr;
+        SSL_CTX_get0_chain_certs(c->sni[i], &chain);
+        /* clear first: a default with another key type would stay in its
+         * slot and might be preferred over the one we pick */
+        SSL_certs_clear(s);
+        if (SSL_use_cert_and_key(s, x, SSL_CTX_get0_privatekey(c->sni[i]), chain, 1) != 1)
+            return SSL_TLSEXT_ERR_ALERT_FATAL;
+        return SSL_TLSEXT_ERR_OK;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+
+static int alpn_cb(SSL *s, const unsigned char **out, unsigned char *outlen,
+                   const unsigned char *in, unsigned int inlen, void *arg)
+{
+    (void)s;
+    const tls_ctx *c = (const tls_ctx *)arg;
+    unsigned char *sel;
+    if (SSL_select_next_proto(&sel, outlen, (const unsigned char *)c->alpn.data(),
+                              (unsigned int)c->alpn.size(), in, inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;    /* no overlap: carry on without ALPN */
+    *out = sel;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+/* Never let OpenSSL prompt on a terminal for an encrypted key's passphrase. */
+static int no_passphrase(char *buf, int size, int rw, void *u)
+{
+    (void)buf; (void)size; (void)rw; (void)u;
+    return 0;
+}
+
+static tls_ctx *ctx_new(bool server, std::string *err)
+{
+    SSL_CTX *s = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+    if (!s) {
+        *err = "SSL_CTX_new: " + ossl_reason();
+        return nullptr;
+    }
+    SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
+    SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+    /* partial writes let writev report what it took; RELEASE_BUFFERS frees
+     * OpenSSL's record buffers while a connection is idle */
+    SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
+                        | SSL_MODE_RELEASE_BUFFERS | SSL_MODE_AUTO_RETRY);
+    SSL_CTX_set_default_passwd_cb(s, no_passphrase);
+    tls_ctx *c = new tls_ctx;
+    c->ssl = s;
+    c->server = server;
+    return c;
+}
+
+/* Load a PEM chain and key into s. */
+static bool load_pair(SSL_CTX *s, const std::string &cert, const std::string &key,
+                      std::string *err)
+{
+    const std::string &k = key.empty() ? cert : key;
+    if (SSL_CTX_use_certificate_chain_file(s, cert.c_str()) != 1) {
+        *err = "cert " + cert + ": " + ossl_reason();
+        return false;
+    }
+    if (SSL_CTX_use_PrivateKey_file(s, k.c_str(), SSL_FILETYPE_PEM) != 1
+        || SSL_CTX_check_private_key(s) != 1) {
+        *err = "key " + k + ": " + ossl_reason();
+        return false;
+    }
+    return true;
+}
+
+/* A fresh self-signed EC P-256 certificate, valid 10 years, that lives only
+ * in memory: a key in the source or on disk would be everyone's key. */
+static bool self_signed(SSL_CTX *s, const std::string &cn, std::string *err)
+{
+    EVP_PKEY *k = EVP_EC_gen("P-256");
+    X509 *x = X509_new();
+    BIGNUM *bn = nullptr;
+    X509_EXTENSION *san = nullptr;
+    unsigned char serial[16];
+    bool ok = false;
+
+    if (!k || !x || RAND_bytes(serial, sizeof serial) != 1)
+        goto out;
+    serial[0] &= 0x7f;                  /* positive, per RFC 5280 */
+    serial[0] |= 0x40;                  /* and never short */
+    bn = BN_bin2bn(serial, sizeof serial, nullptr);
+    if (!bn || !BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(x))
+        || !X509_set_version(x, X509_VERSION_3)
+        || !X509_gmtime_adj(X509_getm_notBefore(x), -3600)      /* tolerate clock skew */
+        || !X509_time_adj_ex(X509_getm_notAfter(x), 3650, 0, nullptr)
+        || !X509_NAME_add_entry_by_txt(X509_get_subject_name(x), "CN", MBSTRING_UTF8,
+                                       (const unsigned char *)cn.c_str(), -1, -1, 0)
+        || !X509_set_issuer_name(x, X509_get_subject_name(x))
+        || !X509_set_pubkey(x, k))
+        goto out;
+    {
+        X509V3_CTX v;
+        std::string alt = (is_ip_literal(cn.c_str()) ? "IP:" : "DNS:") + cn;
+        X509V3_set_ctx_nodb(&v);
+        X509V3_set_ctx(&v, x, x, nullptr, nullptr, 0);
+        san = X509V3_EXT_conf_nid(nullptr, &v, NID_subject_alt_name, alt.c_str());
+    }
+    if (!san || !X509_add_ext(x, san, -1) || !X509_sign(x, k, EVP_sha256())
+        || SSL_CTX_use_cert_and_key(s, x, k, nullptr, 1) != 1)
+        goto out;
+    ok = true;
+out:
+    if (!ok)
+        *err = "self-signed certificate for " + cn + ": " + ossl_reason();
+    X509_EXTENSION_free(san);
+    BN_free(bn);
+    X509_free(x);
+    EVP_PKEY_free(k);
+    return ok;
+}
+
+/* ---- contexts ---- */
+
+tls_ctx *tls_server_ctx_new(const tls_server_opts &o, std::string *err)
+{
+    tls_ctx *c = ctx_new(true, err);
+    if (!c)
+        return nullptr;
+    SSL_CTX *s = c->ssl;
+    static const unsigned char sid[] = "wmproxyd";
+
+    /* resumption is refused without a session id context once client
+     * certificates are verified */
+    SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
+    SSL_CTX_sess_set_cache_size(s, 1024);     /* bounded: low-memory hosts */
+
+    if (o.certs.empty()) {
+        if (!self_signed(s, o.self_signed_cn, err))
+            goto fail;
+    }
+    /* each pair loads into a holder context of its own, so SNI can pick its
+     * certificate, key and chain without reading files per handshake */
+    for (size_t i = 0; i < o.certs.size(); i++) {
+        SSL_CTX *h = SSL_CTX_new(TLS_server_method());
+        if (!h) {
+            *err = "SSL_CTX_new: " + ossl_reason();
+            goto fail;
+        }
+        c->sni.push_back(h);
+        SSL_CTX_set_default_passwd_cb(h, no_passphrase);
+        if (!load_pair(h, o.certs[i].first, o.certs[i].second, err))
+            goto fail;
+    }
+    if (!c->sni.empty()) {
+        STACK_OF(X509) *chain = nullptr;
+        SSL_CTX_get0_chain_certs(c->sni[0], &chain);
+        if (SSL_CTX_use_cert_and_key(s, SSL_CTX_get0_certificate(c->sni[0]),
+                                     SSL_CTX_get0_privatekey(c->sni[0]), chain, 1) != 1) {
+            *err = "cert " + o.certs[0].first + ": " + ossl_reason();
+            goto fail;
+        }
+    }
+    if (c->sni.size() > 1) {
+        SSL_CTX_set_tlsext_servername_callback(s, sni_cb);
+        SSL_CTX_set_tlsext_servername_arg(s, c);
+    }
+    if (!o.client_ca.empty()) {
+        const char *ca = o.client_ca.c_str();
+        STACK_OF(X509_NAME) *names;
+        if (SSL_CTX_load_verify_locations(s, ca, nullptr) != 1
+            || !(names = SSL_load_client_CA_file(ca))) {
+            *err = "client_ca " + o.client_ca + ": " + ossl_reason();
+            goto fail;
+        }
+        SSL_CTX_set_client_CA_list(s, names);
+        SSL_CTX_set_verify(s, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verify_cb);
+    }
+    if (o.alpn && *o.alpn) {
+        size_t n = strlen(o.alpn);
+        if (n > 255) {
+            *err = "alpn: protocol name too long";
+            goto fail;
+        }
+        c->alpn.assign(1, (char)n);
+        c->alpn += o.alpn;
+        SSL_CTX_set_alpn_select_cb(s, alpn_cb, c);
+    }
+    return c;
+fail:
+    tls_ctx_free(c);
+    return nullptr;
+}
+
+tls_ctx *tls_client_ctx_new(const tls_client_opts &o, std::string *err)
+{
+    tls_ctx *c = ctx_new(false, err);
+    if (!c)
+        return nullptr;
+    SSL_CTX *s = c->ssl;
+
+    if (!o.fingerprint.empty()) {
+        if (o.fingerprint.size() != 32) {
+            *err = "fingerprint: want the 32 bytes of a SHA-256 digest";
+            goto fail;
+        }
+        c->pin = o.fingerprint;
+        SSL_CTX_set_verify(s, SSL_VERIFY_PEER, nullptr);
+        SSL_CTX_set_cert_verify_callback(s, pin_cb, c);
+    } else if (!o.verify) {
+        SSL_CTX_set_verify(s, SSL_VERIFY_NONE, nullptr);
+    } else {
+        if (!o.ca.empty() ? SSL_CTX_load_verify_locations(s, o.ca.c_str(), nullptr) != 1
+                          : SSL_CTX_set_default_verify_paths(s) != 1) {
+            *err = (o.ca.empty() ? std::string("system CA store") : "ca " + o.ca) + ": "
+                 + ossl_reason();
+            goto fail;
+        }
+        SSL_CTX_set_verify(s, SSL_VERIFY_PEER, verify_cb);
+    }
+    if ((!o.cert.empty() || !o.key.empty()) && !load_pair(s, o.cert, o.key, err))
+        goto fail;
+    return c;
+fail:
+    tls_ctx_free(c);
+    return nullptr;
+}
+
+void tls_ctx_free(tls_ctx *c)
+{
+    if (!c)
+        return;
+    for (SSL_CTX *h : c->sni)
+        SSL_CTX_free(h);
+    SSL_CTX_free(c->ssl);
+    delete c;
+}
+
+std::string tls_ctx_fingerprint(const tls_ctx *c)
+{
+    X509 *x = SSL_CTX_get0_certificate(c->ssl);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    if (!x || !X509_digest(x, EVP_sha256(), md, &n))
+        return "";
+    return hex_colons(md, n);
+}
+
+/* ---- the engine ---- */
+
+tls_conn *tls_conn_new(tls_ctx *c, bool is_server, const char *server_name)
+{
+    tls_conn *t = new tls_conn;
+    t->ssl = SSL_new(c->ssl);
+    t->rbio = BIO_new(BIO_s_mem());
+    t->wbio = BIO_new(BIO_s_mem());
+    if (!t->ssl || !t->rbio || !t->wbio) {
+        BIO_free(t->rbio);
+        BIO_free(t->wbio);
+        SSL_free(t->ssl);
+        delete t;
+        ERR_clear_error();
+        return nullptr;
+    }
+    /* an empty rbio means "wait for more", never end of stream (default -1) */
+    SSL_set_bio(t->ssl, t->rbio, t->wbio);
+    SSL_set_app_data(t->ssl, t);
+    if (is_server) {
+        SSL_set_accept_state(t->ssl);
+        return t;
+    }
+    SSL_set_connect_state(t->ssl);
+    if (server_name && *server_name) {
+        std::string n = server_name;
+        if (n.size() > 2 && n.front() == '[' && n.back() == ']')
+            n = n.substr(1, n.size() - 2);
+        t->name = n;
+        bool ip = is_ip_literal(n.c_str());
+        if (!ip)
+            SSL_set_tlsext_host_name(t->ssl, n.c_str());   /* RFC 6066: no IPs in SNI */
+        X509_VERIFY_PARAM *p = SSL_get0_param(t->ssl);
+        X509_VERIFY_PARAM_set_hostflags(p, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (ip)
+            X509_VERIFY_PARAM_set1_ip_asc(p, n.c_str());
+        else
+            X509_VERIFY_PARAM_set1_host(p, n.c_str(), 0);
+    }
+    ERR_clear_error();
+    return t;
+}
+
+void tls_conn_free(tls_conn *t)
+{
+    if (!t)
+        return;
+    SSL_free(t->ssl);   /* frees both BIOs */
+    delete t;
+}
+
+size_t tls_feed(tls_conn *t, const void *buf, size_t len)
+{
+    const char *p = (const char *)buf;
+    size_t done = 0;
+    while (done < len) {
+        size_t n = len - done < (size_t)INT32_MAX ? len - done : (size_t)INT32_MAX;
+        int w = BIO_write(t->rbio, p + done, (int)n);
+        if (w <= 0)
+            break;      /* out of memory; the memory BIO cannot refuse otherwise */
+        done += (size_t)w;
+    }
+    return done;
+}
+
+size_t tls_pending_out(const tls_conn *t)
+{
+    return BIO_ctrl_pending(t->wbio);
+}
+
+size_t tls_drain(tls_conn *t, void *buf, size_t len)
+{
+    int n = BIO_read(t->wbio, buf, len < (size_t)INT32_MAX ? (int)len : INT32_MAX);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* Turn a failed SSL_* call into words an operator understands. */
+static void set_error(tls_conn *t, int sslerr)
+{
+    unsigned long e, first = 0;
+    int reason = 0;
+    bool init = SSL_is_init_finished(t->ssl);
+
+    /* the first SSL-library reason is the cause; later ones are fallout */
+    while ((e = ERR_get_error()) != 0) {
+        if (!first)
+            first = e;
+        if (!reason && ERR_GET_LIB(e) == ERR_LIB_SSL)
+            reason = ERR_GET_REASON(e);
+    }
+    t->dead = true;
+    if (!init && (sslerr == SSL_ERROR_ZERO_RETURN || (sslerr == SSL_ERROR_SYSCALL && !first))) {
+        t->err = "connection closed during handshake";
+        return;
+    }
+    if (sslerr == SSL_ERROR_ZERO_RETURN) {
+        t->err = "connection closed by peer";
+        return;
+    }
+    switch (reason) {
+    case SSL_R_WRONG_VERSION_NUMBER:
+    case SSL_R_HTTP_REQUEST:
+    case SSL_R_HTTPS_PROXY_REQUEST:
+    case SSL_R_PACKET_LENGTH_TOO_LONG:
+    case SSL_R_UNKNOWN_PROTOCOL:
+    case SSL_R_RECORD_LENGTH_MISMATCH:
+    case SSL_R_WRONG_SSL_VERSION:
+        t->err = "peer is not speaking TLS";
+        return;
+    case SSL_R_CERTIFICATE_VERIFY_FAILED:
+        if (!t->fail.empty()) {
+            t->err = t->fail;
+        } else {
+            t->err = "certificate verify failed: ";
+            t->err += X509_verify_cert_error_string(SSL_get_verify_result(t->ssl));
+        }
+        return;
+    case SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE:
+        t->err = "peer sent no certificate";
+        return;
+    case SSL_R_UNSUPPORTED_PROTOCOL:
+        t->err = "peer offers no TLS version we accept (TLS 1.2 or later)";
+        return;
+    }
+    /* OpenSSL reports a received alert as reason 1000 + its description */
+    if (reason >= SSL_AD_REASON_OFFSET && reason < SSL_AD_REASON_OFFSET + 256) {
+        int d = reason - SSL_AD_REASON_OFFSET;
+        t->err = "alert from peer: ";
+        /* OpenSSL 3.0 has no words for the TLS 1.3 additions */
+        t->err += d == 116 ? "certificate required" : d == 109 ? "missing extension"
+                : d == 86 ? "inappropriate fallback" : SSL_alert_desc_string_long(d);
+        return;
+    }
+    char buf[256];
+    if (first) {
+        ERR_error_string_n(first, buf, sizeof buf);
+        t->err = std::string("TLS error: ") + buf;
+    } else {
+        snprintf(buf, sizeof buf, "TLS error %d", sslerr);
+        t->err = buf;
+    }
+}
+
+/* Map the result of an SSL_* call that did not succeed. */
+static int fail_result(tls_conn *t, int ret)
+{
+    int e = SSL_get_error(t->ssl, ret);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        ERR_clear_error();
+        return IO_AGAIN;
+    }
+    if (e == SSL_ERROR_ZERO_RETURN && SSL_is_init_finished(t->ssl)) {
+        ERR_clear_error();
+        return 0;
+    }
+    set_error(t, e);
+    return IO_ERR;
+}
+
+int tls_handshake(tls_conn *t)
+{
+    if (t->dead)
+        return IO_ERR;
+    ERR_clear_error();
+    int r = SSL_do_handshake(t->ssl);
+    if (r == 1)
+        return 1;
+    return fail_result(t, r);
+}
+
+ssize_t tls_read(tls_conn *t, void *buf, size_t len)
+{
+    size_t n = 0;
+    if (t->dead)
+        return IO_ERR;
+    ERR_clear_error();
+    int r = SSL_read_ex(t->ssl, buf, len, &n);
+    if (r == 1)
+        return (ssize_t)n;
+    return fail_result(t, r);
+}
+
+ssize_t tls_write(tls_conn *t, const void *buf, size_t len)
+{
+    size_t n = 0;
+    if (t->dead)
+        return IO_ERR;
+    if (len == 0)
+        return 0;
+    ERR_clear_error();
+    int r = SSL_write_ex(t->ssl, buf, len, &n);
+    if (r == 1)
+        return (ssize_t)n;
+    r = fail_result(t, r);
+    if (r == 0) {       /* SSL_write never ends a stream: that is a failure */
+        set_error(t, SSL_ERROR_ZERO_RETURN);
+        return IO_ERR;
+    }
+    return r;
+}
+
+int tls_close_notify(tls_conn *t)
+{
+    if (t->dead)
+        return IO_ERR;
+    /* nothing to close before the handshake: the FIN says it all */
+    if (!SSL_is_init_finished(t->ssl))
+        return 0;
+    ERR_clear_error();
+    int r = SSL_shutdown(t->ssl);
+    if (r >= 0)
+        return 0;
+    r = fail_result(t, r);
+    return r == IO_AGAIN ? 0 : r;
+}
+
+bool tls_has_pending_plain(const tls_conn *t)
+{
+    return SSL_pending(t->ssl) > 0 || SSL_has_pending(t->ssl) || BIO_ctrl_pending(t->rbio) > 0;
+}
+
+const char *tls_error(const tls_conn *t)
+{
+    return t->err.c_str();
+}
+
+/* A memory BIO keeps the largest size it ever held: replace an empty one
+ * that grew past TLS_TRIM so an idle connection holds no buffers (OpenSSL's
+ * own go with RELEASE_BUFFERS). Growing a fresh BIO again costs reallocs, so
+ * callers trim only after a small burst of traffic: a busy connection keeps
+ * its buffers, one that turned quiet (heartbeats) lets them go. A
+ * connection that falls silent right after a large burst keeps them until
+ * its next small exchange. */
+static void tls_trim(tls_conn *t, BIO **bp, void (*set)(SSL *, BIO *))
+{
+    BUF_MEM *bm;
+    BIO *b;
+    if (BIO_ctrl_pending(*bp) == 0 && BIO_get_mem_ptr(*bp, &bm) > 0 && bm->max > TLS_TRIM
+        && (b = BIO_new(BIO_s_mem())) != nullptr) {
+        set(t->ssl, b);     /* frees the old one */
+        *bp = b;
+    }
+}
+
+/* ---- the transport: the engine over a nonblocking socket ---- */
+
+struct tls_transport : transport {
+    tls_conn *c;
+    std::string terr;       /* socket-level reason, when the engine has none */
+    /* The engine wants more ciphertext than it holds and read(2) said
+     * EAGAIN: only a readiness event can bring progress. */
+    bool starved = false;
+    ssize_t rd_end = 1;     /* 1 open, else what readv keeps returning: 0 or IO_ERR */
+    bool rd_told = false;   /* rd_end was returned once */
+    int wr_state = 0;       /* 0 open, 1 close_notify queued, 2 FIN sent */
+    bool wr_err = false;
+    size_t rd_burst = 0;    /* ciphertext read since the engine last starved */
+    size_t wr_burst = 0;    /* ciphertext sent since wbio was last empty */
+
+    tls_transport(tls_conn *c_, int fd_) : transport(fd_), c(c_) {}
+    ~tls_transport() override
+    {
+        tls_conn_free(c);
+        if (fd >= 0)
+            close(fd);
+    }
+
+    /* Read ciphertext from the socket into the engine.
+     * Returns 1 fed, 0 end of stream, IO_AGAIN, IO_ERR. */
+    int fill()
+    {
+        char buf[TLS_READ_CHUNK];
+        for (;;) {
+            ssize_t n = read(fd, buf, sizeof buf);
+            if (n > 0) {
+                tls_feed(c, buf, (size_t)n);
+                rd_burst += (size_t)n;
+                starved = false;
+                return 1;
+            }
+            if (n == 0)
+                return 0;
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                starved = true;
+                return IO_AGAIN;
+            }
+            terr = std::string("read: ") + strerror(errno);
+            return IO_ERR;
+        }
+    }
+
+    /* Send held ciphertext. Returns 1 nothing left, IO_AGAIN, IO_ERR. */
+    int push()
+    {
+        char *p;
+        long n;
+        bool sent = false;
+        if (wr_err)
+            return IO_ERR;
+        while ((n = BIO_get_mem_data(c->wbio, &p)) > 0) {
+            ssize_t w = send(fd, p, (size_t)n, MSG_NOSIGNAL);
+            if (w < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (errno == EAGAIN || errno == EWOULDBLOCK)
+                    return IO_AGAIN;
+                terr = std::string("write: ") + strerror(errno);
+                wr_err = true;
+                return IO_ERR;
+            }
+            sent = true;
+            wr_burst += (size_t)w;
+            /* a memory BIO cannot skip bytes: read what was sent away */
+            char tmp[4096];
+            while (w > 0) {
+                int k = BIO_read(c->wbio, tmp, w < (ssize_t)sizeof tmp ? (int)w : (int)sizeof tmp);
+                if (k <= 0)
+                    break;
+                w -= k;
+            }
+        }
+        if (sent) {
+            if (wr_burst < TLS_TRIM)
+                tls_trim(c, &c->wbio, SSL_set0_wbio);
+            wr_burst = 0;
+        }
+        return 1;
+    }
+
+    /* At end of stream: fatal while handshaking, else a (noted) 0. */
+    ssize_t eof()
+    {
+        if (!SSL_is_init_finished(c->ssl)) {
+            terr = "connection closed during handshake";
+            return IO_ERR;
+        }
+        terr = "connection closed without close_notify";
+        return 0;
+    }
+
+    int handshake() override
+    {
+        for (;;) {
+            int r = tls_handshake(c);
+            /* send what it produced, alerts included, before anything else */
+            if (push() == IO_ERR)
+                return IO_ERR;
+            if (r != IO_AGAIN)
+                return r;
+            int f = fill();
+            if (f == 1)
+                continue;
+            if (f == 0)
+                return (int)eof();
+            return f;
+        }
+    }
+
+    ssize_t readv(const iovec *iov, int n) override
+    {
+        size_t got = 0, off = 0;
+        int i = 0;
+        if (rd_end != 1) {
+            rd_told = true;
+            return rd_end;
+        }
+        for (;;) {
+            while (i < n && off == iov[i].iov_len) {
+                i++;
+                off = 0;
+            }
+            if (i == n)
+                break;
+            ssize_t r = tls_read(c, (char *)iov[i].iov_base + off, iov[i].iov_len - off);
+            /* reading may produce output (handshake, alerts, key update
+             * replies): send it now, or buffered() tells the owner to */
+            push();
+            if (r > 0) {
+                off += (size_t)r;
+                got += (size_t)r;
+                continue;
+            }
+            if (r == IO_AGAIN) {
+                int f = fill();
+                if (f == 1)
+                    continue;
+                if (f == IO_AGAIN)
+                    break;
+                r = f == 0 ? eof() : (ssize_t)IO_ERR;
+            }
+            rd_end = r;
+            break;
+        }
+        if (got)
+            return (ssize_t)got;
+        if (rd_end != 1) {
+            rd_told = true;
+            return rd_end;
+        }
+        if (i == n)
+            return 0;       /* no room given */
+        if (rd_burst) {
+            if (rd_burst < TLS_TRIM)
+                tls_trim(c, &c->rbio, SSL_set0_rbio);
+            rd_burst = 0;
+        }
+        return IO_AGAIN;
+    }
+
+    ssize_t writev(const iovec *iov, int n) override
+    {
+        char gather[TLS_REC];
+        size_t took = 0, off = 0;
+        int i = 0;
+
+        if (wr_state) {
+            terr = "write after shutdown";
+            return IO_ERR;
+        }
+        /* writing before the handshake is done would make SSL_write read */
+        if (!SSL_is_init_finished(c->ssl)) {
+            int h = handshake();
+            if (h != 1)
+                return h;
+        }
+        if (tls_pending_out(c) >= TLS_HIGH && push() == IO_ERR)
+            return IO_ERR;
+        while (tls_pending_out(c) < TLS_HIGH) {
+            while (i < n && off == iov[i].iov_len) {
+                i++;
+                off = 0;
+            }
+            if (i == n)
+                break;
+            /* small pieces are gathered into full records: fewer bytes of
+             * overhead; large ones are encrypted in place */
+            const char *p = (const char *)iov[i].iov_base + off;
+            size_t len = iov[i].iov_len - off;
+            if (len >= TLS_REC) {
+                len = TLS_REC;
+            } else if (i + 1 < n) {
+                memcpy(gather, p, len);
+                for (int j = i + 1; j < n && len < TLS_REC; j++) {
+                    size_t k = iov[j].iov_len < TLS_REC - len ? iov[j].iov_len : TLS_REC - len;
+                    memcpy(gather + len, iov[j].iov_base, k);
+                    len += k;
+                }
+                p = gather;
+            }
+            ssize_t r = tls_write(c, p, len);
+            if (r < 0) {
+                if (took)
+                    break;      /* report the error on the next call */
+                push();         /* an alert, maybe */
+                return r;
+            }
+            took += (size_t)r;
+            for (size_t left = (size_t)r; left > 0;) {
+                size_t k = iov[i].iov_len - off < left ? iov[i].iov_len - off : left;
+                off += k;
+                left -= k;
+                if (off == iov[i].iov_len) {
+                    i++;
+                    off = 0;
+                }
+            }
+            if (tls_pending_out(c) >= TLS_HIGH && push() != 1)
+                break;
+        }
+        if (push() == IO_ERR && !took)
+            return IO_ERR;
+        return took ? (ssize_t)took : (i == n ? 0 : IO_AGAIN);
+    }
+
+    int flush() override
+    {
+        int r = push();
+        if (r != 1)
+            return r;
+        if (wr_state == 1) {    /* close_notify is out: now the FIN */
+            ::shutdown(fd, SHUT_WR);
+            wr_state = 2;
+        }
+        return 1;
+    }
+
+    int shutdown_write() override
+    {
+        if (wr_state == 0) {
+            if (tls_close_notify(c) == IO_ERR)
+                return IO_ERR;
+            wr_state = 1;
+        }
+        int r = flush();
+        return r == 1 ? 0 : r;
+    }
+
+    /* True when readv can make progress without the socket: plaintext held,
+     * or whole records may sit unread because readv stopped at a full iov,
+     * or an end or error is still to be reported. */
+    bool pending() const override
+    {
+        if (rd_end != 1)
+            return !rd_told;
+        return SSL_pending(c->ssl) > 0
+            || (!starved && (SSL_has_pending(c->ssl) || BIO_ctrl_pending(c->rbio) > 0));
+    }
+
+    size_t buffered() const override { return tls_pending_out(c); }
+
+    const char *error() const override
+    {
+        return !c->err.empty() ? c->err.c_str() : terr.c_str();
+    }
+};
+
+transport *tls_transport_new(tls_ctx *c, int fd, bool is_server, const char *server_name)
+{
+    tls_conn *t = tls_conn_new(c, is_server, server_name);
+    if (!t)
+        return nullptr;
+    return new tls_transport(t, fd);
+}
+
+std::string tls_transport_describe(transport *t)
+{
+    SSL *s = static_cast<tls_transport *>(t)->c->ssl;
+    const char *cipher = SSL_get_cipher_name(s);
+    return std::string(SSL_get_version(s)) + " " + (cipher ? cipher : "(none)");
+}
+
+std::string tls_transport_sni(transport *t)
+{
+    const char *n = SSL_get_servername(static_cast<tls_transport *>(t)->c->ssl,
+                                       TLSEXT_NAMETYPE_host_name);
+    return n ? n : "";
+}

@@ -1,0 +1,250 @@
+/*
+ * udp.cpp - UDP mappings, both sides; see udp.h.
+ */
+#include "udp.h"
+#include "log.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+#include <string>
+#include <unordered_map>
+
+#define UDP_BATCH 64   /* datagrams read per socket per loop pass */
+
+static uint8_t dgram_buf[65536];
+
+/* Flows expire lazily: traffic only moves last_seen, the timer re-arms
+ * itself when it finds it moved. */
+struct flow_base {
+    uint32_t id = 0;
+    uint64_t last_seen = 0;
+    uint32_t timeout_ms = 60000;
+    timer t;
+};
+
+static bool flow_expired(flow_base *f)
+{
+    uint64_t due = f->last_seen + f->timeout_ms;
+    if ((int64_t)(due - now_ms()) > 0) {
+        timer_arm_at(&f->t, due);
+        return false;
+    }
+    return true;
+}
+
+/* ---- server ---- */
+
+struct sflow : flow_base {
+    udp_port *port = nullptr;
+    sockaddr_buf peer;
+    std::string key;
+};
+
+struct udp_port : io_handler {
+    int fd = -1;
+    tunnel *t = nullptr;
+    uint32_t idx = 0;
+    uint32_t timeout_ms = 60000;
+    std::unordered_map<std::string, sflow *> by_peer;
+    task more;
+    void on_io(unsigned events) override;
+    virtual ~udp_port() {}
+};
+
+static std::unordered_map<uint32_t, sflow *> sflows;
+static uint32_t next_flow;
+
+static void sflow_free(sflow *f)
+{
+    timer_cancel(&f->t);
+    f->port->by_peer.erase(f->key);
+    sflows.erase(f->id);
+    delete f;
+}
+
+static void sflow_timeout(void *arg)
+{
+    sflow *f = (sflow *)arg;
+    if (flow_expired(f)) {
+        log_debug("udp flow %u from %s forgotten after %ums of silence", f->id,
+                  sock_addr_text(f->peer.sa()).c_str(), f->timeout_ms);
+        sflow_free(f);
+    }
+}
+
+static void port_read(void *arg)
+{
+    udp_port *u = (udp_port *)arg;
+    for (int i = 0; i < UDP_BATCH; i++) {
+        sockaddr_buf peer;
+        peer.len = sizeof peer.ss;
+        ssize_t n = recvfrom(u->fd, dgram_buf, sizeof dgram_buf, 0, (sockaddr *)&peer.ss, &peer.len);
+        if (n < 0)
+            return;
+        std::string key((const char *)&peer.ss, peer.len);
+        auto it = u->by_peer.find(key);
+        sflow *f;
+        if (it == u->by_peer.end()) {
+            f = new sflow;
+            do
+                f->id = ++next_flow;
+            while (f->id == 0 || sflows.count(f->id));
+            f->port = u;
+            f->peer = peer;
+            f->key = key;
+            f->timeout_ms = u->timeout_ms;
+            f->t.fn = sflow_timeout;
+            f->t.arg = f;
+            u->by_peer[key] = f;
+            sflows[f->id] = f;
+            timer_arm(&f->t, f->timeout_ms);
+            log_debug("udp flow %u from %s", f->id, sock_addr_text(peer.sa()).c_str());
+        } else {
+            f = it->second;
+        }
+        f->last_seen = now_ms();
+        tunnel_send_dgram(u->t, f->id, u->idx, dgram_buf, (size_t)n);
+    }
+    /* more may be waiting: let the others have a turn first */
+    task_post(&u->more);
+}
+
+void udp_port::on_io(unsigned ev)
+{
+    if (ev & EV_READ)
+        port_read(this);
+}
+
+udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, std::string *err)
+{
+    int fd = sock_listen(a, SOCK_DGRAM, err);
+    if (fd < 0)
+        return nullptr;
+    udp_port *u = new udp_port;
+    u->fd = fd;
+    u->t = t;
+    u->idx = idx;
+    u->timeout_ms = timeout_ms ? timeout_ms : 60000;
+    u->more.fn = port_read;
+    u->more.arg = u;
+    reactor_add(fd, u);
+    return u;
+}
+
+void udp_port_close(udp_port *u)
+{
+    while (!u->by_peer.empty())
+        sflow_free(u->by_peer.begin()->second);
+    task_cancel(&u->more);
+    reactor_del(u->fd, u);
+    close(u->fd);
+    delete u;
+}
+
+void udp_port_reply(uint32_t flow, const uint8_t *p, size_t len)
+{
+    auto it = sflows.find(flow);
+    if (it == sflows.end())
+        return;   /* forgotten already: the reply has no one to go to */
+    sflow *f = it->second;
+    f->last_seen = now_ms();
+    /* a full socket buffer drops the datagram, as the network would */
+    sendto(f->port->fd, p, len, 0, f->peer.sa(), f->peer.len);
+}
+
+/* ---- client ---- */
+
+struct cflow : flow_base, io_handler {
+    int fd = -1;
+    tunnel *tn = nullptr;
+    uint32_t idx = 0;
+    task more;
+    void on_io(unsigned events) override;
+    virtual ~cflow() {}
+};
+
+static std::unordered_map<uint32_t, cflow *> cflows;
+
+static void cflow_free(cflow *f)
+{
+    timer_cancel(&f->t);
+    task_cancel(&f->more);
+    reactor_del(f->fd, f);
+    close(f->fd);
+    cflows.erase(f->id);
+    delete f;
+}
+
+static void cflow_timeout(void *arg)
+{
+    cflow *f = (cflow *)arg;
+    if (flow_expired(f)) {
+        log_debug("udp flow %u closed after %ums of silence", f->id, f->timeout_ms);
+        cflow_free(f);
+    }
+}
+
+static void cflow_read(void *arg)
+{
+    cflow *f = (cflow *)arg;
+    for (int i = 0; i < UDP_BATCH; i++) {
+        ssize_t n = recv(f->fd, dgram_buf, sizeof dgram_buf, 0);
+        if (n < 0)
+            return;   /* EAGAIN, or ECONNREFUSED from an ICMP: nothing to send */
+        f->last_seen = now_ms();
+        tunnel_send_dgram(f->tn, f->id, f->idx, dgram_buf, (size_t)n);
+    }
+    task_post(&f->more);
+}
+
+void cflow::on_io(unsigned ev)
+{
+    if (ev & EV_READ)
+        cflow_read(this);
+}
+
+void udp_flow_dgram(tunnel *t, uint32_t flow, uint32_t idx, const sockaddr_buf &local, uint32_t timeout_ms,
+                    const uint8_t *p, size_t len)
+{
+    auto it = cflows.find(flow);
+    cflow *f;
+    if (it == cflows.end()) {
+        int fd = socket(local.ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0 || connect(fd, local.sa(), local.len) < 0) {
+            log_warn("udp flow %u: socket to %s: %s", flow, sock_addr_text(local.sa()).c_str(), strerror(errno));
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+        f = new cflow;
+        f->fd = fd;
+        f->id = flow;
+        f->tn = t;
+        f->idx = idx;
+        f->timeout_ms = timeout_ms;
+        f->t.fn = cflow_timeout;
+        f->t.arg = f;
+        f->more.fn = cflow_read;
+        f->more.arg = f;
+        cflows[flow] = f;
+        reactor_add(fd, f);
+        timer_arm(&f->t, timeout_ms);
+        log_debug("udp flow %u opened to %s", flow, sock_addr_text(local.sa()).c_str());
+    } else {
+        f = it->second;
+    }
+    f->last_seen = now_ms();
+    send(f->fd, p, len, 0);
+}
+
+void udp_flows_close(void)
+{
+    while (!cflows.empty())
+        cflow_free(cflows.begin()->second);
+}
+
+size_t udp_flow_count(void)
+{
+    return cflows.size();
+}

@@ -1,0 +1,347 @@
+"""Helpers for the end-to-end tests: start the real wmproxyd binaries on
+loopback with a config of their own, real peers (sockets, curl), and stop
+everything by PID. Every wait has a timeout; nothing sleeps and hopes."""
+import hashlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+WMPROXYD = os.environ.get("WMPROXYD", os.path.join(ROOT, "build/asan/wmproxyd"))
+# memory figures are taken from the release build: ASan's shadow memory and
+# quarantine would be measured instead of ours
+WMPROXYD_REL = os.environ.get("WMPROXYD_REL", os.path.join(ROOT, "wmproxyd"))
+
+TESTS = []
+
+
+class Skip(Exception):
+    pass
+
+
+def test(timeout=60):
+    def deco(fn):
+        TESTS.append((fn, timeout))
+        return fn
+    return deco
+
+
+class Ctx:
+    """Per-test state: a temp dir and everything started, stopped at the end."""
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.procs = []
+        self.closers = []
+
+    def path(self, name):
+        return os.path.join(self.tmp, name)
+
+    def write(self, name, text):
+        p = self.path(name)
+        with open(p, "w") as f:
+            f.write(text)
+        return p
+
+    def cleanup(self):
+        for c in reversed(self.closers):
+            try:
+                c()
+            except Exception:
+                pass
+        for p in self.procs:
+            p.kill()
+
+
+def free_port():
+    """A port free for both TCP and UDP on 127.0.0.1 right now."""
+    while True:
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+
+
+def wait_until(cond, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+
+
+def wait_port(port, timeout=10, host="127.0.0.1"):
+    def ok():
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+    wait_until(ok, timeout, "port %d to accept" % port)
+
+
+class Daemon:
+    def __init__(self, ctx, name, ini, binary=None, args=()):
+        self.ctx = ctx
+        self.name = name
+        self.conf = ctx.write(name + ".ini", ini)
+        self.log = ctx.path(name + ".log")
+        self.binary = binary or WMPROXYD
+        self.args = list(args)
+        self.proc = None
+
+    def start(self):
+        self.logf = open(self.log, "ab")
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        env.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        self.proc = subprocess.Popen([self.binary, "-f", self.conf] + self.args, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, env=env)
+        self.ctx.procs.append(self.proc)
+        self.ctx.closers.append(self.stop)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def text(self):
+        with open(self.log, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=10, count=1):
+        rx = re.compile(pattern)
+
+        def seen():
+            if self.proc.poll() is not None and len(rx.findall(self.text())) < count:
+                raise AssertionError("%s exited (%s) before logging /%s/:\n%s" % (
+                    self.name, self.proc.returncode, pattern, self.text()[-3000:]))
+            return len(rx.findall(self.text())) >= count
+        try:
+            wait_until(seen, timeout, "%s to log /%s/" % (self.name, pattern))
+        except AssertionError as e:
+            if "timed out" in str(e):
+                raise AssertionError("%s\n--- %s log ---\n%s" % (e, self.name, self.text()[-3000:]))
+            raise
+
+    def signal(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout=10):
+        """SIGTERM; the daemon must exit 0 in time and leak nothing (ASan)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError("%s did not stop within %ss of SIGTERM" % (self.name, timeout))
+        self.logf.close()
+        return rc
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def status(self, key):
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])  # kB
+        return 0
+
+
+def server_ini(port, extra=""):
+    return "[server]\nbind_addr = 127.0.0.1:%d\n%s" % (port, extra)
+
+
+def client_ini(port, extra="", mappings=""):
+    return "[client]\nserver = 127.0.0.1:%d\nreconnect_min = 200ms\nreconnect_max = 2s\n%s\n%s" % (
+        port, extra, mappings)
+
+
+def tcp_mapping(name, local_port, remote_port=None, extra=""):
+    s = "[mapping %s]\nmode = tcp\nlocal_addr = 127.0.0.1:%d\n" % (name, local_port)
+    if remote_port:
+        s += "remote_port = %d\n" % remote_port
+    return s + extra
+
+
+class TcpServer:
+    """A threaded TCP service on loopback; handler(conn) per connection."""
+
+    def __init__(self, ctx, handler, port=None, host="127.0.0.1", family=socket.AF_INET):
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port or 0))
+        self.sock.listen(512)
+        self.port = self.sock.getsockname()[1]
+        self.handler = handler
+        self.conns = []
+        self.accepted = 0
+        self.closed = False
+        ctx.closers.append(self.close)
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self):
+        while not self.closed:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.conns.append(c)
+            threading.Thread(target=self._run, args=(c,), daemon=True).start()
+
+    def _run(self, c):
+        try:
+            self.handler(c)
+        except OSError:
+            pass
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
+
+
+def echo_handler(c):
+    while True:
+        d = c.recv(65536)
+        if not d:
+            c.shutdown(socket.SHUT_WR)
+            return
+        c.sendall(d)
+
+
+def http_page_handler(body):
+    def h(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    return h
+
+
+def pattern_bytes(seed, n):
+    """Deterministic pseudo-random bytes, fast enough for hundreds of MiB."""
+    block = hashlib.sha256(b"%d" % seed).digest() * 2048  # 64 KiB
+    out = bytearray()
+    i = 0
+    while len(out) < n:
+        out += hashlib.sha256(b"%d-%d" % (seed, i)).digest() + block[32:]
+        i += 1
+    return bytes(out[:n])
+
+
+def recv_all(sock, limit=None):
+    out = bytearray()
+    while True:
+        d = sock.recv(1 << 20)
+        if not d:
+            return bytes(out)
+        out += d
+        if limit is not None and len(out) >= limit:
+            return bytes(out)
+
+
+def run(cmd, timeout=30, **kw):
+    return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
+
+
+def start_pair(ctx, mappings, server_extra="", client_extra="", binary=None, wait=True):
+    """A server and a client on loopback; returns (server, client, tunnel port)."""
+    tport = free_port()
+    s = Daemon(ctx, "server", server_ini(tport, server_extra), binary=binary).start()
+    s.wait_log(r"listening for tunnels")
+    c = Daemon(ctx, "client", client_ini(tport, client_extra, mappings), binary=binary).start()
+    if wait:
+        c.wait_log(r"tunnel up", timeout=15)
+        n = mappings.count("[mapping ")
+        if n:
+            c.wait_log(r"mapping (registered|rejected)", count=n, timeout=15)
+    return s, c, tport
+
+
+def connect(port, timeout=10, host="127.0.0.1"):
+    return socket.create_connection((host, port), timeout=timeout)
+
+
+def wait_closed(sock, timeout):
+    """Read (and drop) until the peer closes: EOF or a reset. Returns the
+    seconds it took; fails if the socket is still open after timeout."""
+    end = time.monotonic() + timeout
+    t0 = time.monotonic()
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise AssertionError("connection still open after %.1fs" % timeout)
+        sock.settimeout(left)
+        try:
+            if not sock.recv(65536):
+                return time.monotonic() - t0
+        except socket.timeout:
+            raise AssertionError("connection still open after %.1fs" % timeout)
+        except (ConnectionResetError, BrokenPipeError):
+            return time.monotonic() - t0
+
+
+def refused(port, host="127.0.0.1"):
+    """True when nothing listens on port (connect refused)."""
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return False
+    except ConnectionRefusedError:
+        return True
+    except ConnectionResetError:
+        return False   # accepted into the backlog of a listener closing right then
+
+
+def echo_once(port, payload=b"ping", timeout=10):
+    """One connection: send payload, half-close, return what came back."""
+    s = connect(port, timeout)
+    try:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+    finally:
+        s.close()
+
+
+def reply_handler(data):
+    """A service that answers every connection with data, then closes."""
+    def h(c):
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+    return h
+
+
+def log_lines(text, pattern):
+    """The match objects of pattern, line by line, in order."""
+    rx = re.compile(pattern)
+    return [m for m in (rx.search(l) for l in text.splitlines()) if m]

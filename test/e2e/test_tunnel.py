@@ -1,0 +1,186 @@
+"""The tunnel's life: peers that die, freeze, restart or are refused, and
+several clients sharing one server."""
+import signal
+import time
+
+from lib import (Daemon, TcpServer, client_ini, connect, echo_handler, echo_once, free_port, log_lines, refused,
+                 reply_handler, server_ini, start_pair, tcp_mapping, test, wait_closed, wait_until)
+
+HB = "heartbeat = 1s\n"
+
+
+def open_echo(port):
+    """A public connection proven to reach the service."""
+    sock = connect(port)
+    sock.sendall(b"hello")
+    sock.settimeout(10)
+    assert sock.recv(5) == b"hello"
+    return sock
+
+
+@test(timeout=60)
+def client_killed(ctx):
+    """SIGKILL on the client: within 3 heartbeats its public connections
+    close and its port stops listening; a new client serves again."""
+    e = TcpServer(ctx, echo_handler)
+    rp = free_port()
+    mapping = tcp_mapping("echo", e.port, rp)
+    s, c, tport = start_pair(ctx, mapping, server_extra=HB + "allow_ports = %d\n" % rp, client_extra=HB)
+    socks = [open_echo(rp) for _ in range(3)]
+    t0 = time.monotonic()
+    c.kill()
+    for sock in socks:
+        wait_closed(sock, 3 - (time.monotonic() - t0))
+        sock.close()
+    wait_until(lambda: refused(rp), 3 - (time.monotonic() - t0), "port %d to be closed" % rp)
+    s.wait_log(r"tunnel down peer=127\.0\.0\.1:\d+", timeout=1)
+
+    c2 = Daemon(ctx, "client2", client_ini(tport, HB, mapping)).start()
+    c2.wait_log(r"mapping registered name=echo", timeout=15)
+    assert echo_once(rp, b"again") == b"again"
+    assert c2.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def server_restarted(ctx):
+    """The server stops (TERM) and comes back on the same port: the client
+    reconnects by itself and the mapping serves again."""
+    e = TcpServer(ctx, echo_handler)
+    pub = free_port()
+    extra = "map_tcp_bind = 127.0.0.1:%d\n" % pub
+    s, c, tport = start_pair(ctx, tcp_mapping("echo", e.port), server_extra=extra)
+    assert echo_once(pub) == b"ping"
+    sock = open_echo(pub)
+    assert s.stop() == 0
+    wait_closed(sock, 5)
+    sock.close()
+    c.wait_log(r"tunnel down", timeout=5)
+    c.wait_log(r"reconnecting to 127\.0\.0\.1:%d in \d+ms" % tport, timeout=5)
+
+    s2 = Daemon(ctx, "server2", server_ini(tport, extra)).start()
+    s2.wait_log(r"listening for tunnels")
+    c.wait_log(r"tunnel up", count=2, timeout=15)
+    c.wait_log(r"mapping registered name=echo", count=2, timeout=5)
+    s2.wait_log(r"mapping registered name=echo .*port=%d" % pub)
+    assert echo_once(pub, b"after restart") == b"after restart"
+    assert c.stop() == 0
+    assert s2.stop() == 0
+
+
+@test(timeout=60)
+def wrong_token_backs_off(ctx):
+    """A wrong token: refused and logged on both sides, and the client keeps
+    retrying with delays that double (jitter picks each in [d/2, d])."""
+    e = TcpServer(ctx, echo_handler)
+    tport = free_port()
+    s = Daemon(ctx, "server", server_ini(tport, "token = right-secret\n")).start()
+    s.wait_log(r"listening for tunnels")
+    c = Daemon(ctx, "client", "[client]\nserver = 127.0.0.1:%d\ntoken = wrong-secret\nreconnect_min = 100ms\n"
+               "reconnect_max = 10s\n" % tport + tcp_mapping("echo", e.port)).start()
+    c.wait_log(r"reconnecting .* \(attempt 5\)", timeout=20)
+    s.wait_log(r"tunnel refused peer=127\.0\.0\.1:\d+ reason=\"wrong token\"")
+    assert "tunnel up" not in s.text() and "mapping registered" not in s.text()
+    assert len(log_lines(c.text(), r"refused the tunnel")) >= 5, c.text()
+    assert "tunnel up" not in c.text()
+
+    lines = log_lines(c.text(), r"reconnecting .* in (\d+)ms \(attempt (\d+)\)")
+    delays = {int(m.group(2)): int(m.group(1)) for m in lines}
+    for n in range(1, 6):
+        d = 100 * 2 ** (n - 1)
+        assert d // 2 <= delays[n] <= d, "attempt %d waited %dms, want [%d, %d]: %s" % (n, delays[n], d // 2, d,
+                                                                                          delays)
+    assert delays[4] > delays[1] and delays[5] > delays[2], delays
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def several_clients_and_conflicts(ctx):
+    """Two clients, a port each, both serve; a third asks for a taken port
+    and one outside allow_ports: both rejected with the reason logged on
+    both sides, and its allowed mapping still works."""
+    a = TcpServer(ctx, reply_handler(b"from A"))
+    b = TcpServer(ctx, reply_handler(b"from B"))
+    d = TcpServer(ctx, reply_handler(b"from C"))
+    p1, p2, p3, outside = free_port(), free_port(), free_port(), free_port()
+    tport = free_port()
+    s = Daemon(ctx, "server", server_ini(tport, "allow_ports = %d,%d,%d\n" % (p1, p2, p3))).start()
+    s.wait_log(r"listening for tunnels")
+    ca = Daemon(ctx, "clientA", client_ini(tport, "", tcp_mapping("a", a.port, p1))).start()
+    ca.wait_log(r"mapping registered name=a")
+    cb = Daemon(ctx, "clientB", client_ini(tport, "", tcp_mapping("b", b.port, p2))).start()
+    cb.wait_log(r"mapping registered name=b")
+    assert echo_once(p1, b"") == b"from A"
+    assert echo_once(p2, b"") == b"from B"
+
+    cc = Daemon(ctx, "clientC", client_ini(tport, "", tcp_mapping("taken", d.port, p1) +
+                                           tcp_mapping("outside", d.port, outside) +
+                                           tcp_mapping("c", d.port, p3))).start()
+    cc.wait_log(r"mapping (registered|rejected)", count=3)
+    cc.wait_log(r"mapping rejected name=taken reason=\".*port %d is held by client 127\.0\.0\.1:\d+" % p1, timeout=1)
+    s.wait_log(r"mapping rejected name=taken peer=127\.0\.0\.1:\d+ reason=\".*held by client", timeout=1)
+    cc.wait_log(r"mapping rejected name=outside reason=\".*%d.*allow_ports" % outside, timeout=1)
+    s.wait_log(r"mapping rejected name=outside .*allow_ports", timeout=1)
+    cc.wait_log(r"mapping registered name=c", timeout=1)
+    assert refused(outside)
+    assert echo_once(p1, b"") == b"from A"     # still A's
+    assert echo_once(p2, b"") == b"from B"
+    assert echo_once(p3, b"") == b"from C"
+    for c in (cc, cb, ca, s):
+        assert c.stop() == 0, c.name
+
+
+@test(timeout=60)
+def frozen_client_detected_by_heartbeat(ctx):
+    """SIGSTOP the client: no FIN, no heartbeats. The server declares the
+    tunnel dead within 3 heartbeats and closes its public connections;
+    after SIGCONT the client notices, reconnects, and serves again."""
+    e = TcpServer(ctx, echo_handler)
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("echo", e.port, rp), server_extra=HB + "allow_ports = %d\n" % rp,
+                         client_extra=HB)
+    socks = [open_echo(rp) for _ in range(2)]
+    c.signal(signal.SIGSTOP)
+    ctx.closers.append(lambda: c.signal(signal.SIGCONT))
+    t0 = time.monotonic()
+    limit = 3 * 1.0 + 1.0   # 3 heartbeats, and a margin for timer and scheduling slack
+    s.wait_log(r"tunnel down peer=127\.0\.0\.1:\d+ reason=\".*silent", timeout=limit)
+    for sock in socks:
+        wait_closed(sock, max(0.1, limit - (time.monotonic() - t0)))
+        sock.close()
+    dt = time.monotonic() - t0
+    assert dt >= 2.0, "tunnel declared dead after only %.1fs" % dt
+    wait_until(lambda: refused(rp), 1, "port %d to be closed" % rp)
+
+    c.signal(signal.SIGCONT)
+    c.wait_log(r"tunnel down", timeout=10)
+    c.wait_log(r"tunnel up", count=2, timeout=15)
+    c.wait_log(r"mapping registered name=echo", count=2, timeout=5)
+    assert echo_once(rp, b"thawed") == b"thawed"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def heartbeat_agreed_on_the_larger(ctx):
+    """Server heartbeat 1s, client 2s: both use 2s, so a frozen client is
+    declared dead after about 6s, not 3s."""
+    e = TcpServer(ctx, echo_handler)
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("echo", e.port, rp), server_extra=HB + "allow_ports = %d\n" % rp,
+                         client_extra="heartbeat = 2s\n")
+    sock = open_echo(rp)
+    c.signal(signal.SIGSTOP)
+    ctx.closers.append(lambda: c.signal(signal.SIGCONT))
+    t0 = time.monotonic()
+    s.wait_log(r"tunnel down .*silent", timeout=8)
+    dt = time.monotonic() - t0
+    assert 3.5 < dt < 7.5, "declared dead after %.1fs, want about 6s (3 x 2s)" % dt
+    s.wait_log(r"heartbeat 2000ms", timeout=1)
+    wait_closed(sock, 1)
+    sock.close()
+    c.signal(signal.SIGCONT)
+    c.wait_log(r"tunnel up", count=2, timeout=15)
+    assert c.stop() == 0
+    assert s.stop() == 0
