@@ -144,8 +144,11 @@ struct tunnel : io_handler, deferred {
     ~tunnel() override;
 };
 
-/* Start a tunnel on an established (or TLS-handshaking) transport. */
-tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer);
+/* Start a tunnel on an established (or TLS-handshaking) transport.
+ * initial/len: bytes already read from it (the server sniffs the first
+ * bytes to tell tunnel clients from proxy users). */
+tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer,
+                   const uint8_t *initial = nullptr, size_t len = 0);
 /* Close: reset every stream, tell the owner, free later. code/why go in a
  * GOAWAY to the peer when the transport can still take it. */
 void tunnel_close(tunnel *t, uint8_t code, const char *why);

@@ -879,7 +879,8 @@ static void hs_timeout(void *arg)
 
 static void read_task_cb(void *arg) { read_task_fn(arg); }
 
-tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer)
+tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer,
+                   const uint8_t *initial, size_t len)
 {
     tunnel *t = new tunnel;
     t->tr = tr;
@@ -903,6 +904,10 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
     if (ring_alloc(&t->rxr, RX_RING) < 0 || ring_alloc(&t->txr, TX_RING) < 0) {
         delete t;
         return nullptr;
+    }
+    if (len > 0) {
+        ring_put(&t->rxr, initial, len);
+        task_post(&t->read_task);
     }
     timer_arm(&t->hs_timer, cf.handshake_timeout_ms);
     if (reactor_add(tr->fd, t) < 0) {

@@ -10,6 +10,7 @@
 #include "sock.h"
 #include "tls.h"
 #include "udp.h"
+#include "proxy.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -166,26 +167,164 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
     }
 }
 
+/*
+ * A connection on bind_addr before we know what it is: TLS first when tc,
+ * then its first bytes tell a tunnel client ("WMPX") from a forward-proxy
+ * user (SOCKS5, CONNECT, an HTTP request).
+ */
+struct sniff_conn : io_handler, deferred {
+    transport *tr = nullptr;
+    std::string peer;
+    uint8_t buf[4096];
+    size_t len = 0;
+    timer deadline;
+    void on_io(unsigned events) override;
+    ~sniff_conn() override
+    {
+        timer_cancel(&deadline);
+        delete tr;
+    }
+};
+
+static size_t sniffing;
+
+static void sniff_done(sniff_conn *c)
+{
+    if (c->tr)
+        reactor_del(c->tr->fd, c);
+    timer_cancel(&c->deadline);
+    sniffing--;
+    defer_delete(c);
+}
+
+static void sniff_fail(sniff_conn *c, const char *why)
+{
+    log_info("connection from %s on %s closed: %s", c->peer.c_str(), srv->cf.bind_addr.text().c_str(), why);
+    sniff_done(c);
+}
+
+/* A plaintext tunnel client on a TLS port cannot read a TLS alert: tell it
+ * in its own protocol before closing. */
+static void tell_plaintext_client(int fd)
+{
+    uint8_t out[PREFACE_LEN + FRAME_HDR + 64];
+    std::string p;
+    code_encode(GA_PROTOCOL, "this server requires TLS (set ts = true)", &p);
+    preface_encode(out);
+    frame_hdr_encode(out + PREFACE_LEN, (uint32_t)p.size(), FT_GOAWAY, 0, 0);
+    memcpy(out + PREFACE_LEN + FRAME_HDR, p.data(), p.size());
+    ssize_t n = write(fd, out, PREFACE_LEN + FRAME_HDR + p.size());
+    (void)n;
+}
+
+static const char *kind_name(proxy_kind k)
+{
+    return k == PK_SOCKS5 ? "socks5" : k == PK_CONNECT ? "https" : "http";
+}
+
+static void sniff_decide(sniff_conn *c, proxy_kind k)
+{
+    if (k == PK_UNKNOWN) {
+        char why[128];
+        if (c->buf[0] == 0x16 && !srv->tls)
+            snprintf(why, sizeof why, "peer started a TLS handshake but this port is plaintext (tc = false)");
+        else
+            snprintf(why, sizeof why, "not a wmproxyd client nor a proxy request (first bytes %02x %02x %02x %02x)",
+                     c->buf[0], c->len > 1 ? c->buf[1] : 0, c->len > 2 ? c->buf[2] : 0, c->len > 3 ? c->buf[3] : 0);
+        return sniff_fail(c, why);
+    }
+    if (k == PK_TUNNEL) {
+        if (srv->tunnels.size() >= srv->cf.max_clients) {
+            log_warn("refused tunnel from %s: max_clients (%u) reached", c->peer.c_str(), srv->cf.max_clients);
+            return sniff_done(c);
+        }
+        reactor_del(c->tr->fd, c);
+        tunnel *t = tunnel_new(c->tr, srv->tcf, srv, c->peer, c->buf, c->len);
+        c->tr = nullptr;
+        if (!t) {
+            log_error("tunnel from %s: out of memory", c->peer.c_str());
+            return sniff_done(c);
+        }
+        client_info *ci = new client_info;
+        ci->peer = c->peer;
+        t->user = ci;
+        srv->tunnels.insert(t);
+        return sniff_done(c);
+    }
+    unsigned need = k == PK_SOCKS5 ? FLAG_SOCKS5 : k == PK_CONNECT ? FLAG_HTTPS : FLAG_HTTP;
+    if (!(srv->cf.flag & need)) {
+        char why[96];
+        snprintf(why, sizeof why, "%s proxy request, but flag does not allow %s", kind_name(k), kind_name(k));
+        return sniff_fail(c, why);
+    }
+    reactor_del(c->tr->fd, c);
+    proxy_conf pc;
+    pc.flag = srv->cf.flag;
+    pc.username = srv->cf.username;
+    pc.password = srv->cf.password;
+    pc.connect_timeout_ms = srv->cf.connect_timeout_ms;
+    pc.handshake_timeout_ms = srv->cf.handshake_timeout_ms;
+    pc.where = "bind_addr";
+    proxy_serve(c->tr, c->peer, c->buf, c->len, pc);
+    c->tr = nullptr;
+    sniff_done(c);
+}
+
+void sniff_conn::on_io(unsigned)
+{
+    if (doomed)
+        return;
+    int r = tr->handshake();
+    if (r == IO_ERR) {
+        if (srv->tls && !strcmp(tr->error(), "peer is not speaking TLS"))
+            tell_plaintext_client(tr->fd);
+        return sniff_fail(this, tr->error());
+    }
+    if (r == IO_AGAIN) {
+        if (tr->buffered() && tr->flush() == IO_ERR)
+            return sniff_fail(this, tr->error());
+        return;
+    }
+    while (len < sizeof buf) {
+        iovec iov = {buf + len, sizeof buf - len};
+        ssize_t n = tr->readv(&iov, 1);
+        if (n > 0) {
+            len += (size_t)n;
+            proxy_kind k = proxy_sniff(buf, len);
+            if (k != PK_PARTIAL)
+                return sniff_decide(this, k);
+            continue;
+        }
+        if (n == 0)
+            return sniff_fail(this, len ? "closed before saying what it is" : "closed without a word");
+        if (n == IO_AGAIN) {
+            if (tr->buffered())
+                tr->flush();
+            if (!tr->pending())
+                return;
+            continue;
+        }
+        return sniff_fail(this, tr->error());
+    }
+}
+
 static void accept_tunnel(int fd, const sockaddr_buf &peer)
 {
-    std::string who = sock_addr_text(peer.sa());
-    if (srv->tunnels.size() >= srv->cf.max_clients) {
-        log_warn("refused tunnel from %s: max_clients (%u) reached", who.c_str(), srv->cf.max_clients);
-        close(fd);
-        return;
-    }
+    sniff_conn *c = new sniff_conn;
+    c->peer = sock_addr_text(peer.sa());
     sock_nodelay(fd);
-    transport *tr = srv->tls ? tls_transport_new(srv->tls, fd, true, nullptr) : plain_transport_new(fd);
-    tunnel *t = tunnel_new(tr, srv->tcf, srv, who);
-    if (!t) {
-        log_error("tunnel from %s: out of memory", who.c_str());
+    c->tr = srv->tls ? tls_transport_new(srv->tls, fd, true, nullptr) : plain_transport_new(fd);
+    if (!c->tr) {
+        close(fd);
+        delete c;
         return;
     }
-    client_info *ci = new client_info;
-    ci->peer = who;
-    t->user = ci;
-    srv->tunnels.insert(t);
-    log_debug("connection from %s on %s", who.c_str(), srv->tunnel_l->addr.c_str());
+    c->deadline.fn = [](void *arg) { sniff_fail((sniff_conn *)arg, "handshake timed out"); };
+    c->deadline.arg = c;
+    timer_arm(&c->deadline, srv->cf.handshake_timeout_ms);
+    sniffing++;
+    reactor_add(fd, c);
+    c->on_io(EV_READ | EV_WRITE);
 }
 
 void listener::on_io(unsigned)

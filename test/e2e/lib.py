@@ -18,6 +18,32 @@ WMPROXYD_REL = os.environ.get("WMPROXYD_REL", os.path.join(ROOT, "wmproxyd"))
 
 TESTS = []
 
+# TLS mode. When on, the mode-aware helpers (server_ini, client_ini,
+# start_pair, with tls=None) make every tunnel speak TLS: the server gets
+# tc = true and generates its self-signed certificate (or, with stable_cert,
+# loads one from files, so that a restarted server keeps its fingerprint),
+# and the client gets ts = true with that certificate pinned by the
+# fingerprint the server logged at start-up. run.py runs each test that used
+# a mode-aware helper a second time with the mode on ("NAME [tls]");
+# WMPX_TLS=1 or 0 (or run.py --tls on|off) runs one mode only.
+TLS = os.environ.get("WMPX_TLS", "").lower() in ("1", "on", "yes", "true")
+_current = None      # the Ctx of the running test
+
+
+def set_tls(on):
+    global TLS
+    TLS = bool(on)
+
+
+def _tls_for(tls):
+    """Whether a helper given tls (None: follow the mode) adds TLS keys; a
+    helper that followed the mode marks its test as one to run in both."""
+    if tls is None:
+        if _current is not None:
+            _current.mode_used = True
+        return TLS
+    return bool(tls)
+
 
 class Skip(Exception):
     pass
@@ -34,9 +60,13 @@ class Ctx:
     """Per-test state: a temp dir and everything started, stopped at the end."""
 
     def __init__(self, tmp):
+        global _current
         self.tmp = tmp
         self.procs = []
         self.closers = []
+        self.daemons = []
+        self.mode_used = False    # a helper followed the TLS mode (see set_tls)
+        _current = self
 
     def path(self, name):
         return os.path.join(self.tmp, name)
@@ -98,11 +128,13 @@ class Daemon:
     def __init__(self, ctx, name, ini, binary=None, args=()):
         self.ctx = ctx
         self.name = name
+        self.ini = ini
         self.conf = ctx.write(name + ".ini", ini)
         self.log = ctx.path(name + ".log")
         self.binary = binary or WMPROXYD
         self.args = list(args)
         self.proc = None
+        ctx.daemons.append(self)
 
     def start(self):
         self.logf = open(self.log, "ab")
@@ -167,13 +199,73 @@ class Daemon:
         return 0
 
 
-def server_ini(port, extra=""):
-    return "[server]\nbind_addr = 127.0.0.1:%d\n%s" % (port, extra)
+MKCERTS = os.path.join(ROOT, "scripts", "mkcerts")
 
 
-def client_ini(port, extra="", mappings=""):
-    return "[client]\nserver = 127.0.0.1:%d\nreconnect_min = 200ms\nreconnect_max = 2s\n%s\n%s" % (
-        port, extra, mappings)
+def mkcerts(dir, server_name=None):
+    """scripts/mkcerts into dir (which must not hold its files yet): a CA,
+    server.pem/key signed by it for server_name (default localhost, which
+    also covers 127.0.0.1), client.pem/key. Returns dir."""
+    r = run([MKCERTS, dir] + ([server_name] if server_name else []))
+    assert r.returncode == 0, "mkcerts %s: %s" % (dir, r.stderr.decode())
+    return dir
+
+
+def stable_cert():
+    """(cert, key) of a server certificate kept in files for the running
+    test, made on first use: a restarted server keeps its fingerprint."""
+    d = _current.path("tls-stable")
+    if not os.path.exists(os.path.join(d, "server.pem")):
+        mkcerts(d)
+    return os.path.join(d, "server.pem"), os.path.join(d, "server.key")
+
+
+def cert_fingerprint(pem):
+    """"AB:CD:.." SHA-256 of the certificate in pem, as openssl computes it."""
+    r = run(["openssl", "x509", "-in", pem, "-noout", "-fingerprint", "-sha256"])
+    assert r.returncode == 0, r.stderr.decode()
+    return r.stdout.decode().strip().split("=", 1)[1]
+
+
+TLS_ON_RX = r"tls on \S+:%d certificate sha256=([0-9A-F:]{95})"
+
+
+def tls_pin(port, timeout=10):
+    """The fingerprint the latest TLS server of this test bound to port
+    logged at start-up ("tls on ADDR:PORT certificate sha256=AB:CD.."),
+    waiting for that line if the server is still starting."""
+    bind = "bind_addr = 127.0.0.1:%d\n" % port
+    for d in reversed(_current.daemons if _current else []):
+        if d.proc is None or bind not in d.ini or not re.search(r"(?m)^tc = true$", d.ini):
+            continue
+        rx = TLS_ON_RX % port
+        d.wait_log(rx, timeout=timeout)
+        return re.findall(rx, d.text())[-1]
+    raise AssertionError("no TLS server on port %d started in this test to pin" % port)
+
+
+def server_ini(port, extra="", tls=None, stable_cert_files=False):
+    """A [server] on 127.0.0.1:port. tls: None follows the TLS mode, True or
+    False forces it. stable_cert_files: under TLS, a certificate from files
+    (the same for every server of the test) instead of a generated one."""
+    head = "[server]\nbind_addr = 127.0.0.1:%d\n" % port
+    if _tls_for(tls):
+        head += "tc = true\n"
+        if stable_cert_files:
+            head += "cert = %s\nkey = %s\n" % stable_cert()
+    return head + extra
+
+
+def client_ini(port, extra="", mappings="", tls=None, pin=None, reconnect=("200ms", "2s")):
+    """A [client] of 127.0.0.1:port. tls: None follows the TLS mode, True or
+    False forces it; under TLS the server certificate is pinned: pin, else
+    the fingerprint logged by this test's TLS server on that port (start
+    it first)."""
+    head = "[client]\nserver = 127.0.0.1:%d\nreconnect_min = %s\nreconnect_max = %s\n" % (
+        (port,) + tuple(reconnect))
+    if _tls_for(tls):
+        head += "ts = true\nfingerprint = %s\n" % (pin or tls_pin(port))
+    return "%s%s\n%s" % (head, extra, mappings)
 
 
 def tcp_mapping(name, local_port, remote_port=None, extra=""):
@@ -272,12 +364,14 @@ def run(cmd, timeout=30, **kw):
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
 
 
-def start_pair(ctx, mappings, server_extra="", client_extra="", binary=None, wait=True):
-    """A server and a client on loopback; returns (server, client, tunnel port)."""
+def start_pair(ctx, mappings, server_extra="", client_extra="", binary=None, wait=True, tls=None,
+               stable_cert_files=False):
+    """A server and a client on loopback; returns (server, client, tunnel port).
+    tls and stable_cert_files: as for server_ini and client_ini."""
     tport = free_port()
-    s = Daemon(ctx, "server", server_ini(tport, server_extra), binary=binary).start()
+    s = Daemon(ctx, "server", server_ini(tport, server_extra, tls, stable_cert_files), binary=binary).start()
     s.wait_log(r"listening for tunnels")
-    c = Daemon(ctx, "client", client_ini(tport, client_extra, mappings), binary=binary).start()
+    c = Daemon(ctx, "client", client_ini(tport, client_extra, mappings, tls), binary=binary).start()
     if wait:
         c.wait_log(r"tunnel up", timeout=15)
         n = mappings.count("[mapping ")

@@ -1,0 +1,43 @@
+/*
+ * fake_backend.cpp - a reactor backend for the fuzzers: no descriptors,
+ * no waiting. backend_poll() returns at once and stops the loop, so
+ * reactor_run() runs exactly one pass (timers, poll, tasks, reaping) and
+ * the harness drives readiness itself by calling on_io().
+ */
+#include "reactor-backend.h"
+#include "fake_backend.h"
+
+int fake_backend_fail_add;  /* next backend_add() calls that fail */
+int fake_backend_handlers;  /* registered, for leak checks */
+
+int backend_init(void) { return 0; }
+void backend_free(void) {}
+
+int backend_add(int, io_handler *)
+{
+    if (fake_backend_fail_add > 0) {
+        fake_backend_fail_add--;
+        return -1;
+    }
+    fake_backend_handlers++;
+    return 0;
+}
+
+void backend_del(int, io_handler *)
+{
+    fake_backend_handlers--;
+}
+
+int backend_poll(int)
+{
+    reactor_stop();
+    return 0;
+}
+
+int backend_signals(const int *, int, signal_fn, void *) { return 0; }
+
+/* One pass of the loop without blocking. */
+void fake_reactor_pass(void)
+{
+    reactor_run();
+}
