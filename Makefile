@@ -43,7 +43,7 @@ LIBS     = -linih -lssl -lcrypto -lpthread
 
 SRCS = src/main.cpp src/conf.cpp src/log.cpp src/syslog_shim.cpp src/reactor.cpp src/reactor_epoll.cpp \
        src/reactor_kqueue.cpp src/sock.cpp src/ring.cpp src/frame.cpp src/mux.cpp src/relay.cpp \
-       src/transport_plain.cpp src/tls.cpp src/server.cpp src/client.cpp src/udp.cpp src/socks5.cpp src/proxyproto.cpp src/http.cpp src/proxy.cpp
+       src/transport_plain.cpp src/tls.cpp src/server.cpp src/client.cpp src/udp.cpp src/socks5.cpp src/proxyproto.cpp src/http.cpp src/proxy.cpp src/http_proxy.cpp
 LIBSRCS = $(filter-out src/main.cpp,$(SRCS))
 UNIT_SRCS = $(wildcard test/unit/*.cpp)
 

@@ -24,9 +24,11 @@
 #include "fake_backend.h"
 #include "log.h"
 
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <vector>
 
 #define CHECK(c) do { if (!(c)) { fprintf(stderr, "CHECK failed: %s (%s:%d)\n", #c, __FILE__, __LINE__); abort(); } } while (0)
@@ -43,6 +45,12 @@ static uint32_t rnd(void)
     return rng_state = x;
 }
 static bool chance(unsigned one_in) { return rnd() % one_in == 0; }
+
+/* The byte every stub end sends on stream sid. */
+static uint8_t pattern(uint32_t sid) { return (uint8_t)('a' + sid % 26); }
+
+/* The read end of a pipe, for stream_send_from_fd(). */
+static int pipe_rd = -1, pipe_wr = -1;
 
 /* What the tunnel writes must parse as a preface and frames. */
 struct out_check {
@@ -79,7 +87,14 @@ struct out_check {
             case FT_RESET: case FT_GOAWAY: case FT_REGISTERED: {
                 uint8_t c; std::string s; CHECK(code_decode(p, h.len, &c, &s) == 0); break; }
             case FT_WINDOW: CHECK(h.len == 4 && h.sid != 0); break;
-            case FT_DATA: CHECK(h.sid != 0); break;
+            case FT_DATA:
+                CHECK(h.sid != 0 && h.len <= FRAME_MAX_DATA);
+                /* the stub ends send their stream's pattern byte only: a
+                 * header written over payload, or payload under the wrong
+                 * id, shows here */
+                for (uint32_t i = 0; i < h.len; i++)
+                    CHECK(p[i] == pattern(h.sid));
+                break;
             default: break;
             }
             buf.erase(0, FRAME_HDR + h.len);
@@ -173,8 +188,22 @@ struct stub_end : stream_end {
         if (room == 0 || chance(2))
             return;
         size_t n = 1 + rnd() % (room < 40000 ? room : 40000);
-        std::vector<char> b(n, 'x');
-        CHECK(stream_send(s, b.data(), n) == 0);
+        std::vector<char> b(n, (char)pattern(s->sid));
+        if (chance(2)) {
+            CHECK(stream_send(s, b.data(), n) == 0);
+        } else {
+            /* straight from a descriptor into the tx ring, headers
+             * poked in between */
+            if (n > 65536)
+                n = 65536;
+            CHECK(write(pipe_wr, b.data(), n) == (ssize_t)n);
+            ssize_t r = stream_send_from_fd(s, pipe_rd, rnd() % 2 ? room : n);
+            CHECK(r > 0 && (size_t)r <= n);
+            char sink[4096];
+            while (read(pipe_rd, sink, sizeof sink) > 0)
+                ;
+        }
+        CHECK(s->send_credit >= 0);
         if (chance(16))
             stream_send_fin(s);
     }
@@ -294,6 +323,9 @@ struct stub_owner : tunnel_owner {
     }
     void on_open(tunnel *, stream *s, const open_msg &) override
     {
+        /* a new stream never takes the id of one still alive */
+        for (stub_end *e : ends)
+            CHECK(!e->s || e->s->sid != s->sid);
         switch (rnd() % 8) {
         case 0:
             stream_reset(s, RST_REFUSED);
@@ -323,6 +355,11 @@ struct stub_owner : tunnel_owner {
 extern "C" int LLVMFuzzerInitialize(int *, char ***)
 {
     log_open("/dev/null", LOG_ERROR);
+    int fds[2];
+    if (pipe2(fds, O_NONBLOCK | O_CLOEXEC) < 0)   /* 64 KiB: enough, see maybe_send() */
+        abort();
+    pipe_rd = fds[0];
+    pipe_wr = fds[1];
     reactor_init();
     return 0;
 }

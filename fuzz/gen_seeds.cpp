@@ -160,6 +160,12 @@ static void mux_seeds()
     for (uint32_t sid = 2; sid <= 12; sid += 2)
         many += open_f(sid, 0, 4) + data_f(sid, std::string(100, 'm'));
     put("mux", "client-streams", ctl(0x0c, 27, 28) + hello(false) + frame(FT_READY, 0, 0, "") + many);
+    /* stream ids far apart: the serial-number comparison of ids */
+    std::string wrap;
+    for (uint32_t sid : {2u, 0x70000000u, 0xe0000000u, 0x50000000u, 0xc0000000u})
+        wrap += open_f(sid, 0, 4) + data_f(sid, "w") + window_f(sid, 10);
+    put("mux", "client-sid-wrap", ctl(0x04, 33, 34) + hello(false) + frame(FT_READY, 0, 0, "") + wrap +
+                                      code_f(FT_RESET, 0x70000000, RST_CANCEL, "") + data_f(0x70000000, "late"));
     put("mux", "client-eof", ctl(0x44, 29, 30) + hello(false) + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4));
     put("mux", "client-goaway-auth", ctl(0x06, 31, 32) + hello(true) + code_f(FT_GOAWAY, 0, GA_AUTH, "wrong token"));
 }

@@ -12,6 +12,7 @@
 #include "sock.h"
 #include "tls.h"
 #include "udp.h"
+#include "proxy.h"
 #include <vector>
 
 #include <errno.h>
@@ -44,6 +45,46 @@ struct client : tunnel_owner, io_handler {
 };
 
 static client *cl;
+
+/* The client's bind_addr: a local forward-proxy listener whose users go
+ * through the tunnel; the server serves them under its own flag. */
+struct local_proxy : io_handler {
+    int fd = -1;
+    void on_io(unsigned events) override;
+    virtual ~local_proxy() {}
+};
+
+static local_proxy *lp;
+
+void local_proxy::on_io(unsigned)
+{
+    for (;;) {
+        sockaddr_buf peer;
+        int cfd = sock_accept(fd, &peer);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if (errno != EAGAIN)
+                log_warn("accept on %s: %s", cl->cf.bind_addr.text().c_str(), strerror(errno));
+            return;
+        }
+        std::string who = sock_addr_text(peer.sa());
+        stream *s = nullptr;
+        if (cl->t && cl->t->state == TS_READY) {
+            open_msg m;
+            m.mapping = 0xffffffffu;   /* not a mapping: a proxy user */
+            s = tunnel_open(cl->t, m, nullptr);
+        }
+        if (!s) {
+            log_info("proxy user %s refused: the tunnel is %s", who.c_str(), cl->t ? "full" : "down");
+            close(cfd);
+            continue;
+        }
+        relay *r = relay_new(cfd, s, who);
+        if (r)
+            r->what = "bind_addr";
+    }
+}
 
 static void connect_server(void *);
 
@@ -161,6 +202,15 @@ void client::on_ready(tunnel *tn)
         m.name = mc.name;
         for (size_t d = 0; d < mc.domains.size(); d++)
             m.domains += (d ? "," : "") + mc.domains[d];
+        /* http rewriting is done by the server: it gets the rules */
+        if (!mc.host.empty())
+            m.rules += "H " + mc.host + "\n";
+        for (auto &r : mc.request_headers)
+            m.rules += "Q " + r.first + ": " + r.second + "\n";
+        for (auto &r : mc.response_headers)
+            m.rules += "S " + r.first + ": " + r.second + "\n";
+        if (mc.mode == MODE_PROXY && mc.username.empty())
+            m.rules += "P open\n";
         if (tunnel_register(tn, (uint32_t)i, m) < 0)
             log_error("mapping %s not registered: its domains and header rules exceed 16 KiB", mc.name.c_str());
     }
@@ -179,11 +229,21 @@ void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::st
 
 void client::on_open(tunnel *, stream *s, const open_msg &m)
 {
-    if (m.mapping >= cf.mappings.size() || cf.mappings[m.mapping].mode != MODE_TCP) {
+    if (m.mapping >= cf.mappings.size() || cf.mappings[m.mapping].mode == MODE_UDP) {
         log_warn("stream %u for unknown mapping %u", s->sid, m.mapping);
         return stream_reset(s, RST_NOMAPPING);
     }
     const mapping_conf &mc = cf.mappings[m.mapping];
+    if (mc.mode == MODE_PROXY) {
+        proxy_conf pc;
+        pc.flag = mc.flag;
+        pc.username = mc.username;
+        pc.password = mc.password;
+        pc.connect_timeout_ms = cf.connect_timeout_ms;
+        pc.handshake_timeout_ms = cf.handshake_timeout_ms;
+        pc.where = "mapping " + mc.name;
+        return proxy_serve_stream(s, "server stream " + std::to_string(s->sid), pc);
+    }
     relay *r = relay_connect(mc.local_addr.host, mc.local_addr.port, s, cf.connect_timeout_ms);
     if (r)
         r->what = mc.name;
@@ -255,6 +315,19 @@ int client_start(const conf &cf, std::string *err)
                       },
                       (void *)(uintptr_t)i);
     }
+    for (const mapping_conf &mc : cf.mappings)
+        if (mc.mode == MODE_PROXY && mc.username.empty())
+            log_warn("mapping %s is an open proxy into this private network: set username and password",
+                     mc.name.c_str());
+    if (cf.bind_addr.set) {
+        int fd = sock_listen(cf.bind_addr, SOCK_STREAM, err);
+        if (fd < 0)
+            return -1;
+        lp = new local_proxy;
+        lp->fd = fd;
+        reactor_add(fd, lp);
+        log_info("listening for proxy users on %s (served through the tunnel)", cf.bind_addr.text().c_str());
+    }
     log_info("client starting: server %s%s, %zu mapping(s)", cf.server.text().c_str(), cf.ts ? " (tls)" : "",
              cf.mappings.size());
     connect_server(nullptr);
@@ -278,6 +351,12 @@ void client_stop(bool drain)
         return;
     cl->state = CS_STOPPED;
     timer_cancel(&cl->retry);
+    if (lp) {
+        reactor_del(lp->fd, lp);
+        close(lp->fd);
+        delete lp;
+        lp = nullptr;
+    }
     if (!drain && cl->t)
         tunnel_close(cl->t, GA_SHUTDOWN, "client is stopping");
 }

@@ -11,6 +11,7 @@
 #include "tls.h"
 #include "udp.h"
 #include "proxy.h"
+#include "http_proxy.h"
 
 #include <errno.h>
 #include <netinet/in.h>
@@ -31,7 +32,7 @@ struct port_owner {
     listener *l = nullptr;     /* opened for this mapping (remote_port), else shared */
 };
 
-enum listener_kind { LK_TUNNEL, LK_TCP };
+enum listener_kind { LK_TUNNEL, LK_TCP, LK_HTTP, LK_HTTPS };
 
 struct listener : io_handler, deferred {
     int fd = -1;
@@ -69,6 +70,9 @@ struct server : tunnel_owner {
     tls_ctx *tls = nullptr;
     listener *tunnel_l = nullptr;
     listener *tcp_l = nullptr;              /* map_tcp_bind */
+    listener *proxy_l = nullptr;            /* map_proxy_bind */
+    listener *http_l = nullptr, *https_l = nullptr;
+    tls_ctx *https_tls = nullptr;           /* map_cert/map_key, by SNI */
     std::map<uint16_t, port_owner> owners;  /* by public port */
     std::map<uint16_t, udp_owner> uowners;  /* by public UDP port */
     std::set<tunnel *> tunnels;
@@ -327,6 +331,19 @@ static void accept_tunnel(int fd, const sockaddr_buf &peer)
     c->on_io(EV_READ | EV_WRITE);
 }
 
+static void accept_http(int fd, const sockaddr_buf &peer, bool https)
+{
+    sock_nodelay(fd);
+    transport *tr = https ? tls_transport_new(srv->https_tls, fd, true, nullptr) : plain_transport_new(fd);
+    if (!tr) {
+        close(fd);
+        return;
+    }
+    http_proxy_conf hc;
+    hc.keepalive_timeout_ms = srv->cf.keepalive_timeout_ms;
+    http_serve(tr, sock_addr_text(peer.sa()), https, hc);
+}
+
 void listener::on_io(unsigned)
 {
     if (paused || doomed)
@@ -348,8 +365,10 @@ void listener::on_io(unsigned)
         }
         if (kind == LK_TUNNEL)
             accept_tunnel(cfd, peer);
-        else
+        else if (kind == LK_TCP)
             accept_public(this, cfd, peer);
+        else
+            accept_http(cfd, peer, kind == LK_HTTPS);
     }
 }
 
@@ -406,69 +425,115 @@ rejected:
     return 1;
 }
 
+/* Give the public port of listener l (map_tcp_bind, map_proxy_bind) to
+ * mapping idx of t. Returns 0, or 1 with *why. */
+static int claim(listener *l, const char *key, tunnel *t, uint32_t idx, const register_msg &m, std::string *why)
+{
+    if (!l) {
+        *why = std::string("the server has no ") + key;
+        return 1;
+    }
+    auto it = srv->owners.find(l->port);
+    if (it != srv->owners.end()) {
+        *why = std::string(key) + " is held by client " + ((client_info *)it->second.t->user)->peer;
+        return 1;
+    }
+    port_owner &o = srv->owners[l->port];
+    o.t = t;
+    o.idx = idx;
+    o.name = m.name;
+    ((client_info *)t->user)->ports.push_back(l->port);
+    return 0;
+}
+
+/* A tcp mapping with a remote_port of its own: a listener just for it. */
+static int claim_port(tunnel *t, uint32_t idx, const register_msg &m, std::string *why)
+{
+    const conf &cf = srv->cf;
+    uint16_t port = m.remote_port;
+    auto it = srv->owners.find(port);
+    if (!cf.port_allowed(port)) {
+        *why = "port " + std::to_string(port) + " is not in allow_ports";
+        return 1;
+    }
+    if (it != srv->owners.end()) {
+        *why = "port " + std::to_string(port) + " is held by client " + ((client_info *)it->second.t->user)->peer;
+        return 1;
+    }
+    addr_conf a;
+    a.set = true;
+    a.host = cf.map_tcp_bind.set ? cf.map_tcp_bind.host : "";
+    a.port = port;
+    listener *l = listen_on(a, LK_TCP, why);
+    if (!l)
+        return 1;
+    port_owner &o = srv->owners[port];
+    o.t = t;
+    o.idx = idx;
+    o.name = m.name;
+    o.l = l;
+    ((client_info *)t->user)->ports.push_back(port);
+    return 0;
+}
+
 int server::on_register(tunnel *t, uint32_t idx, const register_msg &m, std::string *why)
 {
-    client_info *ci = (client_info *)t->user;
-    int st = 1;
-    if (m.mode == MODE_UDP)
+    int st;
+    std::string where;
+    switch (m.mode) {
+    case MODE_UDP:
         return register_udp(t, idx, m, why);
-    if (m.mode != MODE_TCP) {
-        *why = std::string(mode_name(m.mode)) + " mappings are not served by this server";
-    } else if (m.remote_port) {
-        auto it = owners.find(m.remote_port);
-        if (!cf.port_allowed(m.remote_port)) {
-            *why = "port " + std::to_string(m.remote_port) + " is not in allow_ports";
-        } else if (it != owners.end()) {
-            *why = "port " + std::to_string(m.remote_port) + " is held by client " +
-                   ((client_info *)it->second.t->user)->peer;
-        } else if (cf.map_tcp_bind.set && m.remote_port == cf.map_tcp_bind.port) {
-            *why = "port " + std::to_string(m.remote_port) + " is the server's map_tcp_bind";
+    case MODE_TCP:
+        st = m.remote_port ? claim_port(t, idx, m, why) : claim(tcp_l, "map_tcp_bind", t, idx, m, why);
+        where = "port=" + std::to_string(m.remote_port ? m.remote_port : tcp_l ? tcp_l->port : 0);
+        break;
+    case MODE_PROXY:
+        st = claim(proxy_l, "map_proxy_bind", t, idx, m, why);
+        where = "port=" + std::to_string(proxy_l ? proxy_l->port : 0);
+        if (st == 0 && m.rules.find("P open") != std::string::npos)
+            log_warn("mapping %s of %s is an open proxy into the client's private network (no username)",
+                     m.name.c_str(), t->peer.c_str());
+        break;
+    case MODE_HTTP:
+    case MODE_HTTPS: {
+        bool https = m.mode == MODE_HTTPS;
+        if (!(https ? https_l : http_l)) {
+            *why = std::string("the server has no ") + (https ? "map_https_bind" : "map_http_bind");
+            st = 1;
         } else {
-            addr_conf a;
-            a.set = true;
-            a.host = cf.map_tcp_bind.set ? cf.map_tcp_bind.host : "";
-            a.port = m.remote_port;
-            std::string err;
-            listener *l = listen_on(a, LK_TCP, &err);
-            if (!l) {
-                *why = err;
-            } else {
-                port_owner &o = owners[m.remote_port];
-                o.t = t;
-                o.idx = idx;
-                o.name = m.name;
-                o.l = l;
-                ci->ports.push_back(m.remote_port);
-                st = 0;
-            }
+            st = http_routes_add(https, t, idx, m, why) < 0 ? 1 : 0;
         }
-    } else if (!tcp_l) {
-        *why = "the server has no map_tcp_bind";
-    } else {
-        auto it = owners.find(tcp_l->port);
-        if (it != owners.end()) {
-            *why = "map_tcp_bind is held by client " + ((client_info *)it->second.t->user)->peer;
-        } else {
-            port_owner &o = owners[tcp_l->port];
-            o.t = t;
-            o.idx = idx;
-            o.name = m.name;
-            ci->ports.push_back(tcp_l->port);
-            st = 0;
-        }
+        where = "domain=" + m.domains;
+        break;
+    }
+    default:
+        *why = "unknown mode";
+        st = 1;
     }
     if (st == 0)
-        log_info("mapping registered name=%s mode=%s port=%u peer=%s", m.name.c_str(), mode_name(m.mode),
-                 m.remote_port ? m.remote_port : tcp_l->port, t->peer.c_str());
+        log_info("mapping registered name=%s mode=%s %s peer=%s", m.name.c_str(), mode_name(m.mode), where.c_str(),
+                 t->peer.c_str());
     else
         log_warn("mapping rejected name=%s peer=%s reason=\"%s\"", m.name.c_str(), t->peer.c_str(), why->c_str());
     return st;
 }
 
-void server::on_open(tunnel *, stream *s, const open_msg &)
+void server::on_open(tunnel *t, stream *s, const open_msg &)
 {
-    /* client-initiated streams carry forward-proxy traffic (not served yet) */
-    stream_reset(s, RST_NOMAPPING);
+    /* a stream the client opens carries a user of its local bind_addr:
+     * serve it as a forward proxy, under this server's flag */
+    if (!cf.flag) {
+        log_info("proxy stream from %s refused: flag allows no forward proxy", t->peer.c_str());
+        return stream_reset(s, RST_NOMAPPING);
+    }
+    proxy_conf pc;
+    pc.flag = cf.flag;
+    pc.username = cf.username;
+    pc.password = cf.password;
+    pc.connect_timeout_ms = cf.connect_timeout_ms;
+    pc.handshake_timeout_ms = cf.handshake_timeout_ms;
+    pc.where = "client " + t->peer;
+    proxy_serve_stream(s, "client " + t->peer, pc);
 }
 
 void server::on_down(tunnel *t, const char *why, bool auth_failure)
@@ -489,6 +554,7 @@ void server::on_down(tunnel *t, const char *why, bool auth_failure)
         udp_port_close(it->second.u);
         uowners.erase(it);
     }
+    http_routes_remove(t);
     if (auth_failure)
         log_warn("tunnel refused peer=%s reason=\"%s\"", t->peer.c_str(), why);
     else if (t->started && t->state != TS_PREFACE)
@@ -540,6 +606,31 @@ int server_start(const conf &cf, std::string *err)
             return -1;
         log_info("listening for tcp mappings on %s", cf.map_tcp_bind.text().c_str());
     }
+    if (cf.map_proxy_bind.set) {
+        srv->proxy_l = listen_on(cf.map_proxy_bind, LK_TCP, err);
+        if (!srv->proxy_l)
+            return -1;
+        log_info("listening for proxy mappings on %s", cf.map_proxy_bind.text().c_str());
+    }
+    if (cf.map_http_bind.set) {
+        srv->http_l = listen_on(cf.map_http_bind, LK_HTTP, err);
+        if (!srv->http_l)
+            return -1;
+        log_info("listening for http mappings on %s", cf.map_http_bind.text().c_str());
+    }
+    if (cf.map_https_bind.set) {
+        tls_server_opts o;
+        o.certs = cf.map_certs;
+        o.alpn = "http/1.1";
+        srv->https_tls = tls_server_ctx_new(o, err);
+        if (!srv->https_tls)
+            return -1;
+        srv->https_l = listen_on(cf.map_https_bind, LK_HTTPS, err);
+        if (!srv->https_l)
+            return -1;
+        log_info("listening for https mappings on %s certificate sha256=%s%s", cf.map_https_bind.text().c_str(),
+                 tls_ctx_fingerprint(srv->https_tls).c_str(), cf.map_certs.empty() ? " (generated, self-signed)" : "");
+    }
     return 0;
 }
 
@@ -564,9 +655,10 @@ void server_stop(bool drain)
         return;
     if (srv->tunnel_l)
         defer_delete(srv->tunnel_l);
-    if (srv->tcp_l)
-        defer_delete(srv->tcp_l);
-    srv->tunnel_l = srv->tcp_l = nullptr;
+    for (listener *l : {srv->tcp_l, srv->proxy_l, srv->http_l, srv->https_l})
+        if (l)
+            defer_delete(l);
+    srv->tunnel_l = srv->tcp_l = srv->proxy_l = srv->http_l = srv->https_l = nullptr;
     for (auto &o : srv->owners)
         if (o.second.l)
             defer_delete(o.second.l);

@@ -1,0 +1,900 @@
+/*
+ * http_proxy.cpp - the HTTP reverse proxy of http and https mappings, see
+ * http_proxy.h.
+ *
+ * One session per public connection. Requests are handled one at a time:
+ * a pipelined request waits in the input ring until the response before it
+ * is complete, which answers pipelined requests in order. Each request is
+ * routed by its Host; the stream to the mapping's client is kept for the
+ * next request when that one goes to the same mapping and both sides keep
+ * the connection alive, else it is closed and another opened, possibly on
+ * another client's tunnel.
+ *
+ * Memory per session is bounded: the input ring (a head is at most 64 KiB),
+ * the output ring, and a staging buffer for the response head; bodies flow
+ * through them in pieces under the stream's flow control.
+ */
+#include "http_proxy.h"
+#include "http.h"
+#include "log.h"
+#include "ring.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <algorithm>
+#include <unordered_map>
+#include <vector>
+
+#define IN_RING (HTTP_MAX_HEAD + 16 * 1024)
+#define OUT_RING (128 * 1024)
+
+/* ---- routes ---- */
+
+struct route {
+    tunnel *t = nullptr;
+    uint32_t idx = 0;
+    std::string name;
+    std::string host;                                           /* Host rewrite */
+    std::vector<std::pair<std::string, std::string>> req_rules, resp_rules;
+};
+
+static std::unordered_map<std::string, route *> exact[2];
+static std::vector<std::pair<std::string, route *>> wild[2];   /* ".example.com", longest first */
+
+static route *route_find(bool https, const char *key)
+{
+    auto it = exact[https].find(key);
+    if (it != exact[https].end())
+        return it->second;
+    size_t kl = strlen(key);
+    for (auto &w : wild[https]) {
+        const std::string &suf = w.first;
+        if (kl > suf.size() && memcmp(key + kl - suf.size(), suf.data(), suf.size()) == 0)
+            return w.second;
+    }
+    return nullptr;
+}
+
+static void parse_rules(route *r, const std::string &rules)
+{
+    size_t pos = 0;
+    while (pos < rules.size()) {
+        size_t nl = rules.find('\n', pos);
+        if (nl == std::string::npos)
+            nl = rules.size();
+        std::string line = rules.substr(pos, nl - pos);
+        pos = nl + 1;
+        if (line.size() < 2 || line[1] != ' ')
+            continue;
+        std::string rest = line.substr(2);
+        if (line[0] == 'H') {
+            r->host = rest;
+            continue;
+        }
+        size_t colon = rest.find(':');
+        if (colon == std::string::npos)
+            continue;
+        std::string name = rest.substr(0, colon), value = rest.substr(colon + 1);
+        while (!value.empty() && (value[0] == ' ' || value[0] == '\t'))
+            value.erase(0, 1);
+        if (line[0] == 'Q')
+            r->req_rules.push_back({name, value});
+        else if (line[0] == 'S')
+            r->resp_rules.push_back({name, value});
+    }
+}
+
+static std::vector<std::string> split_domains(const std::string &s)
+{
+    std::vector<std::string> out;
+    size_t pos = 0;
+    while (pos <= s.size()) {
+        size_t c = s.find(',', pos);
+        if (c == std::string::npos)
+            c = s.size();
+        std::string d = s.substr(pos, c - pos);
+        if (!d.empty())
+            out.push_back(d);
+        pos = c + 1;
+    }
+    return out;
+}
+
+static std::string holder(route *r)
+{
+    return r->t && r->t->peer.size() ? r->t->peer : "another client";
+}
+
+int http_routes_add(bool https, tunnel *t, uint32_t idx, const register_msg &m, std::string *why)
+{
+    std::vector<std::string> names = split_domains(m.domains);
+    if (names.empty()) {
+        *why = "no domain";
+        return -1;
+    }
+    for (const std::string &d : names) {
+        route *other = nullptr;
+        if (d.compare(0, 2, "*.") == 0) {
+            for (auto &w : wild[https])
+                if (w.first == d.substr(1))
+                    other = w.second;
+        } else {
+            auto it = exact[https].find(d);
+            if (it != exact[https].end())
+                other = it->second;
+        }
+        if (other) {
+            *why = "domain " + d + " is held by client " + holder(other);
+            return -1;
+        }
+    }
+    route *r = new route;
+    r->t = t;
+    r->idx = idx;
+    r->name = m.name;
+    parse_rules(r, m.rules);
+    for (const std::string &d : names) {
+        if (d.compare(0, 2, "*.") == 0)
+            wild[https].push_back({d.substr(1), r});
+        else
+            exact[https][d] = r;
+    }
+    std::stable_sort(wild[https].begin(), wild[https].end(),
+                     [](const std::pair<std::string, route *> &a, const std::pair<std::string, route *> &b) {
+                         return a.first.size() > b.first.size();
+                     });
+    return 0;
+}
+
+void http_routes_remove(tunnel *t)
+{
+    std::vector<route *> gone;
+    for (int h = 0; h < 2; h++) {
+        for (auto it = exact[h].begin(); it != exact[h].end();) {
+            if (it->second->t == t) {
+                gone.push_back(it->second);
+                it = exact[h].erase(it);
+            } else {
+                ++it;
+            }
+        }
+        for (auto it = wild[h].begin(); it != wild[h].end();) {
+            if (it->second->t == t) {
+                gone.push_back(it->second);
+                it = wild[h].erase(it);
+            } else {
+                ++it;
+            }
+        }
+    }
+    std::sort(gone.begin(), gone.end());
+    gone.erase(std::unique(gone.begin(), gone.end()), gone.end());
+    for (route *r : gone)
+        delete r;
+}
+
+/* ---- sessions ---- */
+
+enum req_state { Q_HEAD, Q_BODY, Q_WAIT, Q_RAW, Q_DONE };
+enum resp_state { R_IDLE, R_HEAD, R_BODY, R_RAW };
+
+struct hsess : io_handler, stream_end, deferred {
+    transport *tr = nullptr;
+    std::string peer, peer_ip;
+    bool https = false;
+    http_proxy_conf hc;
+    ring in, out;
+    bool can_read = true, can_write = true, down_eof = false;
+    bool close_after = false;    /* close once out is written */
+    bool closed = false;
+    req_state qs = Q_HEAD;
+    resp_state rs = R_IDLE;
+    size_t last_len = 0;         /* bytes of a partial head already scanned */
+
+    /* the request in flight */
+    http_body_kind qbody = HTTP_BODY_NONE;
+    uint64_t qleft = 0;
+    http_chunked qch = {};
+    bool qkeep = false, qhead = false, qupgrade = false;
+    std::string qline;           /* "GET /x" for the access log */
+    std::string qhost;
+    std::string qout;            /* rewritten head waiting for stream room */
+    uint64_t idle_since = 0;
+    uint64_t qstart = 0, qbytes_in = 0, qbytes_out = 0;
+
+    /* the upstream */
+    stream *s = nullptr;
+    route *rt = nullptr;         /* route of s */
+    tunnel *st = nullptr;        /* and its tunnel, to tell a stale route */
+    uint32_t sidx = 0;
+
+    /* the response in flight */
+    std::string rbuf;            /* taken from the stream, not yet processed */
+    size_t rlast = 0;
+    http_body_kind rbody = HTTP_BODY_NONE;
+    uint64_t rleft = 0;
+    http_chunked rch = {};
+    bool rkeep = false;
+    int status = 0;
+    bool rfin = false;           /* the stream's FIN arrived */
+
+    timer head_timer;
+    task run;
+    void on_io(unsigned events) override;
+    size_t on_data(const iovec *iov, int n, size_t len) override;
+    void on_rx_ready() override;
+    void on_writable() override;
+    void on_reset(uint8_t code, const char *why) override;
+    ~hsess() override;
+};
+
+static size_t nsessions;
+static http_request req_scratch;    /* one thread: one parse at a time */
+static http_response resp_scratch;
+static char head_scratch[IN_RING];
+
+size_t http_sessions(void)
+{
+    return nsessions;
+}
+
+static void hs_run(void *arg);
+
+hsess::~hsess()
+{
+    task_cancel(&run);
+    timer_cancel(&head_timer);
+    ring_free(&in);
+    ring_free(&out);
+    delete tr;
+}
+
+static void hs_close(hsess *h)
+{
+    if (h->closed)
+        return;
+    h->closed = true;
+    if (h->s) {
+        stream *s = h->s;
+        h->s = nullptr;
+        stream_reset(s, RST_CANCEL);
+    }
+    reactor_del(h->tr->fd, h);
+    task_cancel(&h->run);
+    timer_cancel(&h->head_timer);
+    nsessions--;
+    defer_delete(h);
+}
+
+static void drop_stream(hsess *h)
+{
+    if (h->s) {
+        stream *s = h->s;
+        h->s = nullptr;
+        stream_reset(s, RST_CANCEL);
+    }
+    h->rt = nullptr;
+    h->st = nullptr;
+}
+
+/* Queue bytes for the user. The caller checked the room. */
+static void out_put(hsess *h, const char *p, size_t n)
+{
+    ring_put(&h->out, p, n);
+    h->qbytes_out += n;
+}
+
+static void access_line(hsess *h)
+{
+    access_log("%s %s %s \"%s\" %d %llu %llu %llums", h->peer.c_str(), h->https ? "https" : "http",
+               h->rt ? h->rt->name.c_str() : "-", h->qline.c_str(), h->status,
+               (unsigned long long)h->qbytes_in, (unsigned long long)h->qbytes_out,
+               (unsigned long long)(now_ms() - h->qstart));
+}
+
+static void request_finished(hsess *h);
+
+/* A short plain-text answer of our own. keep: the connection stays open
+ * (only when the request was read whole). */
+static void answer(hsess *h, int status, const char *detail, bool keep)
+{
+    char body[512], head[512];
+    int bl = snprintf(body, sizeof body, "%d %s%s%s\n", status, http_reason(status), detail ? ": " : "",
+                      detail ? detail : "");
+    if (bl >= (int)sizeof body)
+        bl = sizeof body - 1;
+    int hl = snprintf(head, sizeof head,
+                      "HTTP/1.1 %d %s\r\nServer: wmproxy\r\nContent-Type: text/plain\r\n"
+                      "Content-Length: %d\r\nConnection: %s\r\n\r\n",
+                      status, http_reason(status), bl, keep ? "keep-alive" : "close");
+    h->status = status;
+    if (ring_room(&h->out) >= (size_t)(hl + bl)) {
+        out_put(h, head, (size_t)hl);
+        out_put(h, body, (size_t)bl);
+    }
+    if (h->qline.empty())
+        h->qline = "-";
+    access_line(h);
+    log_debug("http %s: %d %s", h->peer.c_str(), status, detail ? detail : "");
+    h->rs = R_IDLE;
+    if (keep) {
+        request_finished(h);
+    } else {
+        h->close_after = true;
+        h->qs = Q_DONE;
+    }
+}
+
+/* Forward request body bytes from in to the stream, as far as credit and
+ * framing allow. */
+static void forward_body(hsess *h)
+{
+    if (!h->qout.empty() && h->s) {
+        size_t room = stream_send_room(h->s);
+        size_t l = h->qout.size() < room ? h->qout.size() : room;
+        if (l) {
+            stream_send(h->s, h->qout.data(), l);
+            h->qout.erase(0, l);
+        }
+        if (!h->qout.empty())
+            return;
+    }
+    while (h->qs == Q_BODY || h->qs == Q_RAW) {
+        if (!h->s)
+            return;
+        size_t room = stream_send_room(h->s);
+        if (room == 0 || h->in.data == 0)
+            return;
+        iovec iov[2];
+        int n = ring_data_spans(&h->in, 0, room, iov);
+        size_t want = iov[0].iov_len, take;
+        (void)n;
+        if (h->qs == Q_RAW) {
+            take = want;
+        } else if (h->qbody == HTTP_BODY_LENGTH) {
+            take = want < h->qleft ? want : (size_t)h->qleft;
+        } else {
+            ssize_t sc = http_chunked_scan(&h->qch, (const char *)iov[0].iov_base, want);
+            if (sc < 0) {
+                log_info("http %s: bad chunked request body", h->peer.c_str());
+                drop_stream(h);
+                answer(h, 400, "bad chunked body", false);
+                return;
+            }
+            take = (size_t)sc;
+        }
+        if (take > 0) {
+            stream_send(h->s, iov[0].iov_base, take);
+            ring_consume(&h->in, take);
+            h->qbytes_in += take;
+        }
+        if (h->qs == Q_BODY) {
+            if (h->qbody == HTTP_BODY_LENGTH) {
+                h->qleft -= take;
+                if (h->qleft == 0)
+                    h->qs = Q_WAIT;
+            } else if (h->qch.done) {
+                h->qs = Q_WAIT;
+            }
+        }
+        if (take == 0)
+            return;
+    }
+}
+
+/* Rewrite and send the request head; open or reuse the stream. */
+static void start_request(hsess *h, const http_request &q, const http_msg_info &mi, size_t headlen)
+{
+    char key[HTTP_HOST_MAX + 1];
+    h->qstart = now_ms();
+    h->qbytes_in = headlen;
+    h->qbytes_out = 0;
+    h->status = 0;
+    h->qline.assign(q.method.p, q.method.n);
+    h->qline += ' ';
+    h->qline.append(q.target.p, q.target.n < 200 ? q.target.n : 200);
+    h->qkeep = mi.keep_alive;
+    h->qhead = http_str_eq(q.method, "HEAD");
+    h->qupgrade = mi.upgrade;
+    h->qbody = mi.body;
+    h->qleft = mi.length;
+    h->qch = http_chunked{};
+    h->qs = mi.body == HTTP_BODY_NONE ? Q_WAIT : Q_BODY;
+    bool has_body = mi.body != HTTP_BODY_NONE;
+
+    route *r = nullptr;
+    if (mi.host.p && http_host_key(mi.host, key) > 0)
+        r = route_find(h->https, key);
+    h->qhost = mi.host.p ? std::string(mi.host.p, mi.host.n) : "";
+    if (!r) {
+        drop_stream(h);
+        std::string d = "no mapping for host " + (h->qhost.empty() ? std::string("(none)") : h->qhost);
+        /* a body we would have to skip: simpler and safe to close */
+        answer(h, 404, d.c_str(), h->qkeep && !has_body);
+        return;
+    }
+    if (h->s && (h->rt != r || h->st != r->t || h->sidx != r->idx))
+        drop_stream(h);
+    if (!h->s) {
+        open_msg m;
+        m.mapping = r->idx;
+        /* the addresses are for PROXY protocol; http mappings do not use them */
+        stream *s = tunnel_open(r->t, m, h);
+        if (!s) {
+            answer(h, 502, "the client's tunnel is full (max_streams)", false);
+            return;
+        }
+        h->s = s;
+        h->rt = r;
+        h->st = r->t;
+        h->sidx = r->idx;
+    }
+
+    static const char *const skip[] = {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", nullptr};
+    std::string out;
+    out.reserve(headlen + 256);
+    http_write_request_line(&out, q.method, q.target, 1);
+    /* the mapping's rules replace fields: leave those out of the copy */
+    std::vector<const char *> sk(skip, skip + 3);
+    if (!r->host.empty())
+        sk.push_back("Host");
+    for (auto &rule : r->req_rules)
+        sk.push_back(rule.first.c_str());
+    sk.push_back(nullptr);
+    http_copy_fields(&out, q, (mi.body == HTTP_BODY_CHUNKED ? HTTP_KEEP_TE : 0) | (mi.upgrade ? HTTP_KEEP_UPGRADE : 0),
+                     sk.data());
+    if (!r->host.empty())
+        http_write_field(&out, "Host", r->host.c_str());
+    const http_str *xff = http_find_header(q, "X-Forwarded-For");
+    std::string xv = xff ? std::string(xff->p, xff->n) + ", " + h->peer_ip : h->peer_ip;
+    http_write_field(&out, "X-Forwarded-For", xv.c_str());
+    http_write_field(&out, "X-Forwarded-Proto", h->https ? "https" : "http");
+    http_write_field(&out, http_cstr("X-Forwarded-Host"), mi.host.p ? mi.host : http_cstr(""));
+    for (auto &rule : r->req_rules)
+        if (!rule.second.empty())
+            http_write_field(&out, rule.first.c_str(), rule.second.c_str());
+    http_write_field(&out, "Connection", mi.upgrade ? "upgrade" : "keep-alive");
+    http_write_end(&out);
+    /* sent by forward_body() as stream credit and tunnel room allow */
+    h->qout.swap(out);
+    h->rs = R_HEAD;
+    h->rbuf.clear();
+    h->rlast = 0;
+    h->rfin = false;
+    log_debug("http %s: %s host=%s -> %s", h->peer.c_str(), h->qline.c_str(), h->qhost.c_str(),
+              r->name.c_str());
+}
+
+/* Try to parse a request head from in; act on it. Returns true when
+ * something happened (the caller loops). */
+static bool read_head(hsess *h)
+{
+    if (h->in.data == 0)
+        return false;
+    iovec iov[2];
+    int n = ring_data_spans(&h->in, 0, h->in.data, iov);
+    const char *buf;
+    size_t len = h->in.data < HTTP_MAX_HEAD ? h->in.data : HTTP_MAX_HEAD;
+    if (n == 1) {
+        buf = (const char *)iov[0].iov_base;
+    } else {
+        ring_peek(&h->in, 0, head_scratch, len);
+        buf = head_scratch;
+    }
+    int r = http_parse_request(buf, len, &req_scratch, h->last_len < len ? h->last_len : 0);
+    if (r == HTTP_PARTIAL) {
+        h->last_len = len;
+        if (http_head_over_limit(r, len)) {
+            answer(h, 431, "request head over 64 KiB", false);
+            return true;
+        }
+        return false;
+    }
+    h->last_len = 0;
+    if (r == HTTP_TOO_MANY_HEADERS) {
+        answer(h, 431, "too many header fields", false);
+        return true;
+    }
+    http_msg_info mi;
+    if (r < 0 || http_request_framing(req_scratch, &mi) < 0) {
+        log_info("http %s: malformed request: %s", h->peer.c_str(), r < 0 ? "bad head" : mi.error);
+        answer(h, 400, r < 0 ? "malformed request" : mi.error, false);
+        return true;
+    }
+    timer_cancel(&h->head_timer);
+    start_request(h, req_scratch, mi, (size_t)r);
+    /* the head's views point into buf: consume only after the rewrite */
+    ring_consume(&h->in, (size_t)r);
+    forward_body(h);
+    return true;
+}
+
+/* Response bytes: the head (staged in rbuf until whole), then the body
+ * under its framing. Returns bytes of p taken. */
+static size_t resp_body(hsess *h, const char *p, size_t n)
+{
+    size_t room = ring_room(&h->out), take;
+    if (h->rs == R_RAW || h->rbody == HTTP_BODY_CLOSE) {
+        take = n < room ? n : room;
+    } else if (h->rbody == HTTP_BODY_LENGTH) {
+        take = n < room ? n : room;
+        if (take > h->rleft)
+            take = (size_t)h->rleft;
+        h->rleft -= take;
+    } else if (h->rbody == HTTP_BODY_CHUNKED) {
+        ssize_t sc = http_chunked_scan(&h->rch, p, n < room ? n : room);
+        if (sc < 0) {
+            log_info("http %s: bad chunked response from mapping %s", h->peer.c_str(),
+                     h->rt ? h->rt->name.c_str() : "-");
+            drop_stream(h);
+            h->close_after = true;
+            h->rs = R_IDLE;
+            return n;
+        }
+        take = (size_t)sc;
+    } else {
+        take = 0;
+    }
+    out_put(h, p, take);
+    return take;
+}
+
+static bool response_complete(const hsess *h)
+{
+    if (h->rs != R_BODY)
+        return false;
+    switch (h->rbody) {
+    case HTTP_BODY_NONE: return true;
+    case HTTP_BODY_LENGTH: return h->rleft == 0;
+    case HTTP_BODY_CHUNKED: return h->rch.done;
+    default: return false;   /* CLOSE: ends with the stream */
+    }
+}
+
+static void response_finished(hsess *h, bool by_fin)
+{
+    access_line(h);
+    h->rs = R_IDLE;
+    bool reuse = !by_fin && h->rkeep && h->qs == Q_WAIT && h->rbuf.empty();
+    if (!reuse)
+        drop_stream(h);
+    if (!h->qkeep || !h->rkeep || h->qs != Q_WAIT || by_fin) {
+        h->close_after = true;
+        h->qs = Q_DONE;
+        return;
+    }
+    request_finished(h);
+}
+
+/* Parse the staged response head; write it rewritten. */
+static bool resp_head(hsess *h)
+{
+    int r = http_parse_response(h->rbuf.data(), h->rbuf.size(), &resp_scratch, h->rlast);
+    if (r == HTTP_PARTIAL) {
+        h->rlast = h->rbuf.size();
+        if (http_head_over_limit(r, h->rbuf.size())) {
+            drop_stream(h);
+            answer(h, 502, "response head over 64 KiB", false);
+            return true;
+        }
+        return false;
+    }
+    http_msg_info mi;
+    if (r < 0 || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
+        log_info("http %s: malformed response from mapping %s", h->peer.c_str(), h->rt ? h->rt->name.c_str() : "-");
+        drop_stream(h);
+        answer(h, 502, "malformed response from the service", false);
+        return true;
+    }
+    bool interim = resp_scratch.status >= 100 && resp_scratch.status < 200 && resp_scratch.status != 101;
+    bool upgrade = resp_scratch.status == 101 && h->qupgrade;
+    std::string out;
+    out.reserve((size_t)r + 128);
+    http_write_status_line(&out, 1, resp_scratch.status, resp_scratch.reason);
+    std::vector<const char *> sk;
+    sk.push_back("Server");
+    for (auto &rule : h->rt->resp_rules)
+        sk.push_back(rule.first.c_str());
+    sk.push_back(nullptr);
+    http_copy_fields(&out, resp_scratch, (mi.body == HTTP_BODY_CHUNKED ? HTTP_KEEP_TE : 0) | (upgrade ? HTTP_KEEP_UPGRADE : 0),
+                     sk.data());
+    http_write_field(&out, "Server", "wmproxy");
+    for (auto &rule : h->rt->resp_rules)
+        if (!rule.second.empty())
+            http_write_field(&out, rule.first.c_str(), rule.second.c_str());
+    bool keep = h->qkeep && mi.keep_alive;
+    if (upgrade)
+        http_write_field(&out, "Connection", "upgrade");
+    else if (!interim)
+        http_write_field(&out, "Connection", keep ? "keep-alive" : "close");
+    http_write_end(&out);
+    if (out.size() > ring_room(&h->out))
+        return false;   /* wait for the user to read */
+    out_put(h, out.data(), out.size());
+    h->rbuf.erase(0, (size_t)r);
+    h->rlast = 0;
+    if (interim) {
+        h->rs = R_HEAD;   /* 100 Continue and friends: the real answer follows */
+        return true;
+    }
+    h->status = resp_scratch.status;
+    h->rkeep = keep;
+    if (upgrade) {
+        h->rs = R_RAW;
+        h->qs = Q_RAW;
+        return true;
+    }
+    h->rbody = mi.body;
+    h->rleft = mi.length;
+    h->rch = http_chunked{};
+    h->rs = R_BODY;
+    return true;
+}
+
+/* Move what the stream delivered (staged, then buffered in the stream)
+ * through the response state machine into out. */
+static void pump_response(hsess *h)
+{
+    for (;;) {
+        if (h->rs == R_IDLE || h->closed)
+            return;
+        if (h->rs == R_HEAD) {
+            if (!h->rbuf.empty() && resp_head(h))
+                continue;
+            if (h->rs != R_HEAD)
+                continue;
+            /* stage more of the head */
+            if (!h->s || stream_rx_pending(h->s) == 0 || h->rbuf.size() >= HTTP_MAX_HEAD)
+                break;
+            iovec iov[2];
+            int n = stream_rx_spans(h->s, iov);
+            size_t took = 0;
+            for (int i = 0; i < n && h->rbuf.size() < HTTP_MAX_HEAD; i++) {
+                size_t l = iov[i].iov_len;
+                if (l > HTTP_MAX_HEAD - h->rbuf.size())
+                    l = HTTP_MAX_HEAD - h->rbuf.size();
+                h->rbuf.append((const char *)iov[i].iov_base, l);
+                took += l;
+            }
+            stream_rx_consume(h->s, took);
+            continue;
+        }
+        /* body or raw: staged bytes first */
+        if (!h->rbuf.empty()) {
+            size_t t = resp_body(h, h->rbuf.data(), h->rbuf.size());
+            h->rbuf.erase(0, t);
+            if (response_complete(h)) {
+                response_finished(h, false);
+                continue;
+            }
+            if (!h->rbuf.empty())
+                break;
+            continue;
+        }
+        if (!h->s)
+            break;
+        if (stream_rx_pending(h->s) == 0)
+            break;
+        iovec iov[2];
+        stream_rx_spans(h->s, iov);
+        size_t t = resp_body(h, (const char *)iov[0].iov_base, iov[0].iov_len);
+        if (!h->s)
+            break;
+        stream_rx_consume(h->s, t);
+        if (response_complete(h)) {
+            response_finished(h, false);
+            continue;
+        }
+        if (t < iov[0].iov_len)
+            break;
+    }
+    /* the stream ended: a close-delimited body is complete, others are cut */
+    if (h->s && stream_rx_done(h->s) && h->rbuf.empty() && !h->closed) {
+        if (h->rs == R_BODY && h->rbody == HTTP_BODY_CLOSE) {
+            response_finished(h, true);
+        } else if (h->rs == R_RAW) {
+            h->close_after = true;
+        } else if (h->rs == R_HEAD) {
+            drop_stream(h);
+            answer(h, 502, "the service closed the connection without answering", false);
+        } else if (h->rs == R_BODY) {
+            log_info("http %s: response from mapping %s cut short", h->peer.c_str(), h->rt ? h->rt->name.c_str() : "-");
+            drop_stream(h);
+            h->close_after = true;
+            h->rs = R_IDLE;
+        }
+    }
+}
+
+static void head_timeout(void *arg)
+{
+    hsess *h = (hsess *)arg;
+    if (h->qs != Q_HEAD || h->closed)
+        return;
+    if (h->in.data == 0 && h->idle_since != 0) {
+        /* an idle keep-alive connection lives keepalive_timeout */
+        uint64_t until = h->idle_since + h->hc.keepalive_timeout_ms;
+        if ((int64_t)(until - now_ms()) > 0) {
+            timer_arm_at(&h->head_timer, until);
+            return;
+        }
+        log_debug("http %s: keep-alive connection idle, closing", h->peer.c_str());
+        h->close_after = true;
+        h->qs = Q_DONE;
+    } else {
+        h->qline = "-";
+        answer(h, 408, "request head not received in time", false);
+    }
+    task_post(&h->run);
+}
+
+/* Ready for the next request on this connection. */
+static void request_finished(hsess *h)
+{
+    h->qs = Q_HEAD;
+    h->qline.clear();
+    h->qout.clear();
+    /* the next head must be complete within header_timeout of now; a
+     * connection that sends nothing is idle and lives keepalive_timeout */
+    h->idle_since = now_ms();
+    timer_arm(&h->head_timer, h->hc.header_timeout_ms < h->hc.keepalive_timeout_ms ? h->hc.header_timeout_ms
+                                                                                     : h->hc.keepalive_timeout_ms);
+}
+
+static void hs_run(void *arg)
+{
+    hsess *h = (hsess *)arg;
+    int round;
+    for (round = 0; round < 64 && !h->closed; round++) {
+        bool progress = false;
+
+        /* to the user */
+        pump_response(h);
+        while (h->can_write && h->out.data) {
+            iovec iov[2];
+            int n = ring_data_spans(&h->out, 0, h->out.data, iov);
+            ssize_t w = h->tr->writev(iov, n);
+            if (w > 0) {
+                ring_consume(&h->out, (size_t)w);
+                progress = true;
+            } else if (w == IO_AGAIN) {
+                h->can_write = false;
+            } else {
+                log_debug("http %s: %s", h->peer.c_str(), h->tr->error());
+                return hs_close(h);
+            }
+        }
+        if (h->tr->buffered() && h->tr->flush() == IO_AGAIN)
+            h->can_write = false;
+        if (h->out.data == 0 && h->close_after && !h->tr->buffered())
+            return hs_close(h);
+
+        /* from the user */
+        bool want_in = h->qs == Q_HEAD || h->qs == Q_BODY || h->qs == Q_RAW;
+        while ((h->can_read || h->tr->pending()) && !h->down_eof && ring_room(&h->in) > 0 &&
+               (want_in || h->in.data < HTTP_MAX_HEAD)) {
+            iovec iov[2];
+            int n = ring_room_spans(&h->in, 0, ring_room(&h->in), iov);
+            ssize_t r = h->tr->readv(iov, n);
+            if (r > 0) {
+                ring_produce(&h->in, (size_t)r);
+                progress = true;
+                if (!want_in)
+                    break;
+            } else if (r == 0) {
+                h->down_eof = true;
+                progress = true;
+            } else if (r == IO_AGAIN) {
+                h->can_read = false;
+            } else {
+                log_debug("http %s: %s", h->peer.c_str(), h->tr->error());
+                return hs_close(h);
+            }
+        }
+        if (h->qs == Q_HEAD && read_head(h))
+            progress = true;
+        if (h->qs == Q_BODY || h->qs == Q_RAW || !h->qout.empty()) {
+            size_t before = h->in.data + h->qout.size();
+            forward_body(h);
+            if (h->in.data + h->qout.size() != before)
+                progress = true;
+        }
+        if (h->down_eof && h->in.data == 0) {
+            if (h->qs == Q_HEAD || h->qs == Q_DONE) {
+                if (h->out.data == 0)
+                    return hs_close(h);
+                h->close_after = true;
+            } else if (h->qs == Q_RAW) {
+                if (h->s && !h->s->fin_sent)
+                    stream_send_fin(h->s);
+            } else if (h->qs == Q_BODY) {
+                log_info("http %s: request body cut short", h->peer.c_str());
+                return hs_close(h);
+            }
+            /* Q_WAIT: the user half-closed after its request; answer it */
+        }
+        if (!progress)
+            break;
+    }
+    if (!h->closed && round == 64)
+        task_post(&h->run);   /* fairness: the rest in the next pass */
+}
+
+void hsess::on_io(unsigned ev)
+{
+    if (closed)
+        return;
+    if (ev & EV_READ)
+        can_read = true;
+    if (ev & EV_WRITE)
+        can_write = true;
+    if (tr->handshake() == IO_ERR) {
+        log_info("https %s: %s", peer.c_str(), tr->error());
+        return hs_close(this);
+    }
+    hs_run(this);
+}
+
+size_t hsess::on_data(const iovec *, int, size_t)
+{
+    /* take nothing directly: the response is parsed from the stream's
+     * buffer in pump_response(), which also writes to the user */
+    task_post(&run);
+    return 0;
+}
+
+void hsess::on_rx_ready()
+{
+    task_post(&run);
+}
+
+void hsess::on_writable()
+{
+    task_post(&run);
+}
+
+void hsess::on_reset(uint8_t code, const char *why)
+{
+    s = nullptr;
+    rt = nullptr;
+    if (closed)
+        return;
+    if (rs == R_HEAD && rbuf.empty()) {
+        /* nothing of the answer was sent yet: answer ourselves */
+        int st = code == RST_TIMEOUT ? 504 : 502;
+        std::string d = code == RST_TIMEOUT ? "the service did not accept the connection in time"
+                        : code == RST_CANCEL ? std::string("the tunnel to the service was lost (") + why + ")"
+                                             : std::string("the service is unreachable (") + why + ")";
+        answer(this, st, d.c_str(), false);
+    } else if (rs != R_IDLE) {
+        close_after = true;
+        rs = R_IDLE;
+    }
+    task_post(&run);
+}
+
+void http_serve(transport *tr, const std::string &peer, bool https, const http_proxy_conf &hc)
+{
+    hsess *h = new hsess;
+    h->tr = tr;
+    h->peer = peer;
+    size_t colon = peer.rfind(':');
+    h->peer_ip = peer.substr(0, colon);
+    if (h->peer_ip.size() > 2 && h->peer_ip[0] == '[')
+        h->peer_ip = h->peer_ip.substr(1, h->peer_ip.size() - 2);
+    h->https = https;
+    h->hc = hc;
+    h->run.fn = hs_run;
+    h->run.arg = h;
+    h->head_timer.fn = head_timeout;
+    h->head_timer.arg = h;
+    if (ring_alloc(&h->in, IN_RING) < 0 || ring_alloc(&h->out, OUT_RING) < 0 || reactor_add(tr->fd, h) < 0) {
+        log_error("http %s: out of memory", peer.c_str());
+        delete h;
+        return;
+    }
+    nsessions++;
+    timer_arm(&h->head_timer, hc.header_timeout_ms);
+    task_post(&h->run);
+}
