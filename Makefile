@@ -31,6 +31,7 @@ DESTDIR  ?=
 SBINDIR  ?= $(PREFIX)/sbin
 MANDIR   ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 
 OPT      ?= -O2
 CXXFLAGS ?= $(OPT)
@@ -106,16 +107,29 @@ bench: deps
 size: wmproxyd
 	@scripts/size
 
+# The init script and the unit get the paths of this install; example
+# configurations never overwrite files already there (they may be edited).
+INSTALL_PATHS = sed -e 's|/usr/local/sbin/wmproxyd|$(SBINDIR)/wmproxyd|g' \
+                    -e 's|/etc/wmproxy/|$(SYSCONFDIR)/wmproxy/|g' \
+                    -e 's|/etc/default/wmproxyd|$(SYSCONFDIR)/default/wmproxyd|g'
+
 install: wmproxyd
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONFDIR)/wmproxy
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(SYSCONFDIR)/wmproxy \
+	    $(DESTDIR)$(SYSCONFDIR)/init.d $(DESTDIR)$(SYSTEMDUNITDIR)
 	install -m 755 wmproxyd $(DESTDIR)$(SBINDIR)/wmproxyd
 	install -m 644 man/wmproxyd.8 $(DESTDIR)$(MANDIR)/man8/wmproxyd.8
 	install -m 644 man/wmproxy.ini.5 $(DESTDIR)$(MANDIR)/man5/wmproxy.ini.5
+	$(INSTALL_PATHS) scripts/wmproxyd.init >$(DESTDIR)$(SYSCONFDIR)/init.d/wmproxyd
+	chmod 755 $(DESTDIR)$(SYSCONFDIR)/init.d/wmproxyd
+	$(INSTALL_PATHS) scripts/wmproxyd.service >$(DESTDIR)$(SYSTEMDUNITDIR)/wmproxyd.service
+	chmod 644 $(DESTDIR)$(SYSTEMDUNITDIR)/wmproxyd.service
 	for f in conf/*.ini; do t=$(DESTDIR)$(SYSCONFDIR)/wmproxy/$$(basename $$f); \
 	    [ -e $$t ] || install -m 640 $$f $$t; done
 
+# configuration files stay: they may hold the operator's edits
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/wmproxyd $(DESTDIR)$(MANDIR)/man8/wmproxyd.8 $(DESTDIR)$(MANDIR)/man5/wmproxy.ini.5
+	rm -f $(DESTDIR)$(SBINDIR)/wmproxyd $(DESTDIR)$(MANDIR)/man8/wmproxyd.8 $(DESTDIR)$(MANDIR)/man5/wmproxy.ini.5 \
+	    $(DESTDIR)$(SYSCONFDIR)/init.d/wmproxyd $(DESTDIR)$(SYSTEMDUNITDIR)/wmproxyd.service
 
 clean:
 	rm -rf $(B) wmproxyd

@@ -59,7 +59,7 @@ static void check_hello(const uint8_t *p, size_t len)
     CHECK(hello_decode((const uint8_t *)out.data(), out.size(), &m2) == 0);
     CHECK(m2.heartbeat_ms == m.heartbeat_ms && m2.window == m.window &&
           m2.auth_required == m.auth_required && !memcmp(m2.nonce, m.nonce, NONCE_LEN) &&
-          m2.name == m.name);
+          m2.name == m.name && !memcmp(m2.client_id, m.client_id, sizeof m.client_id));
 }
 
 static void check_register(const uint8_t *p, size_t len)

@@ -10,7 +10,8 @@
  *      bit6 end of stream after the input (else IO_AGAIN forever)
  *      bit7 with c1 == 0xff: backend_add() fails (tunnel_new error path)
  *   c1, c2 seed the choices: read chunk sizes, short/refused writes,
- *      what the stream ends take, reset, close, send.
+ *      what the stream ends take, reset, close, send; c2 bit7: "tame"
+ *      ends that never reset or close (for deterministic regressions).
  *
  * A fake transport hands the input out; whatever the tunnel writes is
  * checked to be a preface and well-formed frames. The reactor runs on
@@ -46,6 +47,10 @@ static uint32_t rnd(void)
 }
 static bool chance(unsigned one_in) { return rnd() % one_in == 0; }
 
+/* FUZZ_MUX_TRACE=1: what each input does (frames written, how the
+ * tunnel ended), to see how deep the seeds get */
+static const bool trace = getenv("FUZZ_MUX_TRACE") != nullptr;
+
 /* The byte every stub end sends on stream sid. */
 static uint8_t pattern(uint32_t sid) { return (uint8_t)('a' + sid % 26); }
 
@@ -76,7 +81,11 @@ struct out_check {
             if (buf.size() < FRAME_HDR)
                 return;
             frame_hdr h;
-            CHECK(frame_hdr_decode((const uint8_t *)buf.data(), &h) == 1);
+            int ok = frame_hdr_decode((const uint8_t *)buf.data(), &h);
+            if (trace || !ok)
+                fprintf(stderr, "mux: wrote %s flags %u sid %u len %u\n", frame_type_name(h.type), h.flags, h.sid,
+                        h.len);
+            CHECK(ok == 1);
             if (buf.size() < FRAME_HDR + h.len)
                 return;
             const uint8_t *p = (const uint8_t *)buf.data() + FRAME_HDR;
@@ -88,6 +97,8 @@ struct out_check {
                 uint8_t c; std::string s; CHECK(code_decode(p, h.len, &c, &s) == 0); break; }
             case FT_WINDOW: CHECK(h.len == 4 && h.sid != 0); break;
             case FT_DATA:
+                if (h.sid == 0 || h.len > FRAME_MAX_DATA)
+                    fprintf(stderr, "mux: DATA frame with sid %u len %u\n", h.sid, h.len);
                 CHECK(h.sid != 0 && h.len <= FRAME_MAX_DATA);
                 /* the stub ends send their stream's pattern byte only: a
                  * header written over payload, or payload under the wrong
@@ -151,11 +162,40 @@ struct fake_transport : transport {
     const char *error() const override { return "fake transport error"; }
 };
 
+static out_check *cur_out;
+
+/* What the tunnel has not written yet continues what it has: out.buf (a
+ * partial frame) then the tx ring must read as whole frame headers,
+ * checked right after each send so a bad frame is caught where it is
+ * made. Headers only: payload is checked when written. */
+static void check_tx(const tunnel *t)
+{
+    const out_check &o = *cur_out;
+    if (!o.preface)
+        return;
+    size_t total = o.buf.size() + t->txr.data, pos = 0;
+    auto byte = [&](size_t i) -> uint8_t {
+        return i < o.buf.size() ? (uint8_t)o.buf[i] : ring_byte(&t->txr, i - o.buf.size());
+    };
+    while (pos + FRAME_HDR <= total) {
+        uint8_t hb[FRAME_HDR];
+        for (size_t i = 0; i < FRAME_HDR; i++)
+            hb[i] = byte(pos + i);
+        frame_hdr h;
+        int ok = frame_hdr_decode(hb, &h);
+        if (!ok || (h.type == FT_DATA && h.sid == 0)) {
+            fprintf(stderr, "mux: tx ring holds a bad header at %zu of %zu: type %u sid %u len %u\n", pos, total,
+                    h.type, h.sid, h.len);
+            abort();
+        }
+        pos += FRAME_HDR + h.len;
+    }
+}
+
 struct stub_end;
 static std::vector<stub_end *> ends;
+static bool tame;   /* c2 bit 7: ends never quit, every OPEN gets one */
 
-/* FUZZ_MUX_TRACE=1: one line per input, to see how deep seeds get */
-static const bool trace = getenv("FUZZ_MUX_TRACE") != nullptr;
 
 /* A stream end that takes some bytes, sometimes sends, sometimes quits. */
 struct stub_end : stream_end {
@@ -165,7 +205,7 @@ struct stub_end : stream_end {
 
     void maybe_quit()
     {
-        if (!s)
+        if (!s || tame)
             return;
         if (chance(16)) {
             stream *x = s;
@@ -204,6 +244,7 @@ struct stub_end : stream_end {
                 ;
         }
         CHECK(s->send_credit >= 0);
+        check_tx(s->t);
         if (chance(16))
             stream_send_fin(s);
     }
@@ -255,6 +296,18 @@ struct stub_end : stream_end {
         s = nullptr;
     }
 };
+
+/* Every stream an end holds is the one its tunnel knows by that id. */
+static void check_ends(const tunnel *t)
+{
+    for (const stub_end *e : ends) {
+        if (!e->s)
+            continue;
+        CHECK(!e->s->dead && e->s->t == t);
+        auto it = t->streams.find(e->s->sid);
+        CHECK(it != t->streams.end() && it->second == e->s);
+    }
+}
 
 static stub_end *new_end(stream *s)
 {
@@ -315,18 +368,28 @@ struct stub_owner : tunnel_owner {
             open_one(t);
         return 0;
     }
-    void on_registered(tunnel *t, uint32_t, uint8_t, const std::string &) override
+    void on_registered(tunnel *t, uint32_t idx, uint8_t, const std::string &) override
     {
         CHECK(!t->cf.is_server);
+        if (chance(4))
+            open_one(t);
+        if (chance(8))
+            tunnel_unregister(t, idx);
+    }
+    void on_unregister(tunnel *t, uint32_t) override
+    {
+        CHECK(t->cf.is_server);
         if (chance(4))
             open_one(t);
     }
     void on_open(tunnel *, stream *s, const open_msg &) override
     {
+        /* id 0 is the connection's, never a stream's */
+        CHECK(s->sid != 0);
         /* a new stream never takes the id of one still alive */
         for (stub_end *e : ends)
             CHECK(!e->s || e->s->sid != s->sid);
-        switch (rnd() % 8) {
+        switch (tame ? 7 : rnd() % 8) {
         case 0:
             stream_reset(s, RST_REFUSED);
             return;
@@ -371,6 +434,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 3)
         return 0;
     uint8_t c0 = data[0], c1 = data[1], c2 = data[2];
+    tame = c2 & 0x80;
     rng_state = 0x9e3779b9u ^ ((uint32_t)c1 << 8 | c2) ^ ((uint32_t)c0 << 16);
     if (!rng_state)
         rng_state = 1;
@@ -403,6 +467,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fake_backend_fail_add = 1;
 
     out_check out;
+    cur_out = &out;
     stub_owner owner;
     fake_transport *tr = new fake_transport(in.data() + initial, in.size() - initial, c0 & 0x40,
                                             (c0 & 0x10) ? 2 : 0, &out);
@@ -417,8 +482,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!chance(4))
                 ev |= EV_WRITE;
             t->on_io(ev);
-            if (!owner.down)
+            if (!owner.down) {
+                check_tx(t);
+                check_ends(t);
                 drain_ends();
+            }
             fake_reactor_pass();
             idle = had_input ? 0 : idle + 1;
         }

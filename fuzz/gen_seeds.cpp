@@ -1,6 +1,7 @@
 /*
  * gen_seeds.cpp - writes the seed corpora in fuzz/corpus/<target>/.
- * Build and run from the repository root: scripts/fuzz --seeds.
+ * Build and run from the repository root: scripts/fuzz --seeds. It also
+ * writes the regression inputs of fuzz/regress/ that are frame sequences.
  * Frames are made with the real encoders (frame.cpp), so the seeds follow
  * the codec when it changes; the layout of each target's input is in the
  * comment at the top of its fuzz_<target>.cpp.
@@ -14,11 +15,11 @@
 #include <string>
 #include <sys/stat.h>
 
-static std::string dir;
+static std::string dir, regress_dir;
 
-static void put(const char *target, const char *name, const std::string &bytes)
+static void put_in(const std::string &root, const char *target, const char *name, const std::string &bytes)
 {
-    std::string d = dir + "/" + target;
+    std::string d = root + "/" + target;
     mkdir(d.c_str(), 0755);
     std::string path = d + "/" + name;
     FILE *f = fopen(path.c_str(), "wb");
@@ -26,6 +27,19 @@ static void put(const char *target, const char *name, const std::string &bytes)
         perror(path.c_str());
         exit(1);
     }
+}
+
+/* A seed of fuzz/corpus/<target>/. */
+static void put(const char *target, const char *name, const std::string &bytes)
+{
+    put_in(dir, target, name, bytes);
+}
+
+/* A regression input of fuzz/regress/<target>/ that depends on the frame
+ * encoding, so it is rebuilt with the codec. */
+static void put_regress(const char *target, const char *name, const std::string &bytes)
+{
+    put_in(regress_dir, target, name, bytes);
 }
 
 static std::string frame(uint8_t type, uint8_t flags, uint32_t sid, const std::string &payload)
@@ -133,7 +147,7 @@ static void mux_seeds()
     /* server role: the fuzz input is a client */
     std::string regs = reg(0, 1, 0, "a.example,b.example", "H backend\nQ X-A: 1\nS X-B: 2\n") +
                        reg(1, 3, 8022, "", "") + reg(2, 4, 5353, "", "") + reg(3, 5, 0, "", "");
-    std::string srv_tail = ping + pong + window_f(2, 65536) + data_f(2, "hello from the client") +
+    std::string srv_tail = ping + pong + frame(FT_UNREGISTER, 0, 1, "") + window_f(2, 65536) + data_f(2, "hello from the client") +
                            dgram_f(7, 2, "udp payload") + data_f(2, "", true) + code_f(FT_RESET, 2, RST_CANCEL, "bye");
     put("mux", "server-notoken", ctl(0x05, 1, 2) + hello(false) + regs + srv_tail);
     put("mux", "server-token", ctl(0x07, 3, 4) + hello(false) + auth + regs + srv_tail);
@@ -166,6 +180,20 @@ static void mux_seeds()
         wrap += open_f(sid, 0, 4) + data_f(sid, "w") + window_f(sid, 10);
     put("mux", "client-sid-wrap", ctl(0x04, 33, 34) + hello(false) + frame(FT_READY, 0, 0, "") + wrap +
                                       code_f(FT_RESET, 0x70000000, RST_CANCEL, "") + data_f(0x70000000, "late"));
+    /* regression: the server reuses stream id 2 after walking the id space
+     * round (sid_after() accepts it) while stream 2 is still open */
+    std::string reuse;
+    for (uint32_t sid : {2u, 0x70000000u, 0xe0000000u, 0x50000000u, 0xc0000000u, 0x30000000u, 0xa0000000u,
+                         0x10000000u, 0x80000000u, 0xf0000000u, 2u})
+        reuse += open_f(sid, 0, 4);
+    put_regress("mux", "open-sid-reuse-after-wrap",
+        ctl(0x04, 0, 0x80) + hello(false) + frame(FT_READY, 0, 0, "") + reuse + data_f(2, "hello"));
+    /* regression: the server walks its ids round to 0 (sid_after(0,
+     * 0xe0000000) holds) and opens stream 0, the connection's id */
+    std::string zero_sid;
+    for (uint32_t sid : {0x70000000u, 0xe0000000u, 0u})
+        zero_sid += open_f(sid, 0, 4);
+    put_regress("mux", "open-sid-zero", ctl(0x04, 0, 0x80) + hello(false) + frame(FT_READY, 0, 0, "") + zero_sid);
     put("mux", "client-eof", ctl(0x44, 29, 30) + hello(false) + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4));
     put("mux", "client-goaway-auth", ctl(0x06, 31, 32) + hello(true) + code_f(FT_GOAWAY, 0, GA_AUTH, "wrong token"));
 }
@@ -317,7 +345,9 @@ static void conf_seeds()
 int main(int argc, char **argv)
 {
     dir = argc > 1 ? argv[1] : "fuzz/corpus";
+    regress_dir = argc > 2 ? argv[2] : "fuzz/regress";
     mkdir(dir.c_str(), 0755);
+    mkdir(regress_dir.c_str(), 0755);
     mux_seeds();
     frame_seeds();
     http_seeds();

@@ -44,6 +44,9 @@ struct mapping_conf {
     int proxy_protocol = 0;             /* 0 none, 1 v1, 2 v2 */
     unsigned flag = FLAG_HTTP | FLAG_HTTPS | FLAG_SOCKS5;
     std::string username, password;
+    /* a client's reload keeps each mapping at its index (streams in flight
+     * refer to it): one the new file drops stays behind, marked removed */
+    bool removed = false;
 };
 
 struct conf {

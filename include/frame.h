@@ -41,6 +41,7 @@ enum frame_type {
     FT_REGISTER = 9,    /* sid = mapping index: register_msg */
     FT_REGISTERED = 10, /* sid = mapping index: u8 status, text */
     FT_DGRAM = 11,      /* sid = flow id: u32 mapping index, then one UDP datagram */
+    FT_UNREGISTER = 12, /* sid = mapping index: the client dropped it (reload) */
     FT_MAX
 };
 
@@ -93,6 +94,10 @@ struct hello_msg {
     uint8_t auth_required = 0;      /* server: a token is required */
     uint8_t nonce[NONCE_LEN] = {};  /* server: the challenge */
     std::string name;               /* software name and version */
+    /* client: random per process start; the server replaces an older
+     * tunnel with the same id (the client's address changed, the old
+     * connection is silently dead) instead of refusing its mappings */
+    uint8_t client_id[16] = {};
 };
 int hello_encode(const hello_msg &m, std::string *out);
 int hello_decode(const uint8_t *p, size_t len, hello_msg *m);

@@ -31,5 +31,9 @@ void http_routes_remove(tunnel *t);
 /* Serve one public connection (plain, or TLS for https). Owns tr. */
 void http_serve(transport *tr, const std::string &peer, bool https, const http_proxy_conf &hc);
 size_t http_sessions(void);
+/* Server stopping: close every session (drain = false), or (QUIT) close the
+ * idle ones and let the others finish the request in flight, answered with
+ * Connection: close. */
+void http_stop(bool drain);
 
 #endif

@@ -93,6 +93,8 @@ struct tunnel_owner {
     virtual void on_registered(tunnel *t, uint32_t idx, uint8_t status, const std::string &why) = 0;
     /* The peer opened stream s: attach an end to it, or stream_reset it. */
     virtual void on_open(tunnel *t, stream *s, const open_msg &m) = 0;
+    /* Server: the client dropped mapping idx (a reload). */
+    virtual void on_unregister(tunnel *, uint32_t) {}
     /* A datagram of flow id for mapping idx (UDP mappings). */
     virtual void on_dgram(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len) = 0;
     /* The tunnel is closed; every stream was reset already. why is for the log. */
@@ -109,6 +111,7 @@ struct tunnel_conf {
     uint64_t tunnel_buffer = 32ull << 20;
     uint32_t max_streams = 4096;
     uint32_t handshake_timeout_ms = 10000;
+    uint8_t client_id[16] = {};  /* client: sent in HELLO */
 };
 
 struct tunnel : io_handler, deferred {
@@ -138,6 +141,8 @@ struct tunnel : io_handler, deferred {
     uint64_t bytes_in = 0, bytes_out = 0, started = 0;
     uint64_t dgrams_dropped = 0;
     bool closing = false;
+    bool was_ready = false;      /* authenticated once: a close is "down", else "refused" */
+    uint8_t peer_id[16] = {};    /* server: the client's id from its HELLO */
     void *user = nullptr;        /* the owner's per-tunnel data */
 
     void on_io(unsigned events) override;
@@ -155,6 +160,8 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why);
 /* Client: register mapping idx. Returns 0, or -1 when its domains and
  * rules do not fit in a REGISTER frame (16 KiB). */
 int tunnel_register(tunnel *t, uint32_t idx, const register_msg &m);
+/* Client: drop mapping idx (reload). */
+void tunnel_unregister(tunnel *t, uint32_t idx);
 /* Open a stream from this side. Returns nullptr at max_streams. */
 stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end);
 size_t tunnel_stream_count(const tunnel *t);

@@ -44,6 +44,13 @@ void proxy_serve(transport *tr, const std::string &peer, const uint8_t *initial,
 /* Serve a proxy user whose bytes arrive on stream s (see above). */
 void proxy_serve_stream(stream *s, const std::string &peer, const proxy_conf &pc);
 
+/* Sessions alive (for the drain on QUIT). */
 size_t proxy_sessions(void);
+
+/* Does a Proxy-Authorization value (v[0..n)) carry "Basic base64(user:pass)"
+ * with these credentials? The scheme is case-insensitive; the decoded text
+ * is split at its first ':' (passwords may hold ':'); both parts are
+ * compared in constant time (cred_equal). Exposed for the tests. */
+bool proxy_auth_basic(const char *v, size_t n, const std::string &user, const std::string &pass);
 
 #endif

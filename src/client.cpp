@@ -13,6 +13,7 @@
 #include "tls.h"
 #include "udp.h"
 #include "proxy.h"
+#include "proxyproto.h"
 #include <vector>
 
 #include <errno.h>
@@ -188,37 +189,43 @@ static const char *mode_name(map_mode m)
     return names[m];
 }
 
+/* Register mapping i over tunnel tn. */
+static void register_mapping(tunnel *tn, size_t i)
+{
+    const mapping_conf &mc = cl->cf.mappings[i];
+    register_msg m;
+    m.mode = (uint8_t)mc.mode;
+    m.remote_port = mc.remote_port;
+    m.proxy_protocol = (uint8_t)mc.proxy_protocol;
+    m.udp_timeout_ms = mc.udp_timeout_ms;
+    m.name = mc.name;
+    for (size_t d = 0; d < mc.domains.size(); d++)
+        m.domains += (d ? "," : "") + mc.domains[d];
+    /* http rewriting is done by the server: it gets the rules */
+    if (!mc.host.empty())
+        m.rules += "H " + mc.host + "\n";
+    for (auto &r : mc.request_headers)
+        m.rules += "Q " + r.first + ": " + r.second + "\n";
+    for (auto &r : mc.response_headers)
+        m.rules += "S " + r.first + ": " + r.second + "\n";
+    if (mc.mode == MODE_PROXY && mc.username.empty())
+        m.rules += "P open\n";
+    if (tunnel_register(tn, (uint32_t)i, m) < 0)
+        log_error("mapping %s not registered: its domains and header rules exceed 16 KiB", mc.name.c_str());
+}
+
 void client::on_ready(tunnel *tn)
 {
     log_info("tunnel up peer=%s", tn->peer.c_str());
     attempts = 0;
-    for (size_t i = 0; i < cf.mappings.size(); i++) {
-        const mapping_conf &mc = cf.mappings[i];
-        register_msg m;
-        m.mode = (uint8_t)mc.mode;
-        m.remote_port = mc.remote_port;
-        m.proxy_protocol = (uint8_t)mc.proxy_protocol;
-        m.udp_timeout_ms = mc.udp_timeout_ms;
-        m.name = mc.name;
-        for (size_t d = 0; d < mc.domains.size(); d++)
-            m.domains += (d ? "," : "") + mc.domains[d];
-        /* http rewriting is done by the server: it gets the rules */
-        if (!mc.host.empty())
-            m.rules += "H " + mc.host + "\n";
-        for (auto &r : mc.request_headers)
-            m.rules += "Q " + r.first + ": " + r.second + "\n";
-        for (auto &r : mc.response_headers)
-            m.rules += "S " + r.first + ": " + r.second + "\n";
-        if (mc.mode == MODE_PROXY && mc.username.empty())
-            m.rules += "P open\n";
-        if (tunnel_register(tn, (uint32_t)i, m) < 0)
-            log_error("mapping %s not registered: its domains and header rules exceed 16 KiB", mc.name.c_str());
-    }
+    for (size_t i = 0; i < cf.mappings.size(); i++)
+        if (!cf.mappings[i].removed)
+            register_mapping(tn, i);
 }
 
 void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::string &why)
 {
-    if (idx >= cf.mappings.size())
+    if (idx >= cf.mappings.size() || cf.mappings[idx].removed)
         return;
     const mapping_conf &mc = cf.mappings[idx];
     if (status == 0)
@@ -229,7 +236,8 @@ void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::st
 
 void client::on_open(tunnel *, stream *s, const open_msg &m)
 {
-    if (m.mapping >= cf.mappings.size() || cf.mappings[m.mapping].mode == MODE_UDP) {
+    if (m.mapping >= cf.mappings.size() || cf.mappings[m.mapping].mode == MODE_UDP ||
+        cf.mappings[m.mapping].removed) {
         log_warn("stream %u for unknown mapping %u", s->sid, m.mapping);
         return stream_reset(s, RST_NOMAPPING);
     }
@@ -245,18 +253,25 @@ void client::on_open(tunnel *, stream *s, const open_msg &m)
         return proxy_serve_stream(s, "server stream " + std::to_string(s->sid), pc);
     }
     relay *r = relay_connect(mc.local_addr.host, mc.local_addr.port, s, cf.connect_timeout_ms);
-    if (r)
-        r->what = mc.name;
+    if (!r)
+        return;
+    r->what = mc.name;
+    /* PROXY protocol: the header goes to local_addr before any stream data */
+    if (mc.mode == MODE_TCP && mc.proxy_protocol == 1)
+        proxyproto_v1(m.family, m.src, m.dst, m.sport, m.dport, &r->prefix);
+    else if (mc.mode == MODE_TCP && mc.proxy_protocol == 2)
+        proxyproto_v2(m.family, m.src, m.dst, m.sport, m.dport, &r->prefix);
 }
 
 void client::on_dgram(tunnel *tn, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len)
 {
-    if (idx >= cf.mappings.size() || cf.mappings[idx].mode != MODE_UDP || udp_local[idx].len == 0)
+    if (idx >= cf.mappings.size() || cf.mappings[idx].mode != MODE_UDP || cf.mappings[idx].removed ||
+        idx >= udp_local.size() || udp_local[idx].len == 0)
         return;   /* not (yet) resolved: dropped, as a datagram may be */
     udp_flow_dgram(tn, flow, idx, udp_local[idx], cf.mappings[idx].udp_timeout_ms, p, len);
 }
 
-void client::on_down(tunnel *, const char *why, bool auth_failure)
+void client::on_down(tunnel *tn, const char *why, bool auth_failure)
 {
     t = nullptr;
     udp_flows_close();
@@ -264,80 +279,219 @@ void client::on_down(tunnel *, const char *why, bool auth_failure)
         return;
     if (auth_failure)
         log_error("server %s refused the tunnel: %s", peer.c_str(), why);
+    else if (!tn->was_ready)
+        log_warn("tunnel to %s failed: %s", peer.c_str(), why);
     else
         log_info("tunnel down peer=%s reason=\"%s\"", peer.c_str(), why);
     schedule_retry(why);
+}
+
+static tunnel_conf tunnel_conf_of(const conf &cf)
+{
+    tunnel_conf t;
+    t.is_server = false;
+    t.token = cf.token;
+    t.heartbeat_ms = cf.heartbeat_ms;
+    t.window = cf.window;
+    t.max_window = cf.max_window;
+    t.tunnel_buffer = cf.tunnel_buffer;
+    t.max_streams = cf.max_streams;
+    t.handshake_timeout_ms = cf.handshake_timeout_ms;
+    return t;
+}
+
+static tls_ctx *client_tls(const conf &cf, std::string *err)
+{
+    tls_client_opts o;
+    o.ca = cf.ca;
+    o.cert = cf.cert;
+    o.key = cf.key;
+    o.fingerprint = cf.fingerprint;
+    o.verify = cf.verify;
+    return tls_client_ctx_new(o, err);
+}
+
+/* udp mappings need their local_addr before the first datagram */
+static void resolve_udp(size_t i)
+{
+    const mapping_conf &mc = cl->cf.mappings[i];
+    if (cl->udp_local.size() < cl->cf.mappings.size())
+        cl->udp_local.resize(cl->cf.mappings.size());
+    if (mc.mode != MODE_UDP || mc.removed)
+        return;
+    resolve_start(mc.local_addr.host, mc.local_addr.port,
+                  [](void *arg, int status, const sockaddr_buf *a, const char *e) {
+                      size_t idx = (size_t)(uintptr_t)arg;
+                      if (status == 0)
+                          cl->udp_local[idx] = *a;
+                      else
+                          log_error("mapping %s: resolve %s: %s", cl->cf.mappings[idx].name.c_str(),
+                                    cl->cf.mappings[idx].local_addr.text().c_str(), e);
+                  },
+                  (void *)(uintptr_t)i);
+}
+
+static void warn_open_proxy(const mapping_conf &mc)
+{
+    if (mc.mode == MODE_PROXY && mc.username.empty())
+        log_warn("mapping %s is an open proxy into this private network: set username and password",
+                 mc.name.c_str());
+}
+
+static int open_local_proxy(const conf &cf, std::string *err)
+{
+    int fd = sock_listen(cf.bind_addr, SOCK_STREAM, err);
+    if (fd < 0)
+        return -1;
+    lp = new local_proxy;
+    lp->fd = fd;
+    reactor_add(fd, lp);
+    log_info("listening for proxy users on %s (served through the tunnel)", cf.bind_addr.text().c_str());
+    return 0;
+}
+
+static void close_local_proxy(void)
+{
+    if (!lp)
+        return;
+    reactor_del(lp->fd, lp);
+    close(lp->fd);
+    delete lp;
+    lp = nullptr;
 }
 
 int client_start(const conf &cf, std::string *err)
 {
     cl = new client;
     cl->cf = cf;
-    cl->tcf.is_server = false;
-    cl->tcf.token = cf.token;
-    cl->tcf.heartbeat_ms = cf.heartbeat_ms;
-    cl->tcf.window = cf.window;
-    cl->tcf.max_window = cf.max_window;
-    cl->tcf.tunnel_buffer = cf.tunnel_buffer;
-    cl->tcf.max_streams = cf.max_streams;
-    cl->tcf.handshake_timeout_ms = cf.handshake_timeout_ms;
+    cl->tcf = tunnel_conf_of(cf);
+    RAND_bytes(cl->tcf.client_id, sizeof cl->tcf.client_id);
     cl->retry.fn = connect_server;
     cl->connect_timer.fn = [](void *) {
         char why[160];
         snprintf(why, sizeof why, "connect %s: timed out", cl->peer.c_str());
         connect_failed(why);
     };
-    if (cf.ts) {
-        tls_client_opts o;
-        o.ca = cf.ca;
-        o.cert = cf.cert;
-        o.key = cf.key;
-        o.fingerprint = cf.fingerprint;
-        o.verify = cf.verify;
-        cl->tls = tls_client_ctx_new(o, err);
-        if (!cl->tls)
-            return -1;
-    }
-    /* udp mappings need their local_addr before the first datagram */
-    cl->udp_local.resize(cf.mappings.size());
+    if (cf.ts && !(cl->tls = client_tls(cf, err)))
+        return -1;
     for (size_t i = 0; i < cf.mappings.size(); i++) {
-        const mapping_conf &mc = cf.mappings[i];
-        if (mc.mode != MODE_UDP)
-            continue;
-        resolve_start(mc.local_addr.host, mc.local_addr.port,
-                      [](void *arg, int status, const sockaddr_buf *a, const char *e) {
-                          size_t idx = (size_t)(uintptr_t)arg;
-                          if (status == 0)
-                              cl->udp_local[idx] = *a;
-                          else
-                              log_error("mapping %s: resolve %s: %s", cl->cf.mappings[idx].name.c_str(),
-                                        cl->cf.mappings[idx].local_addr.text().c_str(), e);
-                      },
-                      (void *)(uintptr_t)i);
+        resolve_udp(i);
+        warn_open_proxy(cf.mappings[i]);
     }
-    for (const mapping_conf &mc : cf.mappings)
-        if (mc.mode == MODE_PROXY && mc.username.empty())
-            log_warn("mapping %s is an open proxy into this private network: set username and password",
-                     mc.name.c_str());
-    if (cf.bind_addr.set) {
-        int fd = sock_listen(cf.bind_addr, SOCK_STREAM, err);
-        if (fd < 0)
-            return -1;
-        lp = new local_proxy;
-        lp->fd = fd;
-        reactor_add(fd, lp);
-        log_info("listening for proxy users on %s (served through the tunnel)", cf.bind_addr.text().c_str());
-    }
+    if (cf.bind_addr.set && open_local_proxy(cf, err) < 0)
+        return -1;
     log_info("client starting: server %s%s, %zu mapping(s)", cf.server.text().c_str(), cf.ts ? " (tls)" : "",
              cf.mappings.size());
     connect_server(nullptr);
     return 0;
 }
 
-int client_reload(const conf &, std::string *err)
+static bool same_mapping(const mapping_conf &a, const mapping_conf &b)
 {
-    *err = "reload is not supported yet";
-    return -1;
+    return a.mode == b.mode && a.local_addr.host == b.local_addr.host && a.local_addr.port == b.local_addr.port &&
+           a.domains == b.domains && a.remote_port == b.remote_port && a.udp_timeout_ms == b.udp_timeout_ms &&
+           a.host == b.host && a.request_headers == b.request_headers && a.response_headers == b.response_headers &&
+           a.proxy_protocol == b.proxy_protocol && a.flag == b.flag && a.username == b.username &&
+           a.password == b.password;
+}
+
+/*
+ * HUP. Mappings are compared by name: an unchanged one keeps its index and
+ * registration; a changed one is unregistered and registered anew under a
+ * new index; a dropped one is unregistered and left behind as removed (the
+ * streams it carries finish); a new one is registered. Established streams
+ * are never dropped. What defines the tunnel itself (server, TLS settings)
+ * takes effect by reconnecting; the rest (token, timeouts, windows) at the
+ * next connect.
+ */
+int client_reload(const conf &nc, std::string *err)
+{
+    if (nc.role_ != ROLE_CLIENT) {
+        *err = nc.path + ": the file now configures a server; the role cannot change on reload";
+        return -1;
+    }
+    const conf &oc = cl->cf;
+    bool retunnel = oc.server.host != nc.server.host || oc.server.port != nc.server.port || oc.ts != nc.ts ||
+                    oc.server_name != nc.server_name || oc.ca != nc.ca || oc.fingerprint != nc.fingerprint ||
+                    oc.verify != nc.verify || oc.cert != nc.cert || oc.key != nc.key;
+    tls_ctx *ntls = nullptr;
+    if (nc.ts && retunnel && !(ntls = client_tls(nc, err)))
+        return -1;
+    bool rebind = oc.bind_addr.set != nc.bind_addr.set || oc.bind_addr.host != nc.bind_addr.host ||
+                  oc.bind_addr.port != nc.bind_addr.port;
+    if (rebind) {
+        local_proxy *old = lp;
+        lp = nullptr;
+        if (nc.bind_addr.set && open_local_proxy(nc, err) < 0) {
+            lp = old;
+            if (ntls)
+                tls_ctx_free(ntls);
+            return -1;
+        }
+        std::swap(old, lp);
+        close_local_proxy();
+        lp = old;
+    }
+
+    std::vector<mapping_conf> next = oc.mappings;   /* indices stay */
+    std::vector<size_t> to_register, to_unregister;
+    for (size_t i = 0; i < next.size(); i++) {
+        if (next[i].removed)
+            continue;
+        const mapping_conf *n = nullptr;
+        for (const mapping_conf &m : nc.mappings)
+            if (m.name == next[i].name)
+                n = &m;
+        if (!n || !same_mapping(*n, next[i])) {
+            next[i].removed = true;
+            to_unregister.push_back(i);
+        }
+    }
+    for (const mapping_conf &m : nc.mappings) {
+        bool kept = false;
+        for (const mapping_conf &o : next)
+            if (!o.removed && o.name == m.name)
+                kept = true;
+        if (!kept) {
+            next.push_back(m);
+            to_register.push_back(next.size() - 1);
+        }
+    }
+    uint8_t id[16];
+    memcpy(id, cl->tcf.client_id, sizeof id);
+    cl->cf = nc;
+    cl->cf.mappings = next;
+    cl->tcf = tunnel_conf_of(nc);
+    memcpy(cl->tcf.client_id, id, sizeof id);
+    if (retunnel) {
+        /* the old context may still drive the live tunnel: keep it */
+        static std::vector<tls_ctx *> retired;
+        if (cl->tls)
+            retired.push_back(cl->tls);
+        cl->tls = ntls;
+        log_info("reload: the server or its TLS settings changed, reconnecting");
+        if (cl->t)
+            tunnel_close(cl->t, GA_NORMAL, "reconnecting after a reload");
+        else if (cl->state == CS_IDLE) {
+            timer_cancel(&cl->retry);
+            cl->attempts = 0;
+            connect_server(nullptr);
+        }
+        return 0;
+    }
+    for (size_t i : to_unregister)
+        log_info("mapping %s dropped by the reload", next[i].name.c_str());
+    for (size_t i : to_register) {
+        resolve_udp(i);
+        warn_open_proxy(next[i]);
+    }
+    if (cl->t && cl->t->state == TS_READY) {
+        for (size_t i : to_unregister)
+            tunnel_unregister(cl->t, (uint32_t)i);
+        for (size_t i : to_register)
+            register_mapping(cl->t, i);
+    }
+    return 0;
 }
 
 size_t client_streams(void)
@@ -351,12 +505,7 @@ void client_stop(bool drain)
         return;
     cl->state = CS_STOPPED;
     timer_cancel(&cl->retry);
-    if (lp) {
-        reactor_del(lp->fd, lp);
-        close(lp->fd);
-        delete lp;
-        lp = nullptr;
-    }
+    close_local_proxy();
     if (!drain && cl->t)
         tunnel_close(cl->t, GA_SHUTDOWN, "client is stopping");
 }

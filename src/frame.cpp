@@ -27,6 +27,7 @@ static uint32_t max_payload(uint8_t type)
     case FT_PING: return 8;
     case FT_AUTH: return MAC_LEN;
     case FT_READY: return 0;
+    case FT_UNREGISTER: return 0;
     case FT_DGRAM: return FRAME_MAX_PAYLOAD;
     case FT_REGISTER: return 16 * 1024;   /* domains and header rules */
     default: return 1024;   /* OPEN HELLO REGISTER REGISTERED RESET GOAWAY */
@@ -119,6 +120,7 @@ int hello_encode(const hello_msg &m, std::string *out)
     out->push_back((char)m.auth_required);
     out->append((const char *)m.nonce, NONCE_LEN);
     put_str(out, m.name);
+    out->append((const char *)m.client_id, sizeof m.client_id);
     return (int)(out->size() - start);
 }
 
@@ -132,6 +134,9 @@ int hello_decode(const uint8_t *p, size_t len, hello_msg *m)
     if (n)
         memcpy(m->nonce, n, NONCE_LEN);
     r.str(&m->name);
+    const uint8_t *id = r.take(sizeof m->client_id);
+    if (id)
+        memcpy(m->client_id, id, sizeof m->client_id);
     if (r.done() < 0 || m->heartbeat_ms == 0 || m->window < 4096 || m->window > 0x7fffffff || m->auth_required > 1)
         return -1;
     return 0;
@@ -240,7 +245,8 @@ void auth_mac(const std::string &token, const uint8_t nonce[NONCE_LEN], uint8_t 
 const char *frame_type_name(uint8_t type)
 {
     static const char *const names[] = {"DATA", "OPEN", "WINDOW", "RESET", "PING", "GOAWAY",
-                                        "HELLO", "AUTH", "READY", "REGISTER", "REGISTERED", "DGRAM"};
+                                        "HELLO", "AUTH", "READY", "REGISTER", "REGISTERED", "DGRAM",
+                                        "UNREGISTER"};
     return type < FT_MAX ? names[type] : "UNKNOWN";
 }
 

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <algorithm>
+#include <memory>
 #include <unordered_map>
 #include <vector>
 
@@ -39,10 +40,14 @@ struct route {
     std::vector<std::pair<std::string, std::string>> req_rules, resp_rules;
 };
 
-static std::unordered_map<std::string, route *> exact[2];
-static std::vector<std::pair<std::string, route *>> wild[2];   /* ".example.com", longest first */
+/* Shared: a session keeps the route of its request alive even when the
+ * mapping is unregistered or its tunnel goes down meanwhile. */
+typedef std::shared_ptr<route> route_ref;
 
-static route *route_find(bool https, const char *key)
+static std::unordered_map<std::string, route_ref> exact[2];
+static std::vector<std::pair<std::string, route_ref>> wild[2];   /* ".example.com", longest first */
+
+static route_ref route_find(bool https, const char *key)
 {
     auto it = exact[https].find(key);
     if (it != exact[https].end())
@@ -53,7 +58,7 @@ static route *route_find(bool https, const char *key)
         if (kl > suf.size() && memcmp(key + kl - suf.size(), suf.data(), suf.size()) == 0)
             return w.second;
     }
-    return nullptr;
+    return route_ref();
 }
 
 static void parse_rules(route *r, const std::string &rules)
@@ -101,7 +106,7 @@ static std::vector<std::string> split_domains(const std::string &s)
     return out;
 }
 
-static std::string holder(route *r)
+static std::string holder(const route_ref &r)
 {
     return r->t && r->t->peer.size() ? r->t->peer : "another client";
 }
@@ -114,7 +119,7 @@ int http_routes_add(bool https, tunnel *t, uint32_t idx, const register_msg &m, 
         return -1;
     }
     for (const std::string &d : names) {
-        route *other = nullptr;
+        route_ref other;
         if (d.compare(0, 2, "*.") == 0) {
             for (auto &w : wild[https])
                 if (w.first == d.substr(1))
@@ -129,11 +134,11 @@ int http_routes_add(bool https, tunnel *t, uint32_t idx, const register_msg &m, 
             return -1;
         }
     }
-    route *r = new route;
+    route_ref r = std::make_shared<route>();
     r->t = t;
     r->idx = idx;
     r->name = m.name;
-    parse_rules(r, m.rules);
+    parse_rules(r.get(), m.rules);
     for (const std::string &d : names) {
         if (d.compare(0, 2, "*.") == 0)
             wild[https].push_back({d.substr(1), r});
@@ -141,7 +146,7 @@ int http_routes_add(bool https, tunnel *t, uint32_t idx, const register_msg &m, 
             exact[https][d] = r;
     }
     std::stable_sort(wild[https].begin(), wild[https].end(),
-                     [](const std::pair<std::string, route *> &a, const std::pair<std::string, route *> &b) {
+                     [](const std::pair<std::string, route_ref> &a, const std::pair<std::string, route_ref> &b) {
                          return a.first.size() > b.first.size();
                      });
     return 0;
@@ -149,29 +154,20 @@ int http_routes_add(bool https, tunnel *t, uint32_t idx, const register_msg &m, 
 
 void http_routes_remove(tunnel *t)
 {
-    std::vector<route *> gone;
     for (int h = 0; h < 2; h++) {
         for (auto it = exact[h].begin(); it != exact[h].end();) {
-            if (it->second->t == t) {
-                gone.push_back(it->second);
+            if (it->second->t == t)
                 it = exact[h].erase(it);
-            } else {
+            else
                 ++it;
-            }
         }
         for (auto it = wild[h].begin(); it != wild[h].end();) {
-            if (it->second->t == t) {
-                gone.push_back(it->second);
+            if (it->second->t == t)
                 it = wild[h].erase(it);
-            } else {
+            else
                 ++it;
-            }
         }
     }
-    std::sort(gone.begin(), gone.end());
-    gone.erase(std::unique(gone.begin(), gone.end()), gone.end());
-    for (route *r : gone)
-        delete r;
 }
 
 /* ---- sessions ---- */
@@ -180,13 +176,16 @@ enum req_state { Q_HEAD, Q_BODY, Q_WAIT, Q_RAW, Q_DONE };
 enum resp_state { R_IDLE, R_HEAD, R_BODY, R_RAW };
 
 struct hsess : io_handler, stream_end, deferred {
+    hsess *prev = nullptr, *next = nullptr;   /* all sessions, for http_stop() */
     transport *tr = nullptr;
     std::string peer, peer_ip;
     bool https = false;
     http_proxy_conf hc;
-    ring in, out;
+    ring in, out;                /* allocated while in use, see release_idle() */
     bool can_read = true, can_write = true, down_eof = false;
     bool close_after = false;    /* close once out is written */
+    bool lingering = false;      /* our side is shut: reading to the user's EOF */
+    bool draining = false;       /* QUIT: no keep-alive after this response */
     bool closed = false;
     req_state qs = Q_HEAD;
     resp_state rs = R_IDLE;
@@ -199,13 +198,15 @@ struct hsess : io_handler, stream_end, deferred {
     bool qkeep = false, qhead = false, qupgrade = false;
     std::string qline;           /* "GET /x" for the access log */
     std::string qhost;
+    std::string qmap = "-";      /* mapping name for the access log */
     std::string qout;            /* rewritten head waiting for stream room */
-    uint64_t idle_since = 0;
+    uint64_t head_since = 0;     /* the head's clock started (0: idle, none begun) */
+    uint64_t idle_since = 0;     /* the previous response ended */
     uint64_t qstart = 0, qbytes_in = 0, qbytes_out = 0;
 
     /* the upstream */
     stream *s = nullptr;
-    route *rt = nullptr;         /* route of s */
+    route_ref rt;                /* route of s */
     tunnel *st = nullptr;        /* and its tunnel, to tell a stale route */
     uint32_t sidx = 0;
 
@@ -217,9 +218,8 @@ struct hsess : io_handler, stream_end, deferred {
     http_chunked rch = {};
     bool rkeep = false;
     int status = 0;
-    bool rfin = false;           /* the stream's FIN arrived */
 
-    timer head_timer;
+    timer head_timer;            /* head, keep-alive idle, and linger deadlines */
     task run;
     void on_io(unsigned events) override;
     size_t on_data(const iovec *iov, int n, size_t len) override;
@@ -229,7 +229,13 @@ struct hsess : io_handler, stream_end, deferred {
     ~hsess() override;
 };
 
+#define IN_SMALL 4096             /* first size of the input ring */
+#define ANSWER_ROOM 1024          /* out space our own answers need */
+#define PASS_BUDGET (256 * 1024)  /* bytes moved per session per loop pass */
+#define LINGER_MS 2000            /* reading to the user's EOF after our FIN */
+
 static size_t nsessions;
+static hsess *sessions;
 static http_request req_scratch;    /* one thread: one parse at a time */
 static http_response resp_scratch;
 static char head_scratch[IN_RING];
@@ -263,6 +269,12 @@ static void hs_close(hsess *h)
     reactor_del(h->tr->fd, h);
     task_cancel(&h->run);
     timer_cancel(&h->head_timer);
+    if (h->prev)
+        h->prev->next = h->next;
+    else
+        sessions = h->next;
+    if (h->next)
+        h->next->prev = h->prev;
     nsessions--;
     defer_delete(h);
 }
@@ -278,6 +290,18 @@ static void drop_stream(hsess *h)
     h->st = nullptr;
 }
 
+/* Make room for n bytes in out, allocating it on first use. Returns false
+ * when out of memory. Only our own short answers may grow it past
+ * OUT_RING, and only while it is full of a previous response. */
+static bool out_reserve(hsess *h, size_t n)
+{
+    if (!h->out.area && ring_alloc(&h->out, OUT_RING) < 0)
+        return false;
+    if (ring_room(&h->out) < n && ring_grow(&h->out, h->out.data + n) < 0)
+        return false;
+    return true;
+}
+
 /* Queue bytes for the user. The caller checked the room. */
 static void out_put(hsess *h, const char *p, size_t n)
 {
@@ -285,12 +309,29 @@ static void out_put(hsess *h, const char *p, size_t n)
     h->qbytes_out += n;
 }
 
+/* The previous response still fills out: wait before starting the next
+ * request, whose answer may be one of ours. */
+static bool out_busy(const hsess *h)
+{
+    return h->out.data + ANSWER_ROOM > OUT_RING;
+}
+
 static void access_line(hsess *h)
 {
     access_log("%s %s %s \"%s\" %d %llu %llu %llums", h->peer.c_str(), h->https ? "https" : "http",
-               h->rt ? h->rt->name.c_str() : "-", h->qline.c_str(), h->status,
-               (unsigned long long)h->qbytes_in, (unsigned long long)h->qbytes_out,
-               (unsigned long long)(now_ms() - h->qstart));
+               h->qmap.c_str(), h->qline.c_str(), h->status, (unsigned long long)h->qbytes_in,
+               (unsigned long long)h->qbytes_out, (unsigned long long)(now_ms() - h->qstart));
+}
+
+/* Arm head_timer for the state of the connection between requests: a
+ * head begun (or a new connection) must be complete header_timeout after
+ * it began; an idle keep-alive connection lives keepalive_timeout. */
+static void arm_head_timer(hsess *h)
+{
+    if (h->head_since)
+        timer_arm_at(&h->head_timer, h->head_since + h->hc.header_timeout_ms);
+    else
+        timer_arm_at(&h->head_timer, h->idle_since + h->hc.keepalive_timeout_ms);
 }
 
 static void request_finished(hsess *h);
@@ -304,14 +345,17 @@ static void answer(hsess *h, int status, const char *detail, bool keep)
                       detail ? detail : "");
     if (bl >= (int)sizeof body)
         bl = sizeof body - 1;
+    keep = keep && !h->draining;
     int hl = snprintf(head, sizeof head,
                       "HTTP/1.1 %d %s\r\nServer: wmproxy\r\nContent-Type: text/plain\r\n"
                       "Content-Length: %d\r\nConnection: %s\r\n\r\n",
                       status, http_reason(status), bl, keep ? "keep-alive" : "close");
     h->status = status;
-    if (ring_room(&h->out) >= (size_t)(hl + bl)) {
+    if (out_reserve(h, (size_t)(hl + bl))) {
         out_put(h, head, (size_t)hl);
         out_put(h, body, (size_t)bl);
+    } else {
+        keep = false;
     }
     if (h->qline.empty())
         h->qline = "-";
@@ -347,9 +391,8 @@ static void forward_body(hsess *h)
         if (room == 0 || h->in.data == 0)
             return;
         iovec iov[2];
-        int n = ring_data_spans(&h->in, 0, room, iov);
+        ring_data_spans(&h->in, 0, room, iov);
         size_t want = iov[0].iov_len, take;
-        (void)n;
         if (h->qs == Q_RAW) {
             take = want;
         } else if (h->qbody == HTTP_BODY_LENGTH) {
@@ -394,6 +437,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->qline.assign(q.method.p, q.method.n);
     h->qline += ' ';
     h->qline.append(q.target.p, q.target.n < 200 ? q.target.n : 200);
+    h->qmap = "-";
     h->qkeep = mi.keep_alive;
     h->qhead = http_str_eq(q.method, "HEAD");
     h->qupgrade = mi.upgrade;
@@ -403,7 +447,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->qs = mi.body == HTTP_BODY_NONE ? Q_WAIT : Q_BODY;
     bool has_body = mi.body != HTTP_BODY_NONE;
 
-    route *r = nullptr;
+    route_ref r;
     if (mi.host.p && http_host_key(mi.host, key) > 0)
         r = route_find(h->https, key);
     h->qhost = mi.host.p ? std::string(mi.host.p, mi.host.n) : "";
@@ -414,7 +458,10 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
         answer(h, 404, d.c_str(), h->qkeep && !has_body);
         return;
     }
-    if (h->s && (h->rt != r || h->st != r->t || h->sidx != r->idx))
+    h->qmap = r->name;
+    /* a kept stream serves the next request only if it goes to the same
+     * mapping and the service has neither closed nor sent anything since */
+    if (h->s && (h->rt != r || h->st != r->t || h->sidx != r->idx || h->s->fin_recv || stream_rx_pending(h->s)))
         drop_stream(h);
     if (!h->s) {
         open_msg m;
@@ -434,7 +481,8 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     static const char *const skip[] = {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", nullptr};
     std::string out;
     out.reserve(headlen + 256);
-    http_write_request_line(&out, q.method, q.target, 1);
+    /* the user's version: an HTTP/1.0 user must not get a chunked answer */
+    http_write_request_line(&out, q.method, q.target, q.minor);
     /* the mapping's rules replace fields: leave those out of the copy */
     std::vector<const char *> sk(skip, skip + 3);
     if (!r->host.empty())
@@ -461,7 +509,6 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->rs = R_HEAD;
     h->rbuf.clear();
     h->rlast = 0;
-    h->rfin = false;
     log_debug("http %s: %s host=%s -> %s", h->peer.c_str(), h->qline.c_str(), h->qhost.c_str(),
               r->name.c_str());
 }
@@ -470,7 +517,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
  * something happened (the caller loops). */
 static bool read_head(hsess *h)
 {
-    if (h->in.data == 0)
+    if (h->in.data == 0 || out_busy(h))
         return false;
     iovec iov[2];
     int n = ring_data_spans(&h->in, 0, h->in.data, iov);
@@ -506,6 +553,11 @@ static bool read_head(hsess *h)
     start_request(h, req_scratch, mi, (size_t)r);
     /* the head's views point into buf: consume only after the rewrite */
     ring_consume(&h->in, (size_t)r);
+    if (h->qs == Q_HEAD) {
+        /* answered already (404, keep-alive): idle unless more follows */
+        h->head_since = h->in.data ? h->idle_since : 0;
+        arm_head_timer(h);
+    }
     forward_body(h);
     return true;
 }
@@ -525,10 +577,10 @@ static size_t resp_body(hsess *h, const char *p, size_t n)
     } else if (h->rbody == HTTP_BODY_CHUNKED) {
         ssize_t sc = http_chunked_scan(&h->rch, p, n < room ? n : room);
         if (sc < 0) {
-            log_info("http %s: bad chunked response from mapping %s", h->peer.c_str(),
-                     h->rt ? h->rt->name.c_str() : "-");
+            log_info("http %s: bad chunked response from mapping %s", h->peer.c_str(), h->qmap.c_str());
             drop_stream(h);
             h->close_after = true;
+            h->qs = Q_DONE;
             h->rs = R_IDLE;
             return n;
         }
@@ -556,7 +608,9 @@ static void response_finished(hsess *h, bool by_fin)
 {
     access_line(h);
     h->rs = R_IDLE;
-    bool reuse = !by_fin && h->rkeep && h->qs == Q_WAIT && h->rbuf.empty();
+    /* anything the service sent past its response makes the stream unfit */
+    bool reuse = !by_fin && h->rkeep && h->qs == Q_WAIT && h->rbuf.empty() && h->s &&
+                 stream_rx_pending(h->s) == 0 && !h->s->fin_recv;
     if (!reuse)
         drop_stream(h);
     if (!h->qkeep || !h->rkeep || h->qs != Q_WAIT || by_fin) {
@@ -581,8 +635,8 @@ static bool resp_head(hsess *h)
         return false;
     }
     http_msg_info mi;
-    if (r < 0 || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
-        log_info("http %s: malformed response from mapping %s", h->peer.c_str(), h->rt ? h->rt->name.c_str() : "-");
+    if (r < 0 || !h->rt || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
+        log_info("http %s: malformed response from mapping %s", h->peer.c_str(), h->qmap.c_str());
         drop_stream(h);
         answer(h, 502, "malformed response from the service", false);
         return true;
@@ -603,7 +657,7 @@ static bool resp_head(hsess *h)
     for (auto &rule : h->rt->resp_rules)
         if (!rule.second.empty())
             http_write_field(&out, rule.first.c_str(), rule.second.c_str());
-    bool keep = h->qkeep && mi.keep_alive;
+    bool keep = h->qkeep && mi.keep_alive && !h->draining;
     if (upgrade)
         http_write_field(&out, "Connection", "upgrade");
     else if (!interim)
@@ -636,6 +690,15 @@ static bool resp_head(hsess *h)
  * through the response state machine into out. */
 static void pump_response(hsess *h)
 {
+    if (h->rs == R_IDLE) {
+        /* a stream kept between requests: the service closed it, or sent
+         * what nobody asked for */
+        if (h->s && (h->s->fin_recv || stream_rx_pending(h->s)))
+            drop_stream(h);
+        return;
+    }
+    if (!out_reserve(h, 0))
+        return hs_close(h);
     for (;;) {
         if (h->rs == R_IDLE || h->closed)
             return;
@@ -660,21 +723,23 @@ static void pump_response(hsess *h)
             stream_rx_consume(h->s, took);
             continue;
         }
-        /* body or raw: staged bytes first */
+        /* body or raw: a response without a body (204, 304, HEAD,
+         * Content-Length: 0) is complete as soon as its head is out */
+        if (response_complete(h)) {
+            response_finished(h, false);
+            continue;
+        }
+        /* staged bytes first */
         if (!h->rbuf.empty()) {
             size_t t = resp_body(h, h->rbuf.data(), h->rbuf.size());
             h->rbuf.erase(0, t);
-            if (response_complete(h)) {
-                response_finished(h, false);
+            if (response_complete(h))
                 continue;
-            }
             if (!h->rbuf.empty())
                 break;
             continue;
         }
-        if (!h->s)
-            break;
-        if (stream_rx_pending(h->s) == 0)
+        if (!h->s || stream_rx_pending(h->s) == 0)
             break;
         iovec iov[2];
         stream_rx_spans(h->s, iov);
@@ -682,10 +747,8 @@ static void pump_response(hsess *h)
         if (!h->s)
             break;
         stream_rx_consume(h->s, t);
-        if (response_complete(h)) {
-            response_finished(h, false);
+        if (response_complete(h))
             continue;
-        }
         if (t < iov[0].iov_len)
             break;
     }
@@ -699,64 +762,138 @@ static void pump_response(hsess *h)
             drop_stream(h);
             answer(h, 502, "the service closed the connection without answering", false);
         } else if (h->rs == R_BODY) {
-            log_info("http %s: response from mapping %s cut short", h->peer.c_str(), h->rt ? h->rt->name.c_str() : "-");
+            log_info("http %s: response from mapping %s cut short", h->peer.c_str(), h->qmap.c_str());
             drop_stream(h);
             h->close_after = true;
+            h->qs = Q_DONE;
             h->rs = R_IDLE;
         }
     }
 }
 
+/* Ready for the next request on this connection. */
+static void request_finished(hsess *h)
+{
+    if (h->draining) {
+        h->close_after = true;
+        h->qs = Q_DONE;
+        return;
+    }
+    h->qs = Q_HEAD;
+    h->qline.clear();
+    h->qout.clear();
+    h->idle_since = now_ms();
+    /* a pipelined head already begun is on the clock from now; otherwise
+     * the connection is idle until its next byte (read_head() says again
+     * once it consumed the head it answered) */
+    h->head_since = h->in.data ? h->idle_since : 0;
+    arm_head_timer(h);
+}
+
 static void head_timeout(void *arg)
 {
     hsess *h = (hsess *)arg;
-    if (h->qs != Q_HEAD || h->closed)
+    if (h->closed)
         return;
-    if (h->in.data == 0 && h->idle_since != 0) {
-        /* an idle keep-alive connection lives keepalive_timeout */
-        uint64_t until = h->idle_since + h->hc.keepalive_timeout_ms;
-        if ((int64_t)(until - now_ms()) > 0) {
-            timer_arm_at(&h->head_timer, until);
-            return;
-        }
+    if (h->lingering)
+        return hs_close(h);
+    if (h->qs != Q_HEAD)
+        return;
+    uint64_t due = h->head_since ? h->head_since + h->hc.header_timeout_ms
+                                 : h->idle_since + h->hc.keepalive_timeout_ms;
+    if ((int64_t)(due - now_ms()) > 0) {
+        arm_head_timer(h);
+        return;
+    }
+    if (h->head_since == 0) {
         log_debug("http %s: keep-alive connection idle, closing", h->peer.c_str());
         h->close_after = true;
         h->qs = Q_DONE;
     } else {
         h->qline = "-";
+        h->qmap = "-";
+        h->qstart = h->head_since;
+        h->qbytes_in = h->in.data;
+        h->qbytes_out = 0;
         answer(h, 408, "request head not received in time", false);
     }
     task_post(&h->run);
 }
 
-/* Ready for the next request on this connection. */
-static void request_finished(hsess *h)
+/* Our side is done: shut our direction and read (and drop) what the user
+ * still sends until its EOF, for LINGER_MS at most. Closing with unread
+ * bytes would make the kernel send a reset, which can destroy the answer
+ * we just wrote before the user read it (the 400, 413 and 431 cases). */
+static void linger(hsess *h)
 {
-    h->qs = Q_HEAD;
-    h->qline.clear();
-    h->qout.clear();
-    /* the next head must be complete within header_timeout of now; a
-     * connection that sends nothing is idle and lives keepalive_timeout */
-    h->idle_since = now_ms();
-    timer_arm(&h->head_timer, h->hc.header_timeout_ms < h->hc.keepalive_timeout_ms ? h->hc.header_timeout_ms
-                                                                                     : h->hc.keepalive_timeout_ms);
+    size_t got = 0;
+    while ((h->can_read || h->tr->pending()) && got < PASS_BUDGET) {
+        iovec iov = {head_scratch, sizeof head_scratch};
+        ssize_t r = h->tr->readv(&iov, 1);
+        if (r > 0) {
+            got += (size_t)r;
+        } else if (r == IO_AGAIN) {
+            h->can_read = false;
+        } else {
+            return hs_close(h);   /* the user's EOF, or an error */
+        }
+    }
+    if (h->tr->buffered() && h->tr->flush() == IO_ERR)
+        return hs_close(h);
+    if (got >= PASS_BUDGET)
+        task_post(&h->run);
+}
+
+static void start_linger(hsess *h)
+{
+    drop_stream(h);
+    if (h->down_eof || h->tr->shutdown_write() == IO_ERR)
+        return hs_close(h);
+    h->lingering = true;
+    ring_free(&h->in);
+    ring_free(&h->out);
+    timer_arm(&h->head_timer, LINGER_MS);
+    linger(h);
+}
+
+/* Between requests nothing is buffered: give the memory back, so an idle
+ * keep-alive connection costs a few hundred bytes. */
+static void release_idle(hsess *h)
+{
+    if (h->qs != Q_HEAD || h->rs != R_IDLE)
+        return;
+    if (h->out.area && h->out.data == 0)
+        ring_free(&h->out);
+    if (h->in.area && h->in.data == 0)
+        ring_free(&h->in);
+    if (h->rbuf.capacity() > 64 && h->rbuf.empty())
+        std::string().swap(h->rbuf);
+    if (h->qout.capacity() > 64 && h->qout.empty())
+        std::string().swap(h->qout);
 }
 
 static void hs_run(void *arg)
 {
     hsess *h = (hsess *)arg;
-    int round;
-    for (round = 0; round < 64 && !h->closed; round++) {
+    if (h->closed)
+        return;
+    if (h->lingering)
+        return linger(h);
+    size_t moved = 0;
+    for (int round = 0; !h->closed; round++) {
         bool progress = false;
 
         /* to the user */
         pump_response(h);
+        if (h->closed)
+            return;
         while (h->can_write && h->out.data) {
             iovec iov[2];
             int n = ring_data_spans(&h->out, 0, h->out.data, iov);
             ssize_t w = h->tr->writev(iov, n);
             if (w > 0) {
                 ring_consume(&h->out, (size_t)w);
+                moved += (size_t)w;
                 progress = true;
             } else if (w == IO_AGAIN) {
                 h->can_write = false;
@@ -768,18 +905,33 @@ static void hs_run(void *arg)
         if (h->tr->buffered() && h->tr->flush() == IO_AGAIN)
             h->can_write = false;
         if (h->out.data == 0 && h->close_after && !h->tr->buffered())
-            return hs_close(h);
+            return start_linger(h);
 
-        /* from the user */
+        /* from the user: a request's head and body; while a response is
+         * on its way, pipelined requests up to a head's worth */
         bool want_in = h->qs == Q_HEAD || h->qs == Q_BODY || h->qs == Q_RAW;
-        while ((h->can_read || h->tr->pending()) && !h->down_eof && ring_room(&h->in) > 0 &&
+        if ((h->can_read || h->tr->pending()) && h->qs != Q_DONE && !h->down_eof && !h->in.area &&
+            ring_alloc(&h->in, IN_SMALL) < 0) {
+            log_error("http %s: out of memory", h->peer.c_str());
+            return hs_close(h);
+        }
+        while ((h->can_read || h->tr->pending()) && !h->down_eof && h->qs != Q_DONE &&
                (want_in || h->in.data < HTTP_MAX_HEAD)) {
+            if (ring_room(&h->in) == 0) {
+                if (h->in.size >= IN_RING || ring_grow(&h->in, IN_RING) < 0)
+                    break;
+            }
             iovec iov[2];
             int n = ring_room_spans(&h->in, 0, ring_room(&h->in), iov);
             ssize_t r = h->tr->readv(iov, n);
             if (r > 0) {
                 ring_produce(&h->in, (size_t)r);
+                moved += (size_t)r;
                 progress = true;
+                if (h->qs == Q_HEAD && h->head_since == 0) {
+                    h->head_since = now_ms();   /* a new head begins: on the clock */
+                    arm_head_timer(h);
+                }
                 if (!want_in)
                     break;
             } else if (r == 0) {
@@ -792,7 +944,8 @@ static void hs_run(void *arg)
                 return hs_close(h);
             }
         }
-        if (h->qs == Q_HEAD && read_head(h))
+        bool head_done = h->qs == Q_HEAD && read_head(h);
+        if (head_done)
             progress = true;
         if (h->qs == Q_BODY || h->qs == Q_RAW || !h->qout.empty()) {
             size_t before = h->in.data + h->qout.size();
@@ -800,15 +953,19 @@ static void hs_run(void *arg)
             if (h->in.data + h->qout.size() != before)
                 progress = true;
         }
-        if (h->down_eof && h->in.data == 0) {
-            if (h->qs == Q_HEAD || h->qs == Q_DONE) {
-                if (h->out.data == 0)
+        if (h->down_eof && !h->closed) {
+            if ((h->qs == Q_HEAD && !head_done && !out_busy(h)) || h->qs == Q_DONE) {
+                /* no head can complete now: answer what was asked, close */
+                if (h->out.data == 0 && !h->tr->buffered())
                     return hs_close(h);
                 h->close_after = true;
-            } else if (h->qs == Q_RAW) {
-                if (h->s && !h->s->fin_sent)
+                h->qs = Q_DONE;
+            } else if (h->qs == Q_RAW && h->in.data == 0) {
+                if (!h->s)
+                    h->close_after = true;
+                else if (!h->s->fin_sent)
                     stream_send_fin(h->s);
-            } else if (h->qs == Q_BODY) {
+            } else if (h->qs == Q_BODY && h->in.data == 0) {
                 log_info("http %s: request body cut short", h->peer.c_str());
                 return hs_close(h);
             }
@@ -816,18 +973,22 @@ static void hs_run(void *arg)
         }
         if (!progress)
             break;
+        if (moved >= PASS_BUDGET || round == 64) {
+            task_post(&h->run);   /* fairness: the rest in the next pass */
+            return;
+        }
     }
-    if (!h->closed && round == 64)
-        task_post(&h->run);   /* fairness: the rest in the next pass */
+    if (!h->closed)
+        release_idle(h);
 }
 
 void hsess::on_io(unsigned ev)
 {
     if (closed)
         return;
-    if (ev & EV_READ)
+    if (ev & (EV_READ | EV_HUP | EV_ERR | EV_RDHUP))
         can_read = true;
-    if (ev & EV_WRITE)
+    if (ev & (EV_WRITE | EV_HUP | EV_ERR))
         can_write = true;
     if (tr->handshake() == IO_ERR) {
         log_info("https %s: %s", peer.c_str(), tr->error());
@@ -858,6 +1019,7 @@ void hsess::on_reset(uint8_t code, const char *why)
 {
     s = nullptr;
     rt = nullptr;
+    st = nullptr;
     if (closed)
         return;
     if (rs == R_HEAD && rbuf.empty()) {
@@ -869,6 +1031,7 @@ void hsess::on_reset(uint8_t code, const char *why)
         answer(this, st, d.c_str(), false);
     } else if (rs != R_IDLE) {
         close_after = true;
+        qs = Q_DONE;
         rs = R_IDLE;
     }
     task_post(&run);
@@ -889,12 +1052,34 @@ void http_serve(transport *tr, const std::string &peer, bool https, const http_p
     h->run.arg = h;
     h->head_timer.fn = head_timeout;
     h->head_timer.arg = h;
-    if (ring_alloc(&h->in, IN_RING) < 0 || ring_alloc(&h->out, OUT_RING) < 0 || reactor_add(tr->fd, h) < 0) {
-        log_error("http %s: out of memory", peer.c_str());
+    if (reactor_add(tr->fd, h) < 0) {
+        log_error("http %s: reactor_add: %s", peer.c_str(), strerror(errno));
         delete h;
         return;
     }
+    h->next = sessions;
+    if (sessions)
+        sessions->prev = h;
+    sessions = h;
     nsessions++;
-    timer_arm(&h->head_timer, hc.header_timeout_ms);
+    /* a new connection's first head is on the clock from the accept */
+    h->head_since = now_ms();
+    arm_head_timer(h);
     task_post(&h->run);
+}
+
+void http_stop(bool drain)
+{
+    hsess *next;
+    for (hsess *h = sessions; h; h = next) {
+        next = h->next;
+        bool idle = h->qs == Q_HEAD && h->rs == R_IDLE && h->in.data == 0 && h->out.data == 0 &&
+                    !h->tr->buffered();
+        if (!drain || idle) {
+            hs_close(h);
+        } else {
+            /* finish the request in flight, then close */
+            h->draining = true;
+        }
+    }
 }

@@ -99,6 +99,10 @@ static void on_signal(int signo, void *)
             log_error("reload failed, keeping the running configuration: %s", err.c_str());
             break;
         }
+        if (next.log_file != cf.log_file && log_open(next.log_file.c_str(), next.log_level) < 0)
+            log_error("reload: log_file %s: %s (keeping the old one)", next.log_file.c_str(), strerror(errno));
+        if (next.access_log != cf.access_log && access_log_open(next.access_log.c_str()) < 0)
+            log_error("reload: access_log %s: %s", next.access_log.c_str(), strerror(errno));
         log_set_level(next.log_level);
         cf = next;
         log_info("reloaded %s", cf.path.c_str());
@@ -166,6 +170,30 @@ static int write_pid_file(void)
     }
     close(fd);
     return 0;
+}
+
+/* Secrets readable by any local user deserve a word at start-up. */
+static void warn_exposed(const char *path, const char *what)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && (st.st_mode & S_IROTH))
+        log_warn("%s %s is readable by every local user: chmod o-r it", what, path);
+}
+
+static void warn_secrets(void)
+{
+    if (!cf.token.empty() || !cf.password.empty())
+        warn_exposed(cf.path.c_str(), "the configuration file holding a secret");
+    else
+        for (const mapping_conf &m : cf.mappings)
+            if (!m.password.empty()) {
+                warn_exposed(cf.path.c_str(), "the configuration file holding a secret");
+                break;
+            }
+    if (!cf.key.empty())
+        warn_exposed(cf.key.c_str(), "private key");
+    for (auto &p : cf.map_certs)
+        warn_exposed(p.second.c_str(), "private key");
 }
 
 int main(int argc, char **argv)
@@ -252,6 +280,7 @@ int main(int argc, char **argv)
 
     log_info("wmproxyd %s starting as %s with %s", WMPROXY_VERSION, cf.role_ == ROLE_SERVER ? "server" : "client",
              cf.path.c_str());
+    warn_secrets();
     int r = cf.role_ == ROLE_SERVER ? server_start(cf, &err) : client_start(cf, &err);
     if (r < 0) {
         log_error("start-up failed: %s", err.c_str());

@@ -480,6 +480,7 @@ static void send_hello(tunnel *t)
     m.heartbeat_ms = t->cf.heartbeat_ms;
     m.window = t->cf.window;
     m.name = "wmproxyd " WMPROXY_VERSION;
+    memcpy(m.client_id, t->cf.client_id, sizeof m.client_id);
     if (t->cf.is_server) {
         m.auth_required = t->cf.token.empty() ? 0 : 1;
         memcpy(m.nonce, t->nonce, NONCE_LEN);
@@ -516,6 +517,7 @@ static void dead_check(void *arg)
 static void become_ready(tunnel *t)
 {
     t->state = TS_READY;
+    t->was_ready = true;
     timer_cancel(&t->hs_timer);
     t->owner->on_ready(t);
 }
@@ -526,6 +528,7 @@ static int on_hello(tunnel *t, const uint8_t *p, size_t len)
     if (t->state != TS_HELLO || hello_decode(p, len, &m) < 0)
         return -1;
     t->peer_window = m.window;
+    memcpy(t->peer_id, m.client_id, sizeof t->peer_id);
     t->hb_ms = m.heartbeat_ms > t->cf.heartbeat_ms ? m.heartbeat_ms : t->cf.heartbeat_ms;
     timer_arm(&t->hb_timer, t->hb_ms);
     timer_arm_at(&t->dead_timer, t->last_rx + 3ull * t->hb_ms);
@@ -702,6 +705,11 @@ static int dispatch(tunnel *t, const frame_hdr &h)
         t->owner->on_registered(t, h.sid, code, text);
         return t->state == TS_CLOSED;
     }
+    case FT_UNREGISTER:
+        if (!t->cf.is_server)
+            return protocol_error(t, "unexpected UNREGISTER");
+        t->owner->on_unregister(t, h.sid);
+        return t->state == TS_CLOSED;
     case FT_DGRAM:
         if (h.len < 4)
             return protocol_error(t, "short DGRAM");
@@ -920,6 +928,11 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
     else
         start_protocol(t);
     return t;
+}
+
+void tunnel_unregister(tunnel *t, uint32_t idx)
+{
+    send_ctl(t, FT_UNREGISTER, 0, idx, nullptr, 0);
 }
 
 int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len)

@@ -47,14 +47,16 @@ def sanitizer_reports(tmp):
 # For emulated runs (scripts/check-cross: the daemon under qemu-user):
 # WMPX_TIMEOUT_SCALE multiplies every test's timeout; WMPX_SKIP is a
 # ";"-separated list of "NAME_PART=reason" skipping the tests whose name
-# contains NAME_PART, with the reason printed.
+# ("BASE" or "BASE [tls]") contains NAME_PART, with the reason printed.
 TIMEOUT_SCALE = float(os.environ.get("WMPX_TIMEOUT_SCALE") or 1)
 
 
-def env_skip(name):
+def env_skip(ctx, base, tls):
+    name = base + " [tls]" if tls else base
     for item in os.environ.get("WMPX_SKIP", "").split(";"):
         part, _, why = item.partition("=")
         if part.strip() and part.strip() in name:
+            ctx.mode_used = tls     # report it under the name it matched
             raise lib.Skip("WMPX_SKIP: %s" % (why.strip() or "skipped"))
 
 
@@ -126,7 +128,7 @@ def run_one(fn, timeout, base, tls, a):
     err = None
     signal.alarm(max(1, round(timeout * TIMEOUT_SCALE)))
     try:
-        env_skip(base)
+        env_skip(ctx, base, tls)
         fn(ctx)
     except lib.Skip as e:
         err = "skip: %s" % e

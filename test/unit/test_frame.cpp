@@ -219,6 +219,8 @@ static hello_msg sample_hello()
     for (int i = 0; i < NONCE_LEN; i++)
         m.nonce[i] = (uint8_t)(0xa0 + i);
     m.name = "wmproxyd 0.1.0";
+    for (int i = 0; i < 16; i++)
+        m.client_id[i] = (uint8_t)(0xc0 + i);
     return m;
 }
 
@@ -227,7 +229,7 @@ TEST_CASE("frame: HELLO round-trips with its exact layout")
     hello_msg m = sample_hello();
     std::string out = "pre";   /* encoders append */
     int n = hello_encode(m, &out);
-    REQUIRE(n == 4 + 4 + 1 + 32 + 1 + 14);
+    REQUIRE(n == 4 + 4 + 1 + 32 + 1 + 14 + 16);
     REQUIRE(out.size() == 3 + (size_t)n);
     CHECK(out.substr(0, 3) == "pre");
     std::string enc = out.substr(3);
@@ -235,7 +237,9 @@ TEST_CASE("frame: HELLO round-trips with its exact layout")
     CHECK((uint8_t)enc[9] == 0xa0);
     CHECK((uint8_t)enc[40] == 0xbf);
     CHECK((uint8_t)enc[41] == 14);
-    CHECK(enc.substr(42) == "wmproxyd 0.1.0");
+    CHECK(enc.substr(42, 14) == "wmproxyd 0.1.0");
+    CHECK((uint8_t)enc[56] == 0xc0);      /* client id follows the name */
+    CHECK((uint8_t)enc[71] == 0xcf);
 
     std::vector<uint8_t> v = exact(enc, enc.size());
     hello_msg d;
@@ -245,6 +249,7 @@ TEST_CASE("frame: HELLO round-trips with its exact layout")
     CHECK(d.auth_required == 1);
     CHECK(memcmp(d.nonce, m.nonce, NONCE_LEN) == 0);
     CHECK(d.name == "wmproxyd 0.1.0");
+    CHECK(memcmp(d.client_id, m.client_id, sizeof d.client_id) == 0);
 }
 
 TEST_CASE("frame: HELLO limits: empty and 255-byte names, extreme values")
@@ -254,7 +259,7 @@ TEST_CASE("frame: HELLO limits: empty and 255-byte names, extreme values")
     m.window = 0x7fffffffu;   /* credit counts are signed 32-bit on the wire */
     m.auth_required = 0;
     std::string enc;
-    REQUIRE(hello_encode(m, &enc) == 42);
+    REQUIRE(hello_encode(m, &enc) == 42 + 16);
     hello_msg d;
     std::vector<uint8_t> v = exact(enc, enc.size());
     REQUIRE(hello_decode(v.data(), v.size(), &d) == 0);
@@ -273,7 +278,7 @@ TEST_CASE("frame: HELLO limits: empty and 255-byte names, extreme values")
     /* names are cut at 255 bytes */
     m.name = std::string(300, 'n');
     enc.clear();
-    REQUIRE(hello_encode(m, &enc) == 41 + 1 + 255);
+    REQUIRE(hello_encode(m, &enc) == 41 + 1 + 255 + 16);
     CHECK(enc.size() <= 1024);
     v = exact(enc, enc.size());
     REQUIRE(hello_decode(v.data(), v.size(), &d) == 0);

@@ -1,0 +1,624 @@
+"""Faults a deployed tunnel meets: a path that goes silent, a lossy and
+slow path, a client whose address changes (PPPoE redial), and resource
+exhaustion on loopback (descriptors, max_streams, max_clients, thousands
+of slow readers, a slowloris). The first three run the server and the
+client in two network namespaces (netns.py) and are skipped, with the
+reason, where namespaces cannot be made."""
+import hashlib
+import os
+import resource
+import selectors
+import socket
+import subprocess
+import threading
+import time
+
+import lib
+from lib import (WMPROXYD_REL, TcpServer, connect, echo_handler, echo_once, free_port, http_page_handler, log_lines,
+                 recv_all, tcp_mapping, test, wait_closed, wait_until)
+from netns import LossyLink, Netns, NsDaemon, Veth, ns_tcp_server
+
+MiB = 1 << 20
+PUB = 7001          # public port of the tcp mapping inside the server's namespace
+
+
+def ns_pair(ctx, subnet, server_extra="", client_extra="", mappings=None, link="veth", binary=None):
+    """Server in one namespace, client in another, joined by a veth pair
+    (link="veth") or a LossyLink (link=LossyLink instance factory args).
+    The client maps an echo service in its namespace to PUB. Returns
+    (server, client, link, ns_s, ns_c, echo)."""
+    ns_s, ns_c = Netns(ctx), Netns(ctx)
+    if link == "veth":
+        ln = Veth(ctx, ns_s, ns_c, subnet)
+    else:
+        ln = LossyLink(ctx, ns_s, ns_c, subnet, **link)
+    echo = ns_tcp_server(ctx, ns_c, echo_handler)
+    if mappings is None:
+        mappings = tcp_mapping("echo", echo.port, PUB)
+    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %d\n%s" % (
+        ln.ip_a, PUB, server_extra), binary=binary).start()
+    s.wait_log(r"listening for tunnels")
+    c = NsDaemon(ctx, ns_c, "client", "[client]\nserver = %s:7000\nreconnect_min = 200ms\nreconnect_max = 1s\n"
+                 "connect_timeout = 2s\n%s\n%s" % (ln.ip_a, client_extra, mappings), binary=binary).start()
+    c.wait_log(r"tunnel up", timeout=15)
+    c.wait_log(r"mapping (registered|rejected)", count=mappings.count("[mapping "), timeout=15)
+    return s, c, ln, ns_s, ns_c, echo
+
+
+def ns_echo(ns, addr, payload=b"ping", timeout=5):
+    s = ns.connect(addr, timeout)
+    try:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        return recv_all(s)
+    finally:
+        s.close()
+
+
+def ns_open_echo(ns, addr):
+    s = ns.connect(addr)
+    s.sendall(b"hello")
+    assert s.recv(5) == b"hello"
+    return s
+
+
+@test(timeout=60)
+def faults_silent_path_detected_both_sides(ctx):
+    """Every packet dropped both ways (no FIN, no RST): with heartbeat = 1s
+    both sides declare the tunnel dead within 3 heartbeats, the server
+    closes its public connections and frees the port; when the path comes
+    back the client reconnects and the mapping serves again."""
+    s, c, ln, ns_s, ns_c, _ = ns_pair(ctx, 11, "heartbeat = 1s\n", "heartbeat = 1s\n")
+    pub = (ln.ip_a, PUB)
+    socks = [ns_open_echo(ns_s, pub) for _ in range(2)]
+    ln.block()
+    t0 = time.monotonic()
+    limit = 3 * 1.0 + 1.0     # 3 heartbeats, and a margin for timer slack
+    s.wait_log(r"tunnel down peer=10\.200\.11\.2:\d+ reason=\".*silent", timeout=limit)
+    c.wait_log(r"tunnel down .*silent", timeout=max(0.1, limit - (time.monotonic() - t0)))
+    dt = time.monotonic() - t0
+    assert dt >= 2.0, "declared dead after only %.1fs" % dt
+    for sock in socks:      # the public users are in the server's namespace: their path is up
+        wait_closed(sock, 1)
+        sock.close()
+    ln.unblock()
+    c.wait_log(r"tunnel up", count=2, timeout=10)
+    c.wait_log(r"mapping registered name=echo", count=2, timeout=5)
+    assert ns_echo(ns_s, pub, b"path is back") == b"path is back"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=150)
+def faults_lossy_slow_path_transfers_intact(ctx):
+    """1% loss and 25 ms delay each way (RTT 50 ms): 16 MiB up and 16 MiB
+    down at once through the tunnel arrive intact (SHA-256), and the
+    heartbeats (default 15s) never misfire. netem where the kernel has it,
+    else a TUN link doing the same in this process."""
+    size = 16 * MiB
+    ns_s, ns_c = Netns(ctx), Netns(ctx)
+    probe = Veth(ctx, ns_s, ns_c, 12)
+    if probe.netem(["loss", "1%", "delay", "25ms"]):
+        ln = probe
+        how = "netem"
+    else:
+        ln = LossyLink(ctx, ns_s, ns_c, 13, loss=0.01, delay_ms=25)
+        how = "tun"
+    sent = {}
+
+    def sink(conn):
+        h = hashlib.sha256()
+        while True:
+            d = conn.recv(1 << 16)
+            if not d:
+                break
+            h.update(d)
+        conn.sendall(h.hexdigest().encode())
+
+    def source(conn):
+        h = hashlib.sha256()
+        for i in range(size // MiB):
+            d = lib.pattern_bytes(100 + i, MiB)
+            h.update(d)
+            conn.sendall(d)
+        sent["down"] = h.hexdigest()
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(65536):
+            pass
+    up_svc, down_svc = ns_tcp_server(ctx, ns_c, sink), ns_tcp_server(ctx, ns_c, source)
+    maps = tcp_mapping("up", up_svc.port, PUB) + tcp_mapping("down", down_svc.port, PUB + 1)
+    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %d-%d\n" % (
+        ln.ip_a, PUB, PUB + 1)).start()
+    s.wait_log(r"listening for tunnels")
+    c = NsDaemon(ctx, ns_c, "client", "[client]\nserver = %s:7000\n\n%s" % (ln.ip_a, maps)).start()
+    c.wait_log(r"mapping registered", count=2, timeout=20)
+    res = {}
+
+    def upload():
+        u = ns_s.connect((ln.ip_a, PUB), timeout=90)
+        h = hashlib.sha256()
+        for i in range(size // MiB):
+            d = lib.pattern_bytes(200 + i, MiB)
+            h.update(d)
+            u.sendall(d)
+        u.shutdown(socket.SHUT_WR)
+        res["up"] = (recv_all(u).decode(), h.hexdigest())
+        u.close()
+
+    def download():
+        d = ns_s.connect((ln.ip_a, PUB + 1), timeout=90)
+        h = hashlib.sha256()
+        n = 0
+        while True:
+            b = d.recv(1 << 16)
+            if not b:
+                break
+            h.update(b)
+            n += len(b)
+        res["down"] = (h.hexdigest(), n)
+        d.close()
+    t0 = time.monotonic()
+    th = [threading.Thread(target=f, daemon=True) for f in (upload, download)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join(120)
+    dt = time.monotonic() - t0
+    assert "up" in res and "down" in res, "transfers not finished after %.0fs: %s" % (dt, sorted(res))
+    got, want = res["up"]
+    assert got == want, "upload: the service hashed %s, we sent %s" % (got, want)
+    wait_until(lambda: "down" in sent, 10, "the source to finish")
+    assert res["down"] == (sent["down"], size), "download: %s, want %s" % (res["down"], (sent["down"], size))
+    extra = " (%d packets dropped)" % ln.stats["dropped"] if how == "tun" else ""
+    print("    %s: 2 x %d MiB in %.1fs%s" % (how, size // MiB, dt, extra))
+    assert "tunnel down" not in c.text(), c.text()[-2000:]
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+def redial(ns_c, ln, new_ip):
+    """What a PPPoE redial does to the client: a new address, the old one
+    gone; the old tunnel's packets now go nowhere, silently. (The new
+    address is promoted when the old primary goes: else the kernel would
+    delete it too.)"""
+    for k in ("all", ln.b):
+        r = ns_c.run("sh", "-c", "echo 1 > /proc/sys/net/ipv4/conf/%s/promote_secondaries" % k)
+        assert r.returncode == 0, r.stderr
+    assert subprocess.run(["ip", "-n", ns_c.name, "addr", "add", new_ip + "/24", "dev", ln.b]).returncode == 0
+    assert subprocess.run(["ip", "-n", ns_c.name, "addr", "del", ln.ip_b + "/24", "dev", ln.b]).returncode == 0
+
+
+@test(timeout=60)
+def faults_address_change_client_restarted(ctx):
+    """PPPoE redial with the usual ip-up hook: the client's address
+    changes (the old tunnel dies silently) and the client is restarted.
+    The server must hand the mapping to the new tunnel at once (it is the
+    same client) instead of rejecting it as held by the dead one until the
+    dead tunnel times out (heartbeat = 5s: 15 s): the port serves again
+    within 3 s of the new tunnel coming up."""
+    s, c, ln, ns_s, ns_c, echo = ns_pair(ctx, 14, "heartbeat = 5s\n", "heartbeat = 5s\n")
+    pub = (ln.ip_a, PUB)
+    assert ns_echo(ns_s, pub) == b"ping"
+    redial(ns_c, ln, "10.200.14.3")
+    c.kill()
+    c2 = NsDaemon(ctx, ns_c, "client2", c.ini).start()
+    c2.wait_log(r"tunnel up", timeout=10)
+    t0 = time.monotonic()
+    s.wait_log(r"tunnel up peer=10\.200\.14\.3:", timeout=2)
+
+    def serves():
+        try:
+            return ns_echo(ns_s, pub, b"new address", timeout=1) == b"new address"
+        except OSError:
+            return False
+    try:
+        wait_until(serves, 3, "the mapping to serve through the new tunnel")
+    except AssertionError as e:
+        raise AssertionError("%s (%.1fs after the new tunnel came up)\nclient2: %s" % (
+            e, time.monotonic() - t0, "".join(m.group(0) + "\n" for m in log_lines(c2.text(), r"mapping .*"))))
+    assert c2.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def faults_address_change_client_reconnects(ctx):
+    """PPPoE redial without a restart: the client's address changes under
+    it. Its heartbeats find the old tunnel dead (3 x 5 s), it reconnects
+    from the new address, and the mapping serves again within 3 s of the
+    new tunnel -- whichever side noticed the death first (today the
+    server may still hold the port for the dead tunnel and reject it)."""
+    s, c, ln, ns_s, ns_c, echo = ns_pair(ctx, 15, "heartbeat = 5s\n", "heartbeat = 5s\n")
+    pub = (ln.ip_a, PUB)
+    assert ns_echo(ns_s, pub) == b"ping"
+    redial(ns_c, ln, "10.200.15.3")
+    t_change = time.monotonic()
+    c.wait_log(r"tunnel up", count=2, timeout=3 * 5 + 8)
+    t0 = time.monotonic()
+    s.wait_log(r"tunnel up peer=10\.200\.15\.3:", timeout=2)
+
+    def serves():
+        try:
+            return ns_echo(ns_s, pub, b"new address", timeout=1) == b"new address"
+        except OSError:
+            return False
+    try:
+        wait_until(serves, 3, "the mapping to serve through the new tunnel")
+    except AssertionError as e:
+        raise AssertionError("%s (client reconnected %.1fs after the change)\nclient: %s" % (
+            e, t0 - t_change, "".join(m.group(0) + "\n" for m in log_lines(c.text(), r"mapping .*|tunnel .*"))))
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+# ---- exhaustion, on loopback ----
+
+class LimitedDaemon(lib.Daemon):
+    """A lib.Daemon started with RLIMIT_NOFILE set to nofile."""
+
+    def __init__(self, ctx, name, ini, nofile, binary=None):
+        super().__init__(ctx, name, ini, binary=binary)
+        self.nofile = nofile
+
+    def start(self):
+        self.logf = open(self.log, "ab")
+        env = dict(os.environ)
+        env.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        n = self.nofile
+        self.proc = subprocess.Popen([self.binary, "-f", self.conf], stdout=self.logf, stderr=subprocess.STDOUT,
+                                     env=env, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)))
+        self.ctx.procs.append(self.proc)
+        self.ctx.closers.append(self.stop)
+        return self
+
+
+def cpu_seconds(pid):
+    """utime + stime of pid, in seconds."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nfds(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(hard, n)))
+
+
+def http_get(port, host, path="/", timeout=10):
+    s = connect(port, timeout)
+    try:
+        s.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % (path.encode(), host.encode()))
+        return recv_all(s)
+    finally:
+        s.close()
+
+
+@test(timeout=90)
+def faults_fd_exhaustion_flood(ctx):
+    """The server runs with 64 descriptors. 150 connections held open on
+    each of its listeners (tunnel/proxy bind_addr, tcp mapping, http,
+    https, proxy mapping) exhaust them: the daemon pauses accepting
+    (logged), does not spin (under 25% of a CPU over the flood), keeps the
+    established tunnel alive, and serves normally once the flood ends."""
+    raise_nofile(4096)
+    e = TcpServer(ctx, echo_handler)
+    web = TcpServer(ctx, http_page_handler(b"web page\n"))
+    tport, rp, hp, sp, pp = free_port(), free_port(), free_port(), free_port(), free_port()
+    s = LimitedDaemon(ctx, "server", lib.server_ini(tport, (
+        "allow_ports = %d\nmap_http_bind = 127.0.0.1:%d\nmap_https_bind = 127.0.0.1:%d\n"
+        "map_proxy_bind = 127.0.0.1:%d\nflag = 7\nheartbeat = 1s\n") % (rp, hp, sp, pp), tls=False), 64).start()
+    s.wait_log(r"listening for tunnels")
+    maps = (tcp_mapping("echo", e.port, rp) +
+            "[mapping web]\nmode = http\nlocal_addr = 127.0.0.1:%d\ndomain = web.test\n" % web.port +
+            "[mapping webs]\nmode = https\nlocal_addr = 127.0.0.1:%d\ndomain = web.test\n" % web.port +
+            "[mapping px]\nmode = proxy\nusername = u\npassword = p\n")
+    c = lib.Daemon(ctx, "client", lib.client_ini(tport, "heartbeat = 1s\n", maps, tls=False)).start()
+    c.wait_log(r"mapping (registered|rejected)", count=4, timeout=15)
+    assert "rejected" not in c.text(), c.text()
+    held = connect(rp)
+    held.sendall(b"x")
+    assert held.recv(1) == b"x"
+
+    flood = []
+    cpu0, t0 = cpu_seconds(s.pid), time.monotonic()
+    for port in (tport, rp, hp, sp, pp):
+        for _ in range(150):
+            try:
+                flood.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:
+                break   # backlog full: the flood has done its job on this port
+    s.wait_log(r"accept on 127\.0\.0\.1:\d+: Too many open files", timeout=5)
+    time.sleep(max(0.0, 5 - (time.monotonic() - t0)))
+    cpu, wall = cpu_seconds(s.pid) - cpu0, time.monotonic() - t0
+    held.sendall(b"y")     # the established stream still moves
+    assert held.recv(1) == b"y"
+    assert "tunnel down" not in s.text(), s.text()[-2000:]
+    pauses = len(log_lines(s.text(), r"accept on .*Too many open files"))
+    for f in flood:
+        f.close()
+    assert cpu < 0.25 * wall, "server used %.2fs of CPU in %.1fs of flood (busy loop?)" % (cpu, wall)
+
+    def works():
+        try:
+            return echo_once(rp, b"after", timeout=2) == b"after" and \
+                b"web page" in http_get(hp, "web.test", timeout=2)
+        except OSError:
+            return False
+    wait_until(works, 15, "the tcp and http mappings to serve after the flood")
+    held.close()
+    print("    %d flood connections, server CPU %.2fs over %.1fs, %d pause lines logged" % (
+        len(flood), cpu, wall, pauses))
+    assert pauses <= 10 * 5 * wall + 10, "%d 'Too many open files' lines in %.0fs: rate-limit them" % (pauses, wall)
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def faults_max_streams_refuses_cleanly(ctx):
+    """Server max_streams = 3: a fourth public connection is closed at once
+    and logged, the three others keep working, and a slot freed is reused.
+    Client max_streams = 2 (a smaller limit on the other side): the
+    client refuses the stream (RESET limit), logs why, and the user's
+    connection is closed."""
+    e = TcpServer(ctx, echo_handler)
+    rp, rp2 = free_port(), free_port()
+    s, c, tport = lib.start_pair(ctx, tcp_mapping("echo", e.port, rp),
+                                 server_extra="allow_ports = %d,%d\nmax_streams = 3\n" % (rp, rp2), tls=False)
+    socks = [connect(rp) for _ in range(3)]
+    for i, sock in enumerate(socks):
+        sock.sendall(b"%d" % i)
+        assert sock.recv(1) == b"%d" % i
+    extra = connect(rp)
+    wait_closed(extra, 3)
+    extra.close()
+    s.wait_log(r"refused 127\.0\.0\.1:\d+ on port %d: max_streams \(3\) reached" % rp, timeout=2)
+    for i, sock in enumerate(socks):
+        sock.sendall(b"again")
+        assert sock.recv(5) == b"again", "stream %d disturbed" % i
+    socks.pop().close()
+
+    def reused():
+        try:
+            return echo_once(rp, b"slot", timeout=2) == b"slot"
+        except OSError:
+            return False
+    wait_until(reused, 5, "a freed slot to be used again")
+    for sock in socks:
+        sock.close()
+
+    # the client's own limit, smaller than the server's
+    c2 = lib.Daemon(ctx, "client2", lib.client_ini(tport, "max_streams = 2\n", tcp_mapping("echo2", e.port, rp2),
+                                                   tls=False)).start()
+    c2.wait_log(r"mapping registered name=echo2")
+    two = [connect(rp2) for _ in range(2)]
+    for sock in two:
+        sock.sendall(b"k")
+        assert sock.recv(1) == b"k"
+    third = connect(rp2)
+    wait_closed(third, 3)
+    third.close()
+    c2.wait_log(r"max_streams", timeout=2)
+    for sock in two:
+        sock.sendall(b"still")
+        assert sock.recv(5) == b"still"
+        sock.close()
+    for d in (c2, c, s):
+        assert d.stop() == 0, d.name
+
+
+@test(timeout=60)
+def faults_max_clients_refuses_cleanly(ctx):
+    """Server max_clients = 1: a second client is refused, both sides log
+    why (the server sends GOAWAY limit "max_clients"), and the first
+    client's tunnel and streams carry on."""
+    e = TcpServer(ctx, echo_handler)
+    rp, rp2 = free_port(), free_port()
+    s, c, tport = lib.start_pair(ctx, tcp_mapping("echo", e.port, rp),
+                                 server_extra="allow_ports = %d,%d\nmax_clients = 1\n" % (rp, rp2), tls=False)
+    sock = connect(rp)
+    sock.sendall(b"a")
+    assert sock.recv(1) == b"a"
+    c2 = lib.Daemon(ctx, "client2", lib.client_ini(tport, "", tcp_mapping("echo2", e.port, rp2), tls=False)).start()
+    s.wait_log(r"refused tunnel from 127\.0\.0\.1:\d+: max_clients \(1\) reached", timeout=5)
+    c2.wait_log(r"reconnecting", timeout=5)
+    sock.sendall(b"b")
+    assert sock.recv(1) == b"b"
+    assert echo_once(rp, b"first") == b"first"
+    assert lib.refused(rp2)
+    assert "tunnel up" not in c2.text()
+    c2.wait_log(r"max_clients", timeout=2)
+    sock.close()
+    for d in (c2, c, s):
+        assert d.stop() == 0, d.name
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Pusher:
+    """A service for many connections at once: each one it accepts gets
+    per_conn bytes written as fast as the socket takes them, then is held
+    open. One selector thread, so thousands cost no threads."""
+
+    def __init__(self, ctx, per_conn):
+        self.ls = socket.socket()
+        self.ls.bind(("127.0.0.1", 0))
+        self.ls.listen(4096)
+        self.ls.setblocking(False)
+        self.port = self.ls.getsockname()[1]
+        self.per_conn = per_conn
+        self.pushed = 0
+        self.conns = 0
+        self.last_progress = time.monotonic()
+        self.stop = False
+        self.block = os.urandom(64 * 1024)
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.ls, selectors.EVENT_READ, None)
+        self.held = []
+        ctx.closers.append(self.close)
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stop:
+            for key, _ in self.sel.select(0.2):
+                if key.data is None:
+                    while True:
+                        try:
+                            c, _ = self.ls.accept()
+                        except (BlockingIOError, OSError):
+                            break
+                        c.setblocking(False)
+                        self.conns += 1
+                        self.held.append(c)
+                        self.sel.register(c, selectors.EVENT_WRITE, [self.per_conn])
+                    continue
+                left = key.data
+                try:
+                    n = key.fileobj.send(self.block[:min(left[0], len(self.block))])
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    self.sel.unregister(key.fileobj)
+                    continue
+                left[0] -= n
+                self.pushed += n
+                self.last_progress = time.monotonic()
+                if left[0] <= 0:
+                    self.sel.unregister(key.fileobj)
+
+    def close(self):
+        self.stop = True
+        self.t.join(2)
+        for c in self.held:
+            c.close()
+        self.ls.close()
+
+
+@test(timeout=120)
+def faults_slow_readers_memory_bounded(ctx):
+    """N users (N = 10000, WMPX_SLOW_READERS to change) each get 64 KiB they
+    never read, through one tunnel (release build; tunnel_buffer = 8m,
+    window = 64k). The server holds at most tunnel_buffer + one window
+    of their data plus a per-stream overhead (bound: 4 KiB a stream for
+    the stream, the relay and their bookkeeping), the client far less, and
+    a fresh stream on the same tunnel still works during the stall (a slow
+    reader stops only its own stream)."""
+    n = int(os.environ.get("WMPX_SLOW_READERS", "10000"))
+    per_conn, tbuf, window = 64 * 1024, 8 * MiB, 64 * 1024
+    raise_nofile(3 * n + 1000)
+    push = Pusher(ctx, per_conn)
+    e = TcpServer(ctx, echo_handler)
+    tport, pp, ep = free_port(), free_port(), free_port()
+    cfg = "tunnel_buffer = 8m\nwindow = 64k\nmax_window = 64k\nmax_streams = %d\n" % (n + 100)
+    s = LimitedDaemon(ctx, "server", lib.server_ini(tport, "allow_ports = %d,%d\n%s" % (pp, ep, cfg), tls=False),
+                      n + 1000, binary=WMPROXYD_REL).start()
+    s.wait_log(r"listening for tunnels")
+    c = LimitedDaemon(ctx, "client", lib.client_ini(tport, cfg, tcp_mapping("push", push.port, pp) +
+                                                    tcp_mapping("echo", e.port, ep), tls=False),
+                      n + 1000, binary=WMPROXYD_REL).start()
+    c.wait_log(r"mapping (registered|rejected)", count=2, timeout=15)
+    assert "rejected" not in c.text(), c.text()
+    assert echo_once(ep, b"warm") == b"warm"
+    time.sleep(0.5)
+    s0, c0 = rss_kb(s.pid), rss_kb(c.pid)
+
+    users = []
+    t0 = time.monotonic()
+    for i in range(n):
+        u = socket.socket()
+        u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        u.settimeout(10)
+        u.connect(("127.0.0.1", pp))
+        users.append(u)
+    t_open = time.monotonic() - t0
+    # let the data flow until nothing moves for a second
+    wait_until(lambda: push.conns >= n, 30, "the service to accept %d connections" % n)
+    wait_until(lambda: time.monotonic() - push.last_progress > 1.0, 40, "the pushed data to settle")
+    s1, c1 = rss_kb(s.pid), rss_kb(c.pid)
+    t_fresh = time.monotonic()
+    try:
+        fresh = echo_once(ep, b"fresh stream during the stall", timeout=5)
+    except OSError as ex:
+        fresh = repr(ex)
+    t_fresh = time.monotonic() - t_fresh
+    streams_bound_kb = (tbuf + window + n * 4096) // 1024
+    print("    %d slow readers opened in %.1fs; pushed %.0f MiB; server RSS +%d KiB (bound %d), client +%d KiB; "
+          "fresh stream %.2fs" % (n, t_open, push.pushed / MiB, s1 - s0, streams_bound_kb, c1 - c0, t_fresh))
+    for u in users:
+        u.close()
+    assert s1 - s0 <= streams_bound_kb, "server RSS grew %d KiB, bound %d KiB" % (s1 - s0, streams_bound_kb)
+    assert c1 - c0 <= streams_bound_kb, "client RSS grew %d KiB, bound %d KiB" % (c1 - c0, streams_bound_kb)
+    assert fresh == b"fresh stream during the stall", \
+        "a fresh stream on the same tunnel during the stall got %r: slow readers stalled the whole tunnel" % fresh
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=90)
+def faults_slowloris_gets_408(ctx):
+    """200 connections on map_http_bind send a request head one byte every
+    5 s: each gets 408 about 30 s after it opened (never before 29 s), and
+    other users are served at once all along."""
+    web = TcpServer(ctx, http_page_handler(b"web page\n"))
+    hp = free_port()
+    s, c, _ = lib.start_pair(ctx, "[mapping web]\nmode = http\nlocal_addr = 127.0.0.1:%d\ndomain = web.test\n" % web.port,
+                             server_extra="map_http_bind = 127.0.0.1:%d\n" % hp, tls=False)
+    n = 200
+    head = b"GET / HTTP/1.1\r\nHost: web.test\r\nX-Slow: " + b"a" * 64
+    slow = []
+    t0 = time.monotonic()
+    for _ in range(n):
+        sk = connect(hp)
+        sk.setblocking(False)
+        slow.append(sk)
+    answers = {}
+    served = []
+    i = 0
+    while time.monotonic() - t0 < 40 and len(answers) < n:
+        for k, sk in enumerate(slow):
+            if k in answers:
+                continue
+            try:
+                d = sk.recv(4096)
+                answers[k] = (time.monotonic() - t0, d)
+                continue
+            except BlockingIOError:
+                pass
+            except OSError as ex:
+                answers[k] = (time.monotonic() - t0, repr(ex).encode())
+                continue
+            if i < len(head):
+                try:
+                    sk.send(head[i:i + 1])
+                except OSError:
+                    pass
+        i += 1
+        t = time.monotonic()
+        r = http_get(hp, "web.test", timeout=3)
+        served.append((time.monotonic() - t, b"web page" in r))
+        time.sleep(max(0.0, 5 - (time.monotonic() - t)) if len(answers) == 0 and time.monotonic() - t0 < 25 else 0.2)
+    for sk in slow:
+        sk.close()
+    assert len(answers) == n, "%d of %d slow connections answered within 40 s" % (len(answers), n)
+    bad = [(k, a) for k, a in answers.items() if not a[1].startswith(b"HTTP/1.1 408 ")]
+    assert not bad, "not a 408: %s" % bad[:3]
+    times = sorted(a[0] for a in answers.values())
+    assert times[0] >= 29, "first 408 after %.1fs, before the 30 s header timeout" % times[0]
+    assert times[-1] <= 35, "last 408 after %.1fs" % times[-1]
+    assert all(ok for _, ok in served), "a normal request failed during the slowloris"
+    worst = max(t for t, _ in served)
+    assert worst < 1.0, "a normal request took %.2fs during the slowloris" % worst
+    print("    %d slow connections: 408 after %.1f-%.1fs; %d normal requests, slowest %.3fs" % (
+        n, times[0], times[-1], len(served), worst))
+    assert c.stop() == 0
+    assert s.stop() == 0

@@ -1,0 +1,923 @@
+"""http and https mappings end to end: curl and raw sockets against a local
+service that reports what it received (request line, headers, body length
+and SHA-256), through map_http_bind / map_https_bind. Routing by Host on
+every request, header rewriting, framing (Content-Length, chunked, close),
+keep-alive, pipelining, 100-continue, WebSocket, every error page and its
+trigger, SNI, the access log, big transfers in bounded memory."""
+import base64
+import hashlib
+import json
+import os
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+
+from lib import (WMPROXYD_REL, Daemon, Skip, TcpServer, client_ini, connect, free_port, log_lines, mkcerts, run,
+                 server_ini, start_pair, test, wait_closed, wait_until)
+
+MiB = 1 << 20
+PAGE = b"hello from the private network\n"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+
+
+# ---- the local service ----
+
+class HttpService:
+    """An HTTP/1.1 service on loopback (keep-alive, chunked, 100-continue,
+    WebSocket echo). Every answer but the special paths is a JSON dump of
+    what arrived: method, target, version, headers in order, body length and
+    SHA-256, which connection of this service and which request on it.
+
+    Paths: / (PAGE), /slow?ms=N, /status?code=N, /download?n=N[&chunked=1],
+    /close (body ended by closing), /chunked (chunked with a trailer),
+    /empty (Content-Length: 0), /ws (WebSocket echo).
+    Every answer carries X-Service, X-Remove-Me, Server: local and the
+    hop-by-hop Keep-Alive, Connection: keep-alive, X-Hop and X-Hop."""
+
+    def __init__(self, ctx, name):
+        self.name = name
+        self.lock = threading.Lock()
+        self.nconn = 0
+        self.requests = []
+        self.sent = {}          # download target -> sha256 of what was sent
+        self.srv = TcpServer(ctx, self._conn)
+        self.port = self.srv.port
+
+    def _conn(self, c):
+        with self.lock:
+            self.nconn += 1
+            cid = self.nconn
+        f = c.makefile("rb", buffering=65536)
+        n = 0
+        while True:
+            line = f.readline(65536)
+            while line in (b"\r\n", b"\n"):
+                line = f.readline(65536)
+            if not line:
+                return
+            n += 1
+            method, target, version = line.decode("latin-1").rstrip("\r\n").split(" ", 2)
+            headers = []
+            while True:
+                h = f.readline(65536)
+                if h in (b"\r\n", b"\n", b""):
+                    break
+                k, v = h.decode("latin-1").rstrip("\r\n").split(":", 1)
+                headers.append([k, v.strip()])
+            hv = lambda name: [v for k, v in headers if k.lower() == name.lower()]  # noqa: E731
+            conn_tokens = ",".join(hv("Connection")).lower()
+            if "100-continue" in ",".join(hv("Expect")).lower():
+                c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            sha = hashlib.sha256()
+            blen = 0
+            if hv("Transfer-Encoding"):
+                while True:
+                    size = int(f.readline(4096).split(b";")[0], 16)
+                    if size == 0:
+                        while f.readline(65536) not in (b"\r\n", b"\n", b""):
+                            pass
+                        break
+                    left = size
+                    while left:
+                        d = f.read(min(left, MiB))
+                        if not d:
+                            return
+                        sha.update(d)
+                        blen += len(d)
+                        left -= len(d)
+                    f.readline(16)
+            elif hv("Content-Length"):
+                left = int(hv("Content-Length")[0])
+                while left:
+                    d = f.read(min(left, MiB))
+                    if not d:
+                        return
+                    sha.update(d)
+                    blen += len(d)
+                    left -= len(d)
+            info = {"service": self.name, "method": method, "target": target, "version": version,
+                    "headers": headers, "body_len": blen, "body_sha256": sha.hexdigest(), "conn": cid, "req": n}
+            with self.lock:
+                self.requests.append(info)
+            u = urllib.parse.urlsplit(target)
+            q = dict(urllib.parse.parse_qsl(u.query))
+            common = ("X-Service: %s\r\nX-Remove-Me: please\r\nServer: local\r\nKeep-Alive: timeout=5\r\n"
+                      "Connection: keep-alive, X-Hop\r\nX-Hop: secret\r\n" % self.name).encode()
+            if u.path == "/ws" and "upgrade" in conn_tokens:
+                key = hv("Sec-WebSocket-Key")[0].encode()
+                acc = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+                return ws_echo(f, c)
+            if u.path == "/slow":
+                time.sleep(int(q.get("ms", "1000")) / 1000)
+            if u.path == "/status":
+                code = int(q["code"])
+                body = b"" if code in (204, 304) else b"status %d\n" % code
+                cl = b"" if code in (204, 304) else b"Content-Length: %d\r\n" % len(body)
+                c.sendall(b"HTTP/1.1 %d X\r\n" % code + common + cl + b"\r\n" + (b"" if method == "HEAD" else body))
+            elif u.path == "/download":
+                total = int(q["n"])
+                chunked = q.get("chunked") == "1"
+                head = b"HTTP/1.1 200 OK\r\n" + common + (
+                    b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %d\r\n" % total) + b"\r\n"
+                c.sendall(head)
+                h = hashlib.sha256()
+                left = total
+                while left:
+                    d = os.urandom(min(left, MiB))
+                    h.update(d)
+                    c.sendall(b"%x\r\n%s\r\n" % (len(d), d) if chunked else d)
+                    left -= len(d)
+                if chunked:
+                    c.sendall(b"0\r\n\r\n")
+                with self.lock:
+                    self.sent[target] = h.hexdigest()
+            elif u.path == "/close":
+                c.sendall(b"HTTP/1.1 200 OK\r\nX-Service: %s\r\nConnection: close\r\n\r\nuntil the end\n"
+                          % self.name.encode())
+                return
+            elif u.path == "/chunked":
+                c.sendall(b"HTTP/1.1 200 OK\r\n" + common + b"Transfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n"
+                          b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: done\r\n\r\n")
+            elif u.path == "/empty":
+                c.sendall(b"HTTP/1.1 200 OK\r\n" + common + b"Content-Length: 0\r\n\r\n")
+            elif u.path == "/":
+                c.sendall(b"HTTP/1.1 200 OK\r\n" + common + b"Content-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+                          % len(PAGE) + (b"" if method == "HEAD" else PAGE))
+            else:
+                body = json.dumps(info).encode()
+                c.sendall(b"HTTP/1.1 200 OK\r\n" + common + b"Content-Type: application/json\r\n"
+                          b"Content-Length: %d\r\n\r\n" % len(body) + (b"" if method == "HEAD" else body))
+            if "close" in conn_tokens or version == "HTTP/1.0":
+                return
+
+
+# ---- WebSocket (RFC 6455), the little the tests need ----
+
+def ws_frame(payload, opcode=1, mask=True):
+    b0 = 0x80 | opcode
+    n = len(payload)
+    mbit = 0x80 if mask else 0
+    if n < 126:
+        head = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        head = struct.pack("!BBQ", b0, mbit | 127, n)
+    if not mask:
+        return head + payload
+    key = os.urandom(4)
+    return head + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+
+
+def ws_read(f):
+    """One frame from a buffered reader: (opcode, payload), unmasked."""
+    h = f.read(2)
+    if len(h) < 2:
+        return None, b""
+    op, n = h[0] & 0x0F, h[1] & 0x7F
+    if n == 126:
+        n = struct.unpack("!H", f.read(2))[0]
+    elif n == 127:
+        n = struct.unpack("!Q", f.read(8))[0]
+    key = f.read(4) if h[1] & 0x80 else None
+    data = f.read(n)
+    if key:
+        data = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    return op, data
+
+
+def ws_echo(f, c):
+    while True:
+        op, data = ws_read(f)
+        if op is None or op == 8:
+            if op == 8:
+                c.sendall(ws_frame(data, 8, mask=False))
+            return
+        c.sendall(ws_frame(data, op, mask=False))
+
+
+# ---- the user's side ----
+
+def request(method, target, host, headers=(), body=None, version="HTTP/1.1"):
+    lines = ["%s %s %s" % (method, target, version)]
+    if host is not None:
+        lines.append("Host: %s" % host)
+    lines += ["%s: %s" % h for h in headers]
+    if body is not None and not any(k.lower() in ("content-length", "transfer-encoding") for k, _ in headers):
+        lines.append("Content-Length: %d" % len(body))
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status, self.headers, self.body = status, headers, body
+
+    def all(self, name):
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def get(self, name):
+        v = self.all(name)
+        return v[0] if v else None
+
+    def json(self):
+        return json.loads(self.body)
+
+    def __repr__(self):
+        return "<%d %r %r>" % (self.status, self.headers, self.body[:300])
+
+
+def read_response(f, head=False, interim=None):
+    """One response from a buffered reader (1xx are skipped, or collected in
+    interim). Framing as a user agent reads it."""
+    while True:
+        line = f.readline(65536)
+        if not line:
+            raise AssertionError("connection closed before a response")
+        m = re.match(rb"HTTP/1\.[01] (\d{3})", line)
+        assert m, "bad status line %r" % line
+        status = int(m.group(1))
+        headers = []
+        while True:
+            h = f.readline(65536)
+            if h in (b"\r\n", b"\n", b""):
+                break
+            k, v = h.decode("latin-1").rstrip("\r\n").split(":", 1)
+            headers.append((k, v.strip()))
+        if 100 <= status < 200 and status != 101:
+            if interim is not None:
+                interim.append(Response(status, headers, b""))
+            continue
+        break
+    r = Response(status, headers, b"")
+    if head or status in (101, 204, 304):
+        return r
+    if r.get("Transfer-Encoding"):
+        body = bytearray()
+        while True:
+            size = int(f.readline(4096).split(b";")[0], 16)
+            if size == 0:
+                while f.readline(65536) not in (b"\r\n", b"\n", b""):
+                    pass
+                break
+            body += f.read(size)
+            f.readline(16)
+        r.body = bytes(body)
+    elif r.get("Content-Length") is not None:
+        r.body = f.read(int(r.get("Content-Length")))
+    else:
+        r.body = f.read()
+    return r
+
+
+def exchange(port, data, n=1, timeout=10, head=False):
+    """Write data on a new connection, read n responses. Returns them and
+    the socket and reader (still open)."""
+    s = connect(port, timeout)
+    s.sendall(data)
+    f = s.makefile("rb")
+    return [read_response(f, head=head) for _ in range(n)], s, f
+
+
+def one(port, data, timeout=10):
+    rs, s, f = exchange(port, data, 1, timeout)
+    f.close()
+    s.close()
+    return rs[0]
+
+
+def http_mapping(name, port, domain, mode="http", extra=""):
+    return "[mapping %s]\nmode = %s\nlocal_addr = 127.0.0.1:%d\ndomain = %s\n%s" % (name, mode, port, domain,
+                                                                                    extra)
+
+
+def http_pair(ctx, mappings, server_extra="", client_extra="", binary=None, https=False):
+    """start_pair with map_http_bind (and map_https_bind); returns (server,
+    client, http port, https port)."""
+    hp, sp = free_port(), free_port()
+    extra = "map_http_bind = 127.0.0.1:%d\n" % hp
+    if https:
+        extra += "map_https_bind = 127.0.0.1:%d\n" % sp
+    s, c, _ = start_pair(ctx, mappings, server_extra=extra + server_extra, client_extra=client_extra, binary=binary)
+    return s, c, hp, sp
+
+
+def curl(*args, timeout=20):
+    r = run(["curl", "-sS", "--max-time", str(timeout)] + list(args), timeout=timeout + 5)
+    return r
+
+
+def is_ours(r, status):
+    """An answer of the server itself: the code, Server: wmproxy, short text."""
+    assert r.status == status, r
+    assert r.all("Server") == ["wmproxy"], r
+    assert r.get("Content-Type") == "text/plain", r
+    assert r.body.startswith(b"%d " % status), r
+
+
+# ---- tests ----
+
+@test(timeout=60)
+def http_seed_scenario(ctx):
+    """As a new user: the page by its name over http and https, 404 by IP."""
+    web = HttpService(ctx, "web")
+    s, c, hp, sp = http_pair(ctx, http_mapping("web", web.port, "localhost") +
+                             http_mapping("webs", web.port, "localhost", mode="https"), https=True)
+    s.wait_log(r"mapping registered name=webs")
+    r = curl("http://localhost:%d/" % hp)
+    assert r.returncode == 0 and r.stdout == PAGE, r
+    r = curl("-i", "http://127.0.0.1:%d/" % hp)
+    assert r.returncode == 0, r
+    assert r.stdout.startswith(b"HTTP/1.1 404 Not Found\r\n"), r.stdout
+    assert b"\r\nServer: wmproxy\r\n" in r.stdout, r.stdout
+    assert b"no mapping for host 127.0.0.1" in r.stdout, r.stdout
+    r = curl("-k", "https://localhost:%d/" % sp)
+    assert r.returncode == 0 and r.stdout == PAGE, r
+    r = curl("-k", "-o", "/dev/null", "-w", "%{http_code}", "https://127.0.0.1:%d/" % sp)
+    assert r.stdout == b"404", r
+    # an https name is not an http name and the other way round
+    assert one(hp, request("GET", "/", "localhost")).body == PAGE
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_forwarded_headers_and_rules(ctx):
+    """X-Forwarded-*, host rewrite, request/response header rules, Server,
+    hop-by-hop fields dropped both ways; the same over https."""
+    svc = HttpService(ctx, "svc")
+    rules = ("host = internal.lan:8080\nrequest_header = X-Added: yes\nrequest_header = X-Drop-Me:\n"
+             "response_header = X-Resp-Added: 1\nresponse_header = X-Remove-Me:\n")
+    s, c, hp, sp = http_pair(ctx, http_mapping("svc", svc.port, "app.test", extra=rules) +
+                             http_mapping("svcs", svc.port, "app.test", mode="https", extra=rules), https=True)
+    hdrs = [("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-Proto", "ftp"), ("X-Forwarded-Host", "evil"),
+            ("X-Drop-Me", "secret"), ("X-Keep", "kept"), ("Connection", "keep-alive, X-Hop"), ("X-Hop", "hop"),
+            ("Keep-Alive", "timeout=99"), ("TE", "trailers"), ("Proxy-Connection", "keep-alive"),
+            ("X-Added", "from-user")]
+    r = one(hp, request("GET", "/dump?x=1", "App.Test:%d" % hp, hdrs))
+    assert r.status == 200, r
+    got = r.json()
+    h = lambda n: [v for k, v in got["headers"] if k.lower() == n.lower()]  # noqa: E731
+    assert got["method"] == "GET" and got["target"] == "/dump?x=1" and got["version"] == "HTTP/1.1", got
+    assert h("Host") == ["internal.lan:8080"], got
+    assert h("X-Forwarded-For") == ["203.0.113.7, 127.0.0.1"], got
+    assert h("X-Forwarded-Proto") == ["http"], got
+    assert h("X-Forwarded-Host") == ["App.Test:%d" % hp], got
+    assert h("X-Added") == ["yes"], got
+    assert h("X-Drop-Me") == [], got
+    assert h("X-Keep") == ["kept"], got
+    for hop in ("X-Hop", "Keep-Alive", "TE", "Proxy-Connection"):
+        assert h(hop) == [], (hop, got)
+    # the response: our Server only, the rules, no hop-by-hop fields
+    assert r.all("Server") == ["wmproxy"], r
+    assert r.all("X-Resp-Added") == ["1"], r
+    assert r.all("X-Remove-Me") == [], r
+    assert r.all("X-Service") == ["svc"], r
+    assert r.all("X-Hop") == [] and r.all("Keep-Alive") == [], r
+    # no X-Forwarded-For from the user: ours alone
+    got = one(hp, request("GET", "/dump", "app.test")).json()
+    assert [v for k, v in got["headers"] if k == "X-Forwarded-For"] == ["127.0.0.1"], got
+    # https: proto https, the Host as received
+    r = curl("-k", "-i", "-H", "X-Forwarded-Proto: http", "--resolve", "app.test:%d:127.0.0.1" % sp,
+             "https://app.test:%d/dump" % sp)
+    assert r.returncode == 0, r
+    head, body = r.stdout.split(b"\r\n\r\n", 1)
+    assert b"\r\nServer: wmproxy" in head and b"X-Resp-Added: 1" in head and b"X-Remove-Me" not in head, head
+    got = json.loads(body)
+    h = lambda n: [v for k, v in got["headers"] if k.lower() == n.lower()]  # noqa: E731
+    assert h("X-Forwarded-Proto") == ["https"], got
+    assert h("X-Forwarded-Host") == ["app.test:%d" % sp], got
+    assert h("Host") == ["internal.lan:8080"], got
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_routing_per_request_two_clients(ctx):
+    """One keep-alive connection, requests alternating between mappings of
+    two clients (exact name and wildcard): each reaches its service; an
+    unknown name gets 404 and the connection carries on."""
+    a, b = HttpService(ctx, "a"), HttpService(ctx, "b")
+    hp = free_port()
+    tport = free_port()
+    s = Daemon(ctx, "server", server_ini(tport, "map_http_bind = 127.0.0.1:%d\n" % hp)).start()
+    s.wait_log(r"listening for tunnels")
+    ca = Daemon(ctx, "client-a", client_ini(tport, "", http_mapping("a", a.port, "a.test"))).start()
+    cb = Daemon(ctx, "client-b", client_ini(tport, "", http_mapping("b", b.port, "*.b.test"))).start()
+    for d in (ca, cb):
+        d.wait_log(r"mapping registered", timeout=15)
+    seq = [("a.test", "a"), ("x.b.test", "b"), ("A.TEST.", "a"), ("deep.y.b.test:80", "b"), ("b.test", None),
+           ("a.test", "a")]
+    sock = connect(hp)
+    f = sock.makefile("rb")
+    for host, want in seq:
+        sock.sendall(request("GET", "/dump", host))
+        r = read_response(f)
+        if want is None:
+            is_ours(r, 404)
+            assert r.get("Connection") == "keep-alive", r
+        else:
+            assert r.status == 200 and r.json()["service"] == want, (host, r)
+    sock.close()
+    # the services saw keep-alive streams: one connection each for a run of
+    # requests to the same mapping would be fine, but every request arrived
+    assert len(a.requests) == 3 and len(b.requests) == 2
+    # curl: two URLs on one connection (num_connects 1 then 0)
+    r = curl("-o", "/dev/null", "-o", "/dev/null", "-w", "%{num_connects} %{http_code}\n",
+             "-H", "Host: a.test", "http://127.0.0.1:%d/dump" % hp, "--next",
+             "-o", "/dev/null", "-w", "%{num_connects} %{http_code}\n", "-H", "Host: z.b.test",
+             "http://127.0.0.1:%d/dump" % hp)
+    assert r.returncode == 0 and r.stdout.split() == [b"1", b"200", b"0", b"200"], r
+    assert a.requests[-1]["service"] == "a" and b.requests[-1]["service"] == "b"
+    # a mapping whose client went away is forgotten: 404
+    cb.stop()
+    s.wait_log(r"tunnel down", timeout=10)
+    is_ours(one(hp, request("GET", "/", "x.b.test")), 404)
+    assert one(hp, request("GET", "/", "a.test")).body == PAGE
+    assert ca.stop() == 0
+    assert s.stop() == 0
+
+
+def rss_sampler(pid):
+    """Sample VmRSS (kB) of pid every 50 ms until stopped; returns
+    (stop function, dict with "max")."""
+    out = {"max": 0}
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set():
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            out["max"] = max(out["max"], int(line.split()[1]))
+            except OSError:
+                return
+            stop.wait(0.05)
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+
+    def done():
+        stop.set()
+        t.join(2)
+    return done, out
+
+
+@test(timeout=240)
+def http_big_transfers_bounded_memory(ctx):
+    """256 MiB chunked upload and 256 MiB downloads (Content-Length and
+    chunked) through an http mapping: SHA-256 matches, the server's RSS
+    stays small (release build)."""
+    if not os.path.exists(WMPROXYD_REL):
+        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
+    size = 256 * MiB
+    svc = HttpService(ctx, "big")
+    s, c, hp, _ = http_pair(ctx, http_mapping("big", svc.port, "big.test"), binary=WMPROXYD_REL)
+    done, rss = rss_sampler(s.pid)
+    base = s.status("VmRSS")
+    try:
+        # up: chunked, 1 MiB chunks of random bytes
+        sock = connect(hp, 60)
+        sock.sendall(request("PUT", "/upload", "big.test", [("Transfer-Encoding", "chunked")]))
+        h = hashlib.sha256()
+        t0 = time.monotonic()
+        for _ in range(size // MiB):
+            d = os.urandom(MiB)
+            h.update(d)
+            sock.sendall(b"100000\r\n" + d + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+        f = sock.makefile("rb")
+        r = read_response(f)
+        t_up = time.monotonic() - t0
+        assert r.status == 200, r
+        got = r.json()
+        assert got["body_len"] == size and got["body_sha256"] == h.hexdigest(), got
+        # down, on the same connection: Content-Length, then chunked
+        times = []
+        for target in ("/download?n=%d" % size, "/download?n=%d&chunked=1" % size):
+            t0 = time.monotonic()
+            sock.sendall(request("GET", target, "big.test"))
+            line = f.readline()
+            assert line.startswith(b"HTTP/1.1 200"), line
+            heads = {}
+            while True:
+                l = f.readline()
+                if l == b"\r\n":
+                    break
+                k, v = l.decode().split(":", 1)
+                heads[k.lower()] = v.strip()
+            h = hashlib.sha256()
+            n = 0
+            if "content-length" in heads:
+                left = int(heads["content-length"])
+                while left:
+                    d = f.read(min(left, MiB))
+                    assert d, "download cut short"
+                    h.update(d)
+                    n += len(d)
+                    left -= len(d)
+            else:
+                assert heads.get("transfer-encoding") == "chunked", heads
+                while True:
+                    cs = int(f.readline(), 16)
+                    if cs == 0:
+                        assert f.readline() == b"\r\n"
+                        break
+                    d = f.read(cs)
+                    h.update(d)
+                    n += len(d)
+                    assert f.readline() == b"\r\n"
+            times.append(time.monotonic() - t0)
+            wait_until(lambda: target in svc.sent, 10, "the service to finish sending")
+            assert n == size and h.hexdigest() == svc.sent[target], "download %s: sha mismatch" % target
+        sock.close()
+    finally:
+        done()
+    print("    256 MiB up %.1fs, down %.1fs (length) %.1fs (chunked); server VmRSS %d kB at start, max %d kB"
+          % (t_up, times[0], times[1], base, rss["max"]))
+    assert rss["max"] < 64 * 1024, "server RSS reached %d kB" % rss["max"]
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_pipelining_and_framing(ctx):
+    """Several requests written at once are answered in order; responses
+    framed every way (length, chunked with trailer, empty, 204, 304, HEAD)
+    complete and keep the connection; a close-delimited one ends it."""
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "p.test"))
+    reqs = [request("GET", "/dump?n=1", "p.test"),
+            request("POST", "/dump?n=2", "p.test", body=b"x" * 100000),
+            request("POST", "/dump?n=3", "p.test", [("Transfer-Encoding", "chunked")]) +
+            b"3\r\nabc\r\n0\r\n\r\n",
+            request("GET", "/chunked", "p.test"),
+            request("GET", "/empty", "p.test"),
+            request("GET", "/status?code=204", "p.test"),
+            request("GET", "/status?code=304", "p.test"),
+            request("HEAD", "/", "p.test"),
+            request("GET", "/nothere", "other.test"),
+            request("GET", "/dump?n=10", "p.test")]
+    sock = connect(hp)
+    sock.sendall(b"".join(reqs))
+    f = sock.makefile("rb")
+    rs = [read_response(f, head=(i == 7)) for i in range(len(reqs))]
+    for i in (0, 1, 2, 9):
+        assert rs[i].status == 200 and rs[i].json()["target"].endswith("n=%d" % (i + 1)), (i, rs[i])
+    assert rs[1].json()["body_len"] == 100000
+    assert rs[2].json()["body_sha256"] == hashlib.sha256(b"abc").hexdigest()
+    assert rs[3].body == b"hello world" and rs[3].get("Transfer-Encoding") == "chunked", rs[3]
+    assert rs[4].status == 200 and rs[4].body == b"", rs[4]
+    assert rs[5].status == 204 and rs[6].status == 304, rs[5:7]
+    assert rs[7].status == 200 and rs[7].get("Content-Length") == str(len(PAGE)), rs[7]
+    is_ours(rs[8], 404)
+    # all of it over one service connection per stream reuse
+    sock.sendall(request("GET", "/close", "p.test"))
+    r = read_response(f)
+    assert r.body == b"until the end\n" and r.get("Connection") == "close", r
+    wait_closed(sock, 5)
+    sock.close()
+    # HTTP/1.0 without keep-alive: answered, then closed
+    r = one(hp, request("GET", "/dump", "p.test", version="HTTP/1.0"))
+    assert r.status == 200 and r.get("Connection") == "close", r
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_expect_100_continue(ctx):
+    """curl's large upload waits for 100 Continue: it comes through at once;
+    and on a raw socket, 100 then the answer."""
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "up.test"))
+    data = os.urandom(3 * MiB)
+    path = ctx.write("up.bin", "")
+    with open(path, "wb") as fh:
+        fh.write(data)
+    t0 = time.monotonic()
+    r = curl("--expect100-timeout", "10", "-H", "Expect: 100-continue", "-T", path, "-H", "Host: up.test",
+             "http://127.0.0.1:%d/dump" % hp)
+    dt = time.monotonic() - t0
+    assert r.returncode == 0, r
+    got = json.loads(r.stdout)
+    assert got["body_len"] == len(data) and got["body_sha256"] == hashlib.sha256(data).hexdigest(), got
+    assert dt < 5, "the upload waited %.1fs: 100 Continue did not come through" % dt
+    sock = connect(hp)
+    sock.sendall(request("POST", "/dump", "up.test", [("Expect", "100-continue"), ("Content-Length", "5")]))
+    f = sock.makefile("rb")
+    line = f.readline()
+    assert line.startswith(b"HTTP/1.1 100"), line
+    while f.readline() != b"\r\n":
+        pass
+    sock.sendall(b"hello")
+    r = read_response(f)
+    assert r.status == 200 and r.json()["body_len"] == 5, r
+    sock.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_websocket_echo(ctx):
+    """Upgrade: websocket, 101 with the right accept key, then frames both
+    ways (small text, 200 KB binary), then a close."""
+    svc = HttpService(ctx, "ws")
+    s, c, hp, _ = http_pair(ctx, http_mapping("ws", svc.port, "ws.test"))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock = connect(hp)
+    sock.sendall(request("GET", "/ws", "ws.test", [("Upgrade", "websocket"), ("Connection", "Upgrade"),
+                                                   ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")]))
+    f = sock.makefile("rb")
+    r = read_response(f)
+    assert r.status == 101, r
+    assert r.get("Sec-WebSocket-Accept") == base64.b64encode(
+        hashlib.sha1(key.encode() + WS_GUID).digest()).decode(), r
+    assert r.get("Upgrade") == "websocket" and r.get("Connection").lower() == "upgrade", r
+    assert r.all("Server") == ["wmproxy"], r
+    got = svc.requests[-1]
+    assert ["Upgrade", "websocket"] in got["headers"], got
+    sock.sendall(ws_frame(b"hello through the tunnel"))
+    assert ws_read(f) == (1, b"hello through the tunnel")
+    big = os.urandom(200000)
+    sock.sendall(ws_frame(big, opcode=2))
+    assert ws_read(f) == (2, big)
+    sock.sendall(ws_frame(b"\x03\xe8", opcode=8))
+    assert ws_read(f) == (8, b"\x03\xe8")
+    wait_closed(sock, 5)
+    sock.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+def full_backlog_listener():
+    """A listener that never accepts, its queue filled: connects to it hang
+    (SYNs dropped) on loopback. Returns (port, sockets to keep)."""
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(0)
+    port = ls.getsockname()[1]
+    keep = [ls]
+    for _ in range(8):
+        x = socket.socket()
+        x.setblocking(False)
+        try:
+            x.connect(("127.0.0.1", port))
+        except BlockingIOError:
+            pass
+        keep.append(x)
+    time.sleep(0.2)
+    probe = socket.socket()
+    probe.settimeout(1)
+    try:
+        probe.connect(("127.0.0.1", port))
+        ok = False
+    except (socket.timeout, OSError):
+        ok = True
+    finally:
+        probe.close()
+    return (port if ok else None), keep
+
+
+@test(timeout=60)
+def http_errors_404_502_504(ctx):
+    """404 unknown host, 502 local_addr refused, 504 local_addr connect
+    timeout (a loopback listener whose queue is full)."""
+    dead = free_port()
+    bl, keep = full_backlog_listener()
+    maps = http_mapping("dead", dead, "dead.test")
+    if bl:
+        maps += http_mapping("slow", bl, "slow.test")
+    s, c, hp, _ = http_pair(ctx, maps, client_extra="connect_timeout = 500ms\n")
+    is_ours(one(hp, request("GET", "/", "nobody.test")), 404)
+    is_ours(one(hp, request("GET", "/", None, version="HTTP/1.0")), 404)
+    r = one(hp, request("GET", "/", "dead.test"))
+    is_ours(r, 502)
+    assert r.get("Connection") == "close", r
+    if bl:
+        t0 = time.monotonic()
+        r = one(hp, request("GET", "/", "slow.test"))
+        is_ours(r, 504)
+        assert 0.3 < time.monotonic() - t0 < 5
+    for k in keep:
+        k.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+    if not bl:
+        raise Skip("504 not checked: a full listen queue does not hang connects on this host")
+
+
+@test(timeout=60)
+def http_502_tunnel_lost_mid_request(ctx):
+    """The client dies while the service is slow to answer: 502."""
+    svc = HttpService(ctx, "slow")
+    s, c, hp, _ = http_pair(ctx, http_mapping("slow", svc.port, "slow.test"))
+    sock = connect(hp)
+    sock.sendall(request("GET", "/slow?ms=5000", "slow.test"))
+    wait_until(lambda: svc.requests, 5, "the request to reach the service")
+    c.kill()
+    f = sock.makefile("rb")
+    r = read_response(f)
+    is_ours(r, 502)
+    assert b"tunnel" in r.body, r
+    sock.close()
+    s.wait_log(r"tunnel down", timeout=10)
+    is_ours(one(hp, request("GET", "/", "slow.test")), 404)
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_400_and_431(ctx):
+    """Malformed heads and smuggling attempts get 400, a head over 64 KiB
+    gets 431, each with Server: wmproxy, then the connection closes; the
+    service never sees them."""
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "e.test"))
+    bad = [b"GET / HTTP/1.1\r\nHost: e.test\r\nBad Header\r\n\r\n",
+           b"GET /  HTTP/1.1\r\nHost: e.test\r\n\r\n",
+           b"GET / HTTP/2.0\r\nHost: e.test\r\n\r\n",
+           b"GET / HTTP/1.1\r\n\r\n",
+           b"GET / HTTP/1.1\r\nHost: e.test\r\nHost: e.test\r\n\r\n",
+           b"POST / HTTP/1.1\r\nHost: e.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"
+           b"0\r\n\r\n",
+           b"POST / HTTP/1.1\r\nHost: e.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+           b"POST / HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n",
+           b"POST / HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding : chunked\r\n\r\n",
+           b"POST / HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
+           b"GET / HTTP/1.1\r\nHost: e.test\r\n folded: x\r\n\r\n"]
+    for b in bad:
+        rs, sock, f = exchange(hp, b)
+        is_ours(rs[0], 400)
+        assert rs[0].get("Connection") == "close", rs[0]
+        wait_closed(sock, 5)
+        sock.close()
+    # over 64 KiB of head, sent by a thread: the answer comes all the same
+    sock = connect(hp)
+    big = b"GET / HTTP/1.1\r\nHost: e.test\r\n" + b"X-Long: " + b"a" * 300000 + b"\r\n\r\n"
+    threading.Thread(target=lambda: sock.sendall(big), daemon=True).start()
+    f = sock.makefile("rb")
+    is_ours(read_response(f), 431)
+    sock.close()
+    rs, sock, f = exchange(hp, b"GET / HTTP/1.1\r\nHost: e.test\r\n" + b"X: y\r\n" * 200 + b"\r\n")
+    is_ours(rs[0], 431)
+    sock.close()
+    assert svc.requests == [], svc.requests
+    assert one(hp, request("GET", "/", "e.test")).body == PAGE
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=45)
+def http_408_head_timeout(ctx):
+    """A head not complete 30 s after the connection opened gets 408 (even
+    with a short keepalive_timeout: that one is for idle connections)."""
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "t.test"), server_extra="keepalive_timeout = 2s\n")
+    sock = connect(hp, timeout=40)
+    t0 = time.monotonic()
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: t.test\r\n")
+    # a second connection sends its head in time after a response
+    s2 = connect(hp)
+    f2 = s2.makefile("rb")
+    s2.sendall(request("GET", "/", "t.test"))
+    assert read_response(f2).body == PAGE
+    f = sock.makefile("rb")
+    time.sleep(3)
+    sock.sendall(b"X-Slow: 1\r\n")    # trickling bytes do not extend the deadline
+    r = read_response(f)
+    dt = time.monotonic() - t0
+    is_ours(r, 408)
+    assert 29 < dt < 35, "408 after %.1fs" % dt
+    wait_closed(sock, 5)
+    sock.close()
+    s2.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_keepalive_idle_close(ctx):
+    """keepalive_timeout = 2s: an idle connection after a response is closed
+    after about 2 s; one kept busy lives on."""
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "k.test"), server_extra="keepalive_timeout = 2s\n")
+    rs, sock, f = exchange(hp, request("GET", "/", "k.test"))
+    assert rs[0].body == PAGE and rs[0].get("Connection") == "keep-alive"
+    t = wait_closed(sock, 6)
+    assert 1.5 < t < 4, "closed after %.1fs" % t
+    sock.close()
+    sock = connect(hp)
+    f = sock.makefile("rb")
+    for _ in range(4):
+        sock.sendall(request("GET", "/", "k.test"))
+        assert read_response(f).body == PAGE
+        time.sleep(1)
+    sock.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+def cert_subject(port, name):
+    args = ["openssl", "s_client", "-connect", "127.0.0.1:%d" % port]
+    if name:
+        args += ["-servername", name]
+    r = run(args, input=b"", timeout=15)
+    m = re.search(rb"subject=.*?CN ?= ?([\w.*-]+)", r.stdout)
+    assert m, r.stdout.decode() + r.stderr.decode()
+    return m.group(1).decode()
+
+
+@test(timeout=60)
+def http_https_sni_two_certificates(ctx):
+    """Two map_cert/map_key pairs: SNI picks one, an unknown name gets the
+    first; curl verifies each against its own CA."""
+    da, db = mkcerts(ctx.path("alpha"), "alpha.test"), mkcerts(ctx.path("beta"), "beta.test")
+    svc = HttpService(ctx, "svc")
+    extra = "map_cert = %s/server.pem\nmap_key = %s/server.key\nmap_cert = %s/server.pem\nmap_key = %s/server.key\n" % (
+        da, da, db, db)
+    s, c, hp, sp = http_pair(ctx, http_mapping("a", svc.port, "alpha.test", mode="https") +
+                             http_mapping("b", svc.port, "beta.test", mode="https"), server_extra=extra, https=True)
+    assert cert_subject(sp, "alpha.test") == "alpha.test"
+    assert cert_subject(sp, "beta.test") == "beta.test"
+    assert cert_subject(sp, "other.test") == "alpha.test"
+    for name, d in (("alpha.test", da), ("beta.test", db)):
+        r = curl("--cacert", os.path.join(d, "ca.pem"), "--resolve", "%s:%d:127.0.0.1" % (name, sp),
+                 "https://%s:%d/" % (name, sp))
+        assert r.returncode == 0 and r.stdout == PAGE, (name, r)
+    r = curl("--cacert", os.path.join(db, "ca.pem"), "--resolve", "alpha.test:%d:127.0.0.1" % sp,
+             "https://alpha.test:%d/" % sp)
+    assert r.returncode != 0, "beta's CA accepted alpha's certificate"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_access_log(ctx):
+    """One access line per request: user address, mapping, status, bytes
+    each way, duration."""
+    svc = HttpService(ctx, "svc")
+    alog = ctx.path("access.log")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "l.test"), server_extra="access_log = %s\n" % alog)
+    rs, sock, f = exchange(hp, request("GET", "/", "l.test") + request("POST", "/dump", "l.test", body=b"z" * 1000) +
+                           request("GET", "/", "none.test"), n=3)
+    sock.close()
+    assert [r.status for r in rs] == [200, 200, 404]
+    wait_until(lambda: os.path.exists(alog) and len(open(alog).read().splitlines()) >= 3, 5, "3 access lines")
+    text = open(alog).read()
+    rx = (r"^\S+ \S+ 127\.0\.0\.1:(\d+) http (\S+) \"([A-Z]+ \S+)\" (\d{3}) (\d+) (\d+) (\d+)ms$")
+    lines = log_lines(text, rx)
+    assert len(lines) == 3, text
+    assert [(m.group(2), m.group(3), m.group(4)) for m in lines] == [
+        ("svc", "GET /", "200"), ("svc", "POST /dump", "200"), ("-", "GET /", "404")], text
+    assert len({m.group(1) for m in lines}) == 1, text
+    assert int(lines[0].group(6)) > len(PAGE) and int(lines[1].group(5)) > 1000, text
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=90)
+def http_slowloris_does_not_block_others(ctx):
+    """300 connections trickling a head a byte at a time: other users'
+    requests are answered promptly all along."""
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "s.test"))
+    slow = []
+    for _ in range(300):
+        x = connect(hp)
+        x.sendall(b"G")
+        slow.append(x)
+    head = b"ET / HTTP/1.1\r\nHost: s.test\r\nX-A: " + b"a" * 100
+    stop = threading.Event()
+
+    def trickle():
+        i = 0
+        while not stop.is_set() and i < len(head):
+            for x in slow:
+                try:
+                    x.sendall(head[i:i + 1])
+                except OSError:
+                    pass
+            i += 1
+            stop.wait(0.02)
+    t = threading.Thread(target=trickle, daemon=True)
+    t.start()
+    worst = 0
+    for _ in range(30):
+        t0 = time.monotonic()
+        assert one(hp, request("GET", "/", "s.test")).body == PAGE
+        worst = max(worst, time.monotonic() - t0)
+    stop.set()
+    t.join(5)
+    assert worst < 1.0, "a request took %.2fs under slowloris" % worst
+    # the trickled heads complete and are answered too
+    for x in slow[:20]:
+        x.sendall(b"\r\n\r\n")
+        r = read_response(x.makefile("rb"))
+        assert r.body == PAGE, r
+    for x in slow:
+        x.close()
+    assert c.stop() == 0
+    assert s.stop() == 0

@@ -1,0 +1,616 @@
+"""Forward proxy end to end: HTTP proxy, CONNECT and SOCKS5 (TCP and UDP)
+on the server's bind_addr, through a client's bind_addr and through a proxy
+mapping; credentials, flag, failures, a dead resolver."""
+import hashlib
+import os
+import re
+import socket
+import ssl
+import struct
+import threading
+import time
+
+from lib import (WMPROXYD, Daemon, Skip, TcpServer, connect, free_port, mkcerts, pattern_bytes, run,
+                 server_ini, start_pair, test, wait_closed, wait_until)
+
+CURL = ["curl", "-sS", "--max-time", "20", "--noproxy", ""]
+
+
+# ---- local origins ----
+
+def read_head(f):
+    """Lines of a head up to the empty line (leading empty lines skipped);
+    None at EOF."""
+    lines = []
+    while True:
+        line = f.readline(65536)
+        if not line:
+            return None
+        if line in (b"\r\n", b"\n"):
+            if lines:
+                return lines
+            continue
+        lines.append(line)
+
+
+def parse_fields(lines):
+    h = {}
+    for l in lines[1:]:
+        k, _, v = l.decode("latin-1").partition(":")
+        h[k.strip().lower()] = v.strip()
+    return h
+
+
+def read_body(f, h, status=200, head=False):
+    """The body framed by h, read whole (tests keep bodies small enough)."""
+    if head or status in (204, 304) or 100 <= status < 200:
+        return b""
+    if "chunked" in h.get("transfer-encoding", "").lower():
+        out = bytearray()
+        while True:
+            size = int(f.readline().split(b";")[0], 16)
+            if size == 0:
+                while f.readline() not in (b"\r\n", b"\n", b""):
+                    pass
+                return bytes(out)
+            out += f.read(size)
+            f.readline()
+    if "content-length" in h:
+        return f.read(int(h["content-length"]))
+    return None     # request: none; response: until close
+
+
+class Origin:
+    """An HTTP/1.1 origin with keep-alive (over TLS when tls=(cert, key)).
+    Paths: / (a page naming the origin and the target), /headers (the head
+    as received), /big/N (N pattern bytes), /chunked, /close (delimited by
+    the close), /204, /sha (SHA-256 of the request body), /ws (101 to
+    "Upgrade: test", then an echo until EOF). Answers 100
+    Continue to Expect. accepted counts its connections."""
+
+    def __init__(self, ctx, name, host="127.0.0.1", family=socket.AF_INET, tls=None):
+        self.name = name
+        self.heads = []
+        self.sslctx = None
+        if tls:
+            self.sslctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.sslctx.load_cert_chain(*tls)
+        self.srv = TcpServer(ctx, self._serve, host=host, family=family)
+        self.port = self.srv.port
+
+    @property
+    def accepted(self):
+        return self.srv.accepted
+
+    def _serve(self, c):
+        c.settimeout(30)
+        if self.sslctx:
+            c = self.sslctx.wrap_socket(c, server_side=True)
+        f = c.makefile("rb")
+        while True:
+            lines = read_head(f)
+            if lines is None:
+                return
+            method, target, version = lines[0].decode().split()
+            h = parse_fields(lines)
+            self.heads.append(b"".join(lines).decode("latin-1"))
+            if h.get("expect", "").lower() == "100-continue":
+                c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = read_body(f, h, head=False) or b""
+            keep = version == "HTTP/1.1" and h.get("connection", "").lower() != "close"
+            path = re.sub(r"^https?://[^/]*", "", target)
+            status, extra = 200, b""
+            if path.startswith("/headers"):
+                out = b"".join(lines)
+            elif path.startswith("/big/"):
+                out = pattern_bytes(7, int(path[5:]))
+            elif path == "/sha":
+                out = hashlib.sha256(body).hexdigest().encode()
+            elif path == "/204":
+                status, out = 204, b""
+            elif path == "/chunked":
+                parts = [b"part %d\n" % i for i in range(50)]
+                c.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" +
+                          b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n")
+                continue
+            elif path == "/ws" and h.get("upgrade") == "test" and "upgrade" in h.get("connection", "").lower():
+                c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: test\r\nConnection: Upgrade\r\n\r\n")
+                while True:
+                    d = f.read1(65536)
+                    if not d:
+                        c.shutdown(socket.SHUT_WR)
+                        return
+                    c.sendall(d)
+            elif path == "/close":
+                c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nclose-delimited body\n")
+                return
+            else:
+                out = ("hello from %s %s\n" % (self.name, target)).encode()
+            if status == 204:
+                hdr = b"HTTP/1.1 204 No Content\r\n"
+            else:
+                hdr = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n" % len(out)
+            if not keep:
+                hdr += b"Connection: close\r\n"
+            c.sendall(hdr + b"\r\n" + (b"" if method == "HEAD" or status == 204 else out))
+            if not keep:
+                return
+
+
+def udp_echo(ctx, host="127.0.0.1"):
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind((host, 0))
+    ctx.closers.append(u.close)
+
+    def loop():
+        while True:
+            try:
+                d, a = u.recvfrom(65536)
+                u.sendto(d, a)
+            except OSError:
+                return
+    threading.Thread(target=loop, daemon=True).start()
+    return u.getsockname()[1]
+
+
+def proxy_server(ctx, extra="", flag="7", tls=False):
+    """A server whose bind_addr serves proxy users; returns (daemon, port)."""
+    port = free_port()
+    d = Daemon(ctx, "server", server_ini(port, "flag = %s\nlog_level = debug\naccess_log = %s\n%s" % (
+        flag, ctx.path("access.log"), extra), tls=tls)).start()
+    d.wait_log(r"listening for tunnels")
+    return d, port
+
+
+def curl(*args, timeout=30):
+    return run(CURL + list(args), timeout=timeout)
+
+
+def access_lines(ctx):
+    try:
+        with open(ctx.path("access.log")) as f:
+            return f.read().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+# ---- a tiny SOCKS5 client ----
+
+def socks5_open(port, user=None, pw=None, host="127.0.0.1"):
+    """Greeting (and RFC 1929 auth when user is given). Returns the socket,
+    or raises AssertionError with what the server answered."""
+    s = connect(port, host=host)
+    s.sendall(b"\x05\x01\x02" if user else b"\x05\x01\x00")
+    m = s.recv(2)
+    assert m == (b"\x05\x02" if user else b"\x05\x00"), "method reply %r" % m
+    if user:
+        s.sendall(b"\x01" + bytes([len(user)]) + user + bytes([len(pw)]) + pw)
+        r = s.recv(2)
+        assert r == b"\x01\x00", "auth reply %r" % r
+    return s
+
+
+def socks5_reply(s):
+    r = b""
+    while len(r) < 5:
+        d = s.recv(5 - len(r))
+        if not d:
+            raise AssertionError("closed after %r" % r)
+        r += d
+    n = {1: 4 + 2 - 1, 4: 16 + 2 - 1, 3: r[4] + 2}[r[3]]
+    while len(r) < 5 + n:
+        r += s.recv(5 + n - len(r))
+    return r
+
+
+def socks5_request(s, cmd, atyp, addr, port):
+    s.sendall(b"\x05" + bytes([cmd, 0, atyp]) + addr + struct.pack(">H", port))
+    return socks5_reply(s)
+
+
+# ---- HTTP proxy ----
+
+@test(timeout=60)
+def http_proxy_page_and_rewrite(ctx):
+    """curl -x fetches a page; the origin sees origin form, Host from the
+    URI, no Proxy-* field; HEAD, 204, chunked and close-delimited answers."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx)
+    r = curl("-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % o.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from A /\n", r.stdout
+    r = curl("-x", "http://127.0.0.1:%d" % p, "-H", "Proxy-Connection: keep-alive", "-H", "Proxy-Foo: x",
+             "-H", "Host: elsewhere.example", "http://127.0.0.1:%d/headers?q=1" % o.port)
+    head = r.stdout.decode()
+    assert head.startswith("GET /headers?q=1 HTTP/1.1\r\n"), head
+    assert "\r\nHost: 127.0.0.1:%d\r\n" % o.port in head, head
+    assert "elsewhere" not in head and "Proxy-" not in head, head
+    r = curl("-i", "-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/chunked" % o.port)
+    assert b"part 49\n" in r.stdout and r.stdout.count(b"part ") == 50, r.stdout
+    r = curl("-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/close" % o.port,
+             "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"close-delimited body\nhello from A /\n", r.stdout
+
+    # HEAD, 204 and a GET pipelined on one connection
+    s = connect(p)
+    base = "http://127.0.0.1:%d" % o.port
+    s.sendall(("HEAD %s/ HTTP/1.1\r\nHost: x\r\n\r\nGET %s/204 HTTP/1.1\r\nHost: x\r\n\r\n"
+               "GET %s/ HTTP/1.1\r\nHost: x\r\n\r\n" % (base, base, base)).encode())
+    f = s.makefile("rb")
+    got = []
+    for method in ("HEAD", "GET", "GET"):
+        lines = read_head(f)
+        h = parse_fields(lines)
+        st = int(lines[0].split()[1])
+        got.append((st, read_body(f, h, st, method == "HEAD")))
+    s.close()
+    assert got == [(200, b""), (204, b""), (200, b"hello from A /\n")], got
+    d.wait_log(r"proxy 127\.0\.0\.1:\d+: HEAD http://127\.0\.0\.1:%d/" % o.port)
+    lines = access_lines(ctx)
+    assert any(re.search(r"127\.0\.0\.1:\d+ proxy GET http://127\.0\.0\.1:%d/ 200 \d+ \d+ \d+ms" % o.port, l)
+               for l in lines), lines
+
+
+@test(timeout=60)
+def http_proxy_upgrade(ctx):
+    """An Upgrade request through the HTTP proxy: 101 passes, then the
+    connection is a raw relay with half-close."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx)
+    s = connect(p)
+    s.sendall(b"GET http://127.0.0.1:%d/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+              b"Upgrade: test\r\n\r\n" % o.port)
+    f = s.makefile("rb")
+    lines = read_head(f)
+    assert lines[0].startswith(b"HTTP/1.1 101 "), lines
+    h = parse_fields(lines)
+    assert h.get("upgrade") == "test" and h.get("connection", "").lower() == "upgrade", h
+    s.sendall(b"raw bytes")
+    assert f.read1(100) == b"raw bytes"
+    s.shutdown(socket.SHUT_WR)
+    assert f.read() == b""
+    s.close()
+    wait_until(lambda: any(" proxy GET http://127.0.0.1:%d/ws 101 " % o.port in l for l in access_lines(ctx)), 5,
+               "the upgraded request's access line")
+
+
+@test(timeout=60)
+def http_proxy_keepalive_across_hosts(ctx):
+    """Two origins on different hosts in one curl run: one proxy
+    connection carries both; the same host twice reuses the upstream."""
+    a = Origin(ctx, "A", host="127.0.0.1")
+    b = Origin(ctx, "B", host="127.0.0.2")
+    d, p = proxy_server(ctx)
+    r = curl("-v", "-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % a.port,
+             "http://127.0.0.2:%d/" % b.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from A /\nhello from B /\n", r.stdout
+    assert b"Re-using existing connection" in r.stderr, r.stderr.decode()
+    peers = set(re.findall(r"(127\.0\.0\.1:\d+) proxy GET", "\n".join(access_lines(ctx))))
+    assert len(peers) == 1, access_lines(ctx)
+    r = curl("-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/1" % a.port,
+             "http://127.0.0.1:%d/2" % a.port)
+    assert r.stdout == b"hello from A /1\nhello from A /2\n", r.stdout
+    assert a.accepted == 2 and b.accepted == 1, (a.accepted, b.accepted)
+
+
+@test(timeout=90)
+def http_proxy_bodies_stream(ctx):
+    """32 MiB down with Content-Length, 8 MiB up chunked and with
+    Expect: 100-continue; bytes intact."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx)
+    n = 32 << 20
+    r = curl("-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/big/%d" % (o.port, n), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout) == n and r.stdout == pattern_bytes(7, n), "download differs"
+    body = os.urandom(8 << 20)
+    fn = ctx.write("up.bin", "")
+    with open(fn, "wb") as f:
+        f.write(body)
+    want = hashlib.sha256(body).hexdigest().encode()
+    r = curl("-x", "http://127.0.0.1:%d" % p, "-H", "Transfer-Encoding: chunked", "--data-binary", "@" + fn,
+             "http://127.0.0.1:%d/sha" % o.port, timeout=60)
+    assert r.stdout == want, (r.stdout, r.stderr)
+    r = curl("-v", "-x", "http://127.0.0.1:%d" % p, "-H", "Expect: 100-continue", "--data-binary", "@" + fn,
+             "http://127.0.0.1:%d/sha" % o.port, timeout=60)
+    assert r.stdout == want, (r.stdout, r.stderr)
+    assert b"< HTTP/1.1 100 Continue" in r.stderr, r.stderr.decode()
+
+
+@test(timeout=60)
+def http_proxy_failures(ctx):
+    """Refused target 502, unresolvable name 502, a request that is not a
+    proxy request 400, an incomplete request closed after
+    handshake_timeout; each logged."""
+    d, p = proxy_server(ctx, "handshake_timeout = 1s\n")
+    dead = free_port()
+    r = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % dead)
+    assert r.stdout == b"502", r.stdout
+    d.wait_log(r"connect 127\.0\.0\.1:%d: Connection refused" % dead)
+    r = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", "http://127.0.0.1:%d" % p, "http://no-such-host.invalid/")
+    assert r.stdout == b"502", r.stdout
+    d.wait_log(r"resolve no-such-host\.invalid:80: ")
+    r = curl("-p", "-o", "/dev/null", "-w", "%{http_connect}", "-x", "http://127.0.0.1:%d" % p,
+             "http://127.0.0.1:%d/" % dead)
+    assert r.stdout == b"502", r.stdout
+    s = connect(p)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert s.recv(100).startswith(b"HTTP/1.1 400 "), "origin-form request not refused"
+    s.close()
+    s = connect(p)
+    s.sendall(b"GET http://127.0.0.1/ HTTP/1.1\r\n")
+    t = wait_closed(s, 5)
+    assert t < 4, t
+    d.wait_log(r"no complete proxy request within handshake_timeout")
+
+
+# ---- CONNECT ----
+
+@test(timeout=60)
+def connect_to_https_origin(ctx):
+    """curl through CONNECT to an HTTPS origin (its certificate verified
+    end to end), and -p for a plain origin."""
+    certs = mkcerts(ctx.path("certs"))
+    o = Origin(ctx, "S", tls=(os.path.join(certs, "server.pem"), os.path.join(certs, "server.key")))
+    plain = Origin(ctx, "A")
+    d, p = proxy_server(ctx)
+    r = curl("--cacert", os.path.join(certs, "ca.pem"), "-x", "http://127.0.0.1:%d" % p,
+             "https://localhost:%d/" % o.port, "https://127.0.0.1:%d/x" % o.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from S /\nhello from S /x\n", r.stdout
+    r = curl("-p", "-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % plain.port)
+    assert r.stdout == b"hello from A /\n", r.stderr
+    wait_until(lambda: any(re.search(r" proxy CONNECT 127\.0\.0\.1:%d 200 \d+ \d+ " % plain.port, l)
+                           for l in access_lines(ctx)), 5, "the CONNECT's access line")
+
+
+@test(timeout=60)
+def proxy_on_tls_bind_addr(ctx):
+    """With tc = true the proxy users speak TLS to bind_addr (an HTTPS proxy)."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx, tls=True)
+    r = curl("--proxy-insecure", "-x", "https://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % o.port,
+             "http://127.0.0.1:%d/again" % o.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from A /\nhello from A /again\n", r.stdout
+    r = curl("--proxy-insecure", "-p", "-x", "https://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"hello from A /\n", r.stderr
+
+
+# ---- SOCKS5 ----
+
+@test(timeout=60)
+def socks5_connect(ctx):
+    """curl --socks5-hostname to a name, --socks5 to an IPv6 literal; BIND
+    and an unknown address type answered; refused target REP 5."""
+    dual = Origin(ctx, "D", host="::", family=socket.AF_INET6)
+    v6 = Origin(ctx, "six", host="::1", family=socket.AF_INET6)
+    d, p = proxy_server(ctx)
+    r = curl("--socks5-hostname", "127.0.0.1:%d" % p, "http://localhost:%d/" % dual.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from D /\n", r.stdout
+    r = curl("--socks5", "127.0.0.1:%d" % p, "http://[::1]:%d/" % v6.port)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"hello from six /\n", r.stdout
+    s = socks5_open(p)
+    assert socks5_request(s, 2, 1, socket.inet_aton("127.0.0.1"), 80)[1] == 7
+    s.close()
+    s = socks5_open(p)
+    s.sendall(b"\x05\x01\x00\x09")
+    assert s.recv(10)[:2] == b"\x05\x08"
+    s.close()
+    s = socks5_open(p)
+    assert socks5_request(s, 1, 1, socket.inet_aton("127.0.0.1"), free_port())[1] == 5
+    s.close()
+    wait_until(lambda: any(re.search(r" proxy socks5 localhost:%d 0 \d+ \d+ " % dual.port, l)
+                           for l in access_lines(ctx)), 5, "the socks5 access line")
+
+
+@test(timeout=60)
+def socks5_udp_associate(ctx):
+    """UDP ASSOCIATE: a datagram to a local echo server (by address and by
+    name) comes back wrapped with the SOCKS5 header; the association ends
+    with its TCP connection."""
+    echo = udp_echo(ctx)
+    d, p = proxy_server(ctx)
+    s = socks5_open(p)
+    r = socks5_request(s, 3, 1, socket.inet_aton("0.0.0.0"), 0)
+    assert r[1] == 0 and r[3] == 1, r
+    relay = (socket.inet_ntoa(r[4:8]), struct.unpack(">H", r[8:10])[0])
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    u.bind(("127.0.0.1", 0))
+    u.settimeout(5)
+    hdr = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", echo)
+    u.sendto(hdr + b"hello udp", relay)
+    data, src = u.recvfrom(65536)
+    assert src == relay, src
+    assert data == hdr + b"hello udp", data
+    # by name: the first datagram waits for the lookup
+    name = b"localhost"
+    u.sendto(b"\x00\x00\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", echo) + b"by name", relay)
+    data, _ = u.recvfrom(65536)
+    assert data == hdr + b"by name", data
+    # a fragment is dropped: the next datagram's answer is the first to come
+    u.sendto(b"\x00\x00\x01\x01" + hdr[4:] + b"frag", relay)
+    u.sendto(hdr + b"after", relay)
+    assert u.recvfrom(65536)[0] == hdr + b"after"
+    s.close()
+    d.wait_log(r"socks5-udp|socks5 udp|UDP ASSOCIATE|proxy 127\.0\.0\.1:\d+: socks5-udp", timeout=5)
+    wait_until(lambda: any(" proxy socks5-udp " in l for l in access_lines(ctx)), 5, "the association to end")
+    u.settimeout(1)
+    u.sendto(hdr + b"late", relay)
+    try:
+        late = u.recvfrom(65536)
+    except socket.timeout:
+        late = None
+    assert late is None, late
+    u.close()
+
+
+# ---- authentication ----
+
+@test(timeout=60)
+def credentials_required(ctx):
+    """With username/password: right ones pass (a ':' in the password);
+    wrong or missing get 407 (HTTP, CONNECT) or a SOCKS5 refusal, and the
+    origin never sees a connection."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx, "username = user\npassword = pa:ss\n")
+    px = "http://127.0.0.1:%d" % p
+    url = "http://127.0.0.1:%d/" % o.port
+    r = curl("-U", "user:pa:ss", "-x", px, url)
+    assert r.stdout == b"hello from A /\n", r.stderr
+    r = curl("-p", "-U", "user:pa:ss", "-x", px, url)
+    assert r.stdout == b"hello from A /\n", r.stderr
+    r = curl("--socks5", "127.0.0.1:%d" % p, "--proxy-user", "user:pa:ss", url)
+    assert r.stdout == b"hello from A /\n", r.stderr
+    assert o.accepted == 3, o.accepted
+    for cred in (["-U", "user:wrong"], ["-U", "nobody:pa:ss"], []):
+        r = curl("-D", "-", "-o", "/dev/null", "-x", px, *cred, url)
+        assert r.stdout.startswith(b"HTTP/1.1 407 "), r.stdout
+        assert b'Proxy-Authenticate: Basic realm="wmproxy"' in r.stdout, r.stdout
+        r = curl("-p", "-o", "/dev/null", "-w", "%{http_connect}", "-x", px, *cred, url)
+        assert r.stdout == b"407", r.stdout
+    r = curl("--socks5", "127.0.0.1:%d" % p, "--proxy-user", "user:wrong", url)
+    assert r.returncode != 0 and not r.stdout
+    r = curl("--socks5", "127.0.0.1:%d" % p, url)
+    assert r.returncode != 0 and not r.stdout
+    s = connect(p)
+    s.sendall(b"\x05\x01\x00")
+    assert s.recv(2) == b"\x05\xff"
+    s.close()
+    try:
+        socks5_open(p, b"user", b"pa:sx")
+        raise AssertionError("wrong socks5 password accepted")
+    except AssertionError as e:
+        assert "auth reply b'\\x01\\x01'" in str(e), e
+    d.wait_log(r"407: wrong credentials")
+    d.wait_log(r"407: no credentials")
+    d.wait_log(r"socks5: wrong username or password")
+    d.wait_log(r"socks5: the client offers no username/password")
+    time.sleep(0.3)
+    assert o.accepted == 3, "a refused user reached the origin (%d)" % o.accepted
+
+
+# ---- flag ----
+
+@test(timeout=60)
+def flag_disables_protocols(ctx):
+    """flag = socks5 refuses HTTP proxying and CONNECT, flag = http https
+    refuses SOCKS5: the user gets an answer or a closed connection, the
+    daemon a log line, the origin nothing."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx, flag="socks5")
+    r = curl("-o", "/dev/null", "-w", "%{http_code}", "-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout in (b"403", b"000"), r.stdout
+    r = curl("-p", "-o", "/dev/null", "-x", "http://127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % o.port)
+    assert r.returncode != 0
+    d.wait_log(r"(not allowed by flag|flag does not allow)")
+    r = curl("--socks5", "127.0.0.1:%d" % p, "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"hello from A /\n", r.stderr
+    d.stop()
+    d2, p2 = proxy_server(ctx, flag="http https")
+    r = curl("--socks5", "127.0.0.1:%d" % p2, "http://127.0.0.1:%d/" % o.port)
+    assert r.returncode != 0 and not r.stdout
+    d2.wait_log(r"(not allowed by flag|flag does not allow)")
+    assert o.accepted == 1, o.accepted
+
+
+# ---- the resolver ----
+
+@test(timeout=90)
+def dead_resolver_stalls_nobody_else(ctx):
+    """The daemon's resolv.conf names a DNS server that never answers (a
+    private mount namespace): a CONNECT to a name waits and gets 504 after
+    connect_timeout, while a CONNECT and a GET to literal addresses go
+    through at once."""
+    rc = ctx.write("resolv.conf", "nameserver 127.83.84.85\noptions timeout:20 attempts:1\n")
+    probe = run(["unshare", "-m", "sh", "-c", "mount --bind %s /etc/resolv.conf" % rc])
+    if probe.returncode != 0:
+        raise Skip("no private mount namespace (unshare -m): %s" % probe.stderr.decode().strip())
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sink.bind(("127.83.84.85", 53))
+    except OSError as e:
+        raise Skip("cannot bind the silent DNS server: %s" % e)
+    ctx.closers.append(sink.close)
+    threading.Thread(target=lambda: [sink.recvfrom(4096) for _ in iter(int, 1)], daemon=True).start()
+    wrapper = ctx.write("wrap.sh", "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/resolv.conf "
+                                   "&& exec \"$@\"' %s %s \"$@\"\n" % (rc, WMPROXYD))
+    os.chmod(wrapper, 0o755)
+    o = Origin(ctx, "A")
+    port = free_port()
+    d = Daemon(ctx, "server", server_ini(port, "flag = 7\nconnect_timeout = 3s\nlog_level = debug\n", tls=False),
+               binary=wrapper).start()
+    d.wait_log(r"listening for tunnels")
+    hung = []
+
+    def slow():
+        t0 = time.monotonic()
+        r = curl("-p", "-o", "/dev/null", "-w", "%{http_connect}", "-x", "http://127.0.0.1:%d" % port,
+                 "http://hang.wmproxy.test/")
+        hung.append((r.stdout, time.monotonic() - t0))
+    threads = [threading.Thread(target=slow, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    d.wait_log(r"CONNECT hang\.wmproxy\.test:80", count=6)
+    t0 = time.monotonic()
+    r = curl("-p", "-x", "http://127.0.0.1:%d" % port, "http://127.0.0.1:%d/" % o.port)
+    r2 = curl("-x", "http://127.0.0.1:%d" % port, "http://127.0.0.1:%d/get" % o.port)
+    took = time.monotonic() - t0
+    assert r.stdout == b"hello from A /\n", r.stderr
+    assert r2.stdout == b"hello from A /get\n", r2.stderr
+    assert took < 2, "literal targets took %.1fs behind a dead resolver" % took
+    for t in threads:
+        t.join(15)
+    assert len(hung) == 6 and all(code == b"504" and 2.5 < t < 8 for code, t in hung), hung
+    d.wait_log(r"resolve hang\.wmproxy\.test:80: timed out")
+
+
+# ---- through the tunnel ----
+
+@test(timeout=90)
+def client_bind_addr_through_tls_tunnel(ctx):
+    """A user of the client's bind_addr reaches an origin through the
+    server (which makes the outbound connection) over a TLS tunnel: HTTP
+    proxy, CONNECT and SOCKS5."""
+    o = Origin(ctx, "A")
+    lp = free_port()
+    s, c, _ = start_pair(ctx, "", server_extra="flag = 7\naccess_log = %s\n" % ctx.path("access.log"),
+                         client_extra="bind_addr = 127.0.0.1:%d\n" % lp, tls=True)
+    c.wait_log(r"listening for proxy users")
+    px = "http://127.0.0.1:%d" % lp
+    r = curl("-x", px, "http://127.0.0.1:%d/" % o.port, "http://127.0.0.1:%d/2" % o.port)
+    assert r.stdout == b"hello from A /\nhello from A /2\n", r.stderr
+    r = curl("-p", "-x", px, "http://127.0.0.1:%d/c" % o.port)
+    assert r.stdout == b"hello from A /c\n", r.stderr
+    r = curl("--socks5-hostname", "127.0.0.1:%d" % lp, "http://127.0.0.1:%d/s" % o.port)
+    assert r.stdout == b"hello from A /s\n", r.stderr
+    wait_until(lambda: len([l for l in access_lines(ctx) if re.search(r" client \S+ proxy ", l)]) >= 4, 10,
+               "the server's access lines for the tunnel's users")
+
+
+@test(timeout=90)
+def proxy_mapping_into_private_network(ctx):
+    """map_proxy_bind on the server reaches an origin through the client's
+    proxy mapping (the client connects); its credentials and flag apply."""
+    o = Origin(ctx, "A")
+    mp = free_port()
+    mapping = ("[mapping p]\nmode = proxy\nflag = http socks5\nusername = u\npassword = p:w\n")
+    s, c, _ = start_pair(ctx, mapping, server_extra="map_proxy_bind = 127.0.0.1:%d\n" % mp,
+                         client_extra="log_level = debug\n")
+    px = "http://127.0.0.1:%d" % mp
+    r = curl("-U", "u:p:w", "-x", px, "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"hello from A /\n", r.stderr
+    r = curl("--socks5", "127.0.0.1:%d" % mp, "--proxy-user", "u:p:w", "http://127.0.0.1:%d/s" % o.port)
+    assert r.stdout == b"hello from A /s\n", r.stderr
+    assert o.accepted == 2
+    r = curl("-o", "/dev/null", "-w", "%{http_code}", "-U", "u:bad", "-x", px, "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"407", r.stdout
+    r = curl("-p", "-o", "/dev/null", "-w", "%{http_connect}", "-U", "u:p:w", "-x", px,
+             "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"403", r.stdout     # https (CONNECT) is not in the mapping's flag
+    c.wait_log(r"403: CONNECT is not allowed by flag")
+    c.wait_log(r"proxy server stream \d+: GET http://127\.0\.0\.1:%d/" % o.port)
+    assert o.accepted == 2, o.accepted

@@ -1,0 +1,322 @@
+/*
+ * test_dgram.cpp - DGRAM frames: the header limits for a whole UDP
+ * datagram, and the payload layout (u32 mapping index, big-endian, then
+ * the datagram; sid = flow id) through a real pair of tunnels (server and
+ * client role) over a socketpair: round trips of every size up to
+ * FRAME_MAX_PAYLOAD - 4 both ways, the over-size datagram refused, drops
+ * (never queueing) when tx is full, hand-made frames decoded as documented,
+ * a short DGRAM and a DGRAM before authentication are protocol errors.
+ *
+ * test_frame.cpp covers every type's header limit generically; this file
+ * is about what rides in the DGRAM payload, which is framed by the mux.
+ *
+ * The reactor is initialised once for the process here (as test_timer.cpp
+ * does for itself); every test closes its tunnels and lets the loop reap
+ * them, leaving no timer armed and no descriptor registered.
+ */
+#include <doctest/doctest.h>
+
+#include "frame.h"
+#include "mux.h"
+#include "reactor.h"
+#include "transport.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+static void up()
+{
+    static bool done;
+    if (!done) {
+        REQUIRE(reactor_init() == 0);
+        done = true;
+    }
+}
+
+/* ---- header ---- */
+
+TEST_CASE("dgram: the header takes a whole UDP datagram behind its 4-byte mapping index")
+{
+    CHECK(FRAME_MAX_PAYLOAD == 64 * 1024 + 256);
+    const uint32_t lens[] = {4, 4 + 1, 4 + 1472, 4 + 65507 /* IPv4 max */, 4 + 65527 /* IPv6 max */,
+                             4 + 65535, FRAME_MAX_PAYLOAD};
+    for (uint32_t len : lens) {
+        CAPTURE(len);
+        uint8_t b[FRAME_HDR];
+        frame_hdr_encode(b, len, FT_DGRAM, 0, 0xfedcba98u);
+        frame_hdr h;
+        REQUIRE(frame_hdr_decode(b, &h) == 1);
+        CHECK(h.len == len);
+        CHECK(h.type == FT_DGRAM);
+        CHECK(h.sid == 0xfedcba98u);
+        /* the length is 24-bit big-endian, the type byte 11 */
+        CHECK(b[0] == (uint8_t)(len >> 16));
+        CHECK(b[1] == (uint8_t)(len >> 8));
+        CHECK(b[2] == (uint8_t)len);
+        CHECK(b[3] == 11);
+    }
+    uint8_t b[FRAME_HDR];
+    frame_hdr h;
+    frame_hdr_encode(b, FRAME_MAX_PAYLOAD + 1, FT_DGRAM, 0, 1);
+    CHECK(frame_hdr_decode(b, &h) == 0);
+    CHECK(std::string(frame_type_name(FT_DGRAM)) == "DGRAM");
+}
+
+/* ---- a tunnel pair ---- */
+
+struct dgram_rec {
+    uint32_t flow, idx;
+    std::string data;
+};
+
+struct test_owner : tunnel_owner {
+    bool ready = false, down = false;
+    std::string why;
+    std::vector<dgram_rec> got;
+    void on_ready(tunnel *) override { ready = true; }
+    int on_register(tunnel *, uint32_t, const register_msg &, std::string *) override { return 0; }
+    void on_registered(tunnel *, uint32_t, uint8_t, const std::string &) override {}
+    void on_open(tunnel *, stream *s, const open_msg &) override { stream_reset(s, RST_NOMAPPING); }
+    void on_dgram(tunnel *, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len) override
+    {
+        got.push_back({flow, idx, std::string((const char *)p, len)});
+    }
+    void on_down(tunnel *, const char *w, bool) override
+    {
+        down = true;
+        why = w;
+    }
+};
+
+/* Run the loop until cond() holds or ms pass; returns cond(). */
+template <typename Cond>
+static bool run_until(Cond cond, uint64_t ms = 5000)
+{
+    struct st {
+        Cond *c;
+        uint64_t end;
+        timer t;
+    } s{&cond, now_ms() + ms, {}};
+    s.t.arg = &s;
+    s.t.fn = [](void *a) {
+        st *s = (st *)a;
+        if ((*s->c)() || now_ms() >= s->end)
+            reactor_stop();
+        else
+            timer_arm(&s->t, 1);
+    };
+    if (!cond()) {
+        timer_arm(&s.t, 1);
+        reactor_run();
+        timer_cancel(&s.t);
+    }
+    return cond();
+}
+
+/* One loop pass: deferred deletions happen. */
+static void one_pass()
+{
+    static task t;
+    t.fn = [](void *) { reactor_stop(); };
+    task_post(&t);
+    reactor_run();
+}
+
+struct pair {
+    int fds[2] = {-1, -1};
+    test_owner so, co;
+    tunnel *srv = nullptr, *cli = nullptr;
+
+    pair()
+    {
+        up();
+        REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
+        int big = 4 << 20;
+        setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+        setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
+        tunnel_conf sc, cc;
+        sc.is_server = true;
+        srv = tunnel_new(plain_transport_new(fds[0]), sc, &so, "test-server");
+        cli = tunnel_new(plain_transport_new(fds[1]), cc, &co, "test-client");
+        REQUIRE(srv);
+        REQUIRE(cli);
+        REQUIRE(run_until([&] { return so.ready && co.ready; }));
+    }
+    ~pair()
+    {
+        if (!so.down)
+            tunnel_close(srv, GA_NORMAL, "test over");
+        if (!co.down)
+            tunnel_close(cli, GA_NORMAL, "test over");
+        one_pass();
+    }
+};
+
+static std::string pattern(size_t n, uint32_t seed)
+{
+    std::string s(n, '\0');
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        s[i] = (char)(x >> 16);
+    }
+    return s;
+}
+
+TEST_CASE("dgram: flow id, mapping index and every byte cross a tunnel, both ways, up to the maximum")
+{
+    pair p;
+    const size_t sizes[] = {0, 1, 4, 512, 1472, 9000, 60000, 65507, 65527, 65535, FRAME_MAX_PAYLOAD - 4};
+    const uint32_t flows[] = {1, 0x01020304u, 0x7fffffffu, 0x80000000u, 0xffffffffu};
+    const uint32_t idxs[] = {0, 1, 7, 0x00010000u, 0xfffffffeu};
+    int k = 0;
+    for (size_t n : sizes) {
+        for (int dir = 0; dir < 2; dir++) {
+            CAPTURE(n);
+            CAPTURE(dir);
+            uint32_t flow = flows[k % 5], idx = idxs[(k / 2) % 5];
+            k++;
+            std::string d = pattern(n, (uint32_t)k);
+            tunnel *from = dir ? p.srv : p.cli;
+            test_owner &to = dir ? p.co : p.so;
+            to.got.clear();
+            REQUIRE(tunnel_send_dgram(from, flow, idx, d.data(), d.size()) == 0);
+            REQUIRE(run_until([&] { return !to.got.empty(); }));
+            REQUIRE(to.got.size() == 1);
+            CHECK(to.got[0].flow == flow);
+            CHECK(to.got[0].idx == idx);
+            CHECK(to.got[0].data.size() == n);
+            CHECK(to.got[0].data == d);
+        }
+    }
+    CHECK(p.cli->dgrams_dropped == 0);
+    CHECK(p.srv->dgrams_dropped == 0);
+    CHECK(!p.so.down);
+    CHECK(!p.co.down);
+}
+
+TEST_CASE("dgram: a datagram over FRAME_MAX_PAYLOAD - 4 is dropped and counted, nothing is sent")
+{
+    pair p;
+    std::string d(FRAME_MAX_PAYLOAD - 3, 'x');
+    CHECK(tunnel_send_dgram(p.cli, 5, 0, d.data(), d.size()) == -1);
+    CHECK(p.cli->dgrams_dropped == 1);
+    CHECK(p.cli->txr.data == 0);
+    /* the tunnel is fine: the next one goes */
+    CHECK(tunnel_send_dgram(p.cli, 5, 0, "ok", 2) == 0);
+    REQUIRE(run_until([&] { return !p.so.got.empty(); }));
+    CHECK(p.so.got.size() == 1);
+    CHECK(p.so.got[0].data == "ok");
+    CHECK(!p.so.down);
+}
+
+TEST_CASE("dgram: when tx is full datagrams are dropped, never queued; control frames keep their room")
+{
+    pair p;
+    std::string d = pattern(60000, 3);
+    size_t sent = 0, dropped = 0;
+    /* without running the loop nothing leaves tx */
+    for (int i = 0; i < 100; i++) {
+        d[0] = (char)i;
+        if (tunnel_send_dgram(p.cli, 9, (uint32_t)i, d.data(), d.size()) == 0) {
+            CHECK(dropped == 0);   /* once full, stays full */
+            sent++;
+        } else {
+            dropped++;
+        }
+    }
+    CHECK(sent >= 1);
+    CHECK(dropped == 100 - sent);
+    CHECK(p.cli->dgrams_dropped == dropped);
+    CHECK(p.cli->tx_overflow.empty());
+    /* room is left for control frames (16 KiB reserve) */
+    CHECK(ring_room(&p.cli->txr) >= 16 * 1024);
+    REQUIRE(run_until([&] { return p.so.got.size() == sent; }));
+    for (size_t i = 0; i < sent; i++) {
+        CAPTURE(i);
+        CHECK(p.so.got[i].idx == i);
+        CHECK(p.so.got[i].data.size() == d.size());
+        CHECK((uint8_t)p.so.got[i].data[0] == i);
+    }
+    /* drained: datagrams go again */
+    CHECK(tunnel_send_dgram(p.cli, 9, 0, "x", 1) == 0);
+    CHECK(!p.so.down);
+}
+
+/* Write raw bytes on the client's socket, as if the client tunnel sent them
+ * (it is idle: nothing of its own interleaves). */
+static void raw(pair &p, const std::string &bytes)
+{
+    REQUIRE(write(p.fds[1], bytes.data(), bytes.size()) == (ssize_t)bytes.size());
+}
+
+static std::string dgram_frame(uint32_t flow, uint32_t len_field, const std::string &payload)
+{
+    uint8_t h[FRAME_HDR];
+    frame_hdr_encode(h, len_field, FT_DGRAM, 0, flow);
+    return std::string((const char *)h, FRAME_HDR) + payload;
+}
+
+TEST_CASE("dgram: a hand-made frame decodes as documented: sid = flow, u32 BE index, then the datagram")
+{
+    pair p;
+    std::string payload = std::string("\x00\x00\x00\x09", 4) + "hello";
+    std::string f = dgram_frame(0xa1b2c3d4u, (uint32_t)payload.size(), payload);
+    const uint8_t want[] = {0x00, 0x00, 0x09, 0x0b, 0x00, 0xa1, 0xb2, 0xc3, 0xd4,
+                            0x00, 0x00, 0x00, 0x09, 'h', 'e', 'l', 'l', 'o'};
+    REQUIRE(f.size() == sizeof want);
+    CHECK(memcmp(f.data(), want, sizeof want) == 0);
+    /* an empty datagram: the index alone; an index with high bits set */
+    std::string f2 = dgram_frame(2, 4, std::string("\x80\x00\x00\x01", 4));
+    raw(p, f + f2);
+    REQUIRE(run_until([&] { return p.so.got.size() == 2; }));
+    CHECK(p.so.got[0].flow == 0xa1b2c3d4u);
+    CHECK(p.so.got[0].idx == 9);
+    CHECK(p.so.got[0].data == "hello");
+    CHECK(p.so.got[1].flow == 2);
+    CHECK(p.so.got[1].idx == 0x80000001u);
+    CHECK(p.so.got[1].data.empty());
+    CHECK(!p.so.down);
+}
+
+TEST_CASE("dgram: a DGRAM shorter than its mapping index is a protocol error")
+{
+    for (uint32_t len = 0; len < 4; len++) {
+        CAPTURE(len);
+        pair p;
+        raw(p, dgram_frame(3, len, std::string(len, '\x01')));
+        REQUIRE(run_until([&] { return p.so.down; }));
+        CHECK(p.so.why.find("short DGRAM") != std::string::npos);
+        CHECK(p.so.got.empty());
+        /* the client hears the GOAWAY or the close */
+        REQUIRE(run_until([&] { return p.co.down; }));
+    }
+}
+
+TEST_CASE("dgram: a DGRAM before the handshake completed is a protocol error")
+{
+    up();
+    int fds[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
+    test_owner so;
+    tunnel_conf sc;
+    sc.is_server = true;
+    tunnel *srv = tunnel_new(plain_transport_new(fds[0]), sc, &so, "test-server");
+    REQUIRE(srv);
+    uint8_t pre[PREFACE_LEN];
+    preface_encode(pre);
+    std::string bytes = std::string((const char *)pre, PREFACE_LEN) +
+                        dgram_frame(1, 9, std::string("\x00\x00\x00\x00", 4) + "hello");
+    REQUIRE(write(fds[1], bytes.data(), bytes.size()) == (ssize_t)bytes.size());
+    REQUIRE(run_until([&] { return so.down; }));
+    CHECK(so.why.find("DGRAM frame before authentication") != std::string::npos);
+    CHECK(so.got.empty());
+    one_pass();
+    close(fds[1]);
+}
