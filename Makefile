@@ -33,13 +33,18 @@ MANDIR   ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 
-OPT      ?= -O2
-CXXFLAGS ?= $(OPT)
+# Small by default (-Os, no unwind tables: nothing here throws), with the
+# files bytes flow through at -O2. CXXFLAGS comes last and may override.
+OPT      ?= -Os
+OPT_HOT  ?= -O2
+HOT_SRCS = src/mux.cpp src/relay.cpp src/ring.cpp src/reactor.cpp src/reactor_epoll.cpp src/transport_plain.cpp
+SIZEFLAGS = -fno-asynchronous-unwind-tables -fno-unwind-tables -fvisibility=hidden
+CXXFLAGS ?=
 WARN     = -Wall -Wextra -Werror
 BASEFLAGS = -std=c++17 -Iinclude -fno-exceptions -fno-rtti -ffunction-sections -fdata-sections \
             -D_GNU_SOURCE $(if $(SYSROOT),--sysroot=$(SYSROOT))
 LDFLAGS  ?=
-BASELD   = -Wl,--gc-sections $(if $(SYSROOT),--sysroot=$(SYSROOT))
+BASELD   = -Wl,--gc-sections -Wl,--as-needed -Wl,-O1 $(if $(SYSROOT),--sysroot=$(SYSROOT))
 LIBS     = -linih -lssl -lcrypto -lpthread
 
 SRCS = src/main.cpp src/conf.cpp src/log.cpp src/syslog_shim.cpp src/reactor.cpp src/reactor_epoll.cpp \
@@ -64,7 +69,7 @@ wmproxyd: $(OBJS)
 
 $(B)/rel/%.o: %.cpp $(wildcard include/*.h)
 	@mkdir -p $(dir $@)
-	$(CXX) $(BASEFLAGS) $(WARN) $(CXXFLAGS) -c -o $@ $<
+	$(CXX) $(BASEFLAGS) $(SIZEFLAGS) $(WARN) $(if $(filter $<,$(HOT_SRCS)),$(OPT_HOT),$(OPT)) $(CXXFLAGS) -c -o $@ $<
 
 # sanitizer build for the tests
 $(B)/asan/src/%.o: src/%.cpp $(wildcard include/*.h)

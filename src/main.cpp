@@ -260,6 +260,16 @@ int main(int argc, char **argv)
         }
         close(ready[0]);
         setsid();
+        /* a daemon holds no directory: a HUP must still find its file */
+        char *abs = realpath(cf.path.c_str(), nullptr);
+        if (abs) {
+            cf.path = abs;
+            free(abs);
+        }
+        if (chdir("/") < 0) {
+            fprintf(stderr, "wmproxyd: chdir /: %s\n", strerror(errno));
+            return 2;
+        }
     }
 
     const char *log_target = cf.log_file.empty() && detach ? "syslog" : cf.log_file.c_str();
@@ -297,10 +307,11 @@ int main(int argc, char **argv)
         char ok = 0;
         int devnull = open("/dev/null", O_RDWR);
         if (devnull >= 0) {
+            /* let go of the caller's terminal or pipe: logs go to
+             * log_file or syslog from here on */
             dup2(devnull, 0);
             dup2(devnull, 1);
-            if (!cf.log_file.empty())
-                dup2(devnull, 2);
+            dup2(devnull, 2);
             close(devnull);
         }
         if (write(ready[1], &ok, 1) != 1)

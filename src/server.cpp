@@ -208,6 +208,8 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
         return;
     }
     srv->n.accepted++;
+    log_debug("connection from %s on port %u: mapping %s of %s, stream %u", who.c_str(), l->port, o.name.c_str(),
+              o.t->peer.c_str(), s->sid);
     relay *r = relay_new(fd, s, who);
     if (r) {
         r->what = o.name;
@@ -735,8 +737,22 @@ static std::string status_json(void)
             o += mode_name(r.m.mode);
             o += '"';
             if (r.m.mode == MODE_HTTP || r.m.mode == MODE_HTTPS) {
-                o += ",\"domains\":";
-                json_str(&o, r.m.domains);
+                o += ",\"domains\":[";
+                size_t pos = 0;
+                bool firstd = true;
+                while (pos <= r.m.domains.size()) {
+                    size_t c = r.m.domains.find(',', pos);
+                    if (c == std::string::npos)
+                        c = r.m.domains.size();
+                    if (c > pos) {
+                        if (!firstd)
+                            o += ',';
+                        firstd = false;
+                        json_str(&o, r.m.domains.substr(pos, c - pos));
+                    }
+                    pos = c + 1;
+                }
+                o += ']';
             } else {
                 o += ",\"port\":" + std::to_string(r.port);
             }
