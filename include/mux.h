@@ -149,6 +149,10 @@ struct tunnel : io_handler, deferred {
     ~tunnel() override;
 };
 
+struct conf;
+/* The tunnel settings of a role's configuration. */
+tunnel_conf tunnel_conf_of(const conf &cf, bool is_server);
+
 /* Start a tunnel on an established (or TLS-handshaking) transport.
  * initial/len: bytes already read from it (the server sniffs the first
  * bytes to tell tunnel clients from proxy users). */

@@ -286,19 +286,6 @@ void client::on_down(tunnel *tn, const char *why, bool auth_failure)
     schedule_retry(why);
 }
 
-static tunnel_conf tunnel_conf_of(const conf &cf)
-{
-    tunnel_conf t;
-    t.is_server = false;
-    t.token = cf.token;
-    t.heartbeat_ms = cf.heartbeat_ms;
-    t.window = cf.window;
-    t.max_window = cf.max_window;
-    t.tunnel_buffer = cf.tunnel_buffer;
-    t.max_streams = cf.max_streams;
-    t.handshake_timeout_ms = cf.handshake_timeout_ms;
-    return t;
-}
 
 static tls_ctx *client_tls(const conf &cf, std::string *err)
 {
@@ -364,7 +351,7 @@ int client_start(const conf &cf, std::string *err)
 {
     cl = new client;
     cl->cf = cf;
-    cl->tcf = tunnel_conf_of(cf);
+    cl->tcf = tunnel_conf_of(cf, false);
     RAND_bytes(cl->tcf.client_id, sizeof cl->tcf.client_id);
     cl->retry.fn = connect_server;
     cl->connect_timer.fn = [](void *) {
@@ -461,7 +448,7 @@ int client_reload(const conf &nc, std::string *err)
     memcpy(id, cl->tcf.client_id, sizeof id);
     cl->cf = nc;
     cl->cf.mappings = next;
-    cl->tcf = tunnel_conf_of(nc);
+    cl->tcf = tunnel_conf_of(nc, false);
     memcpy(cl->tcf.client_id, id, sizeof id);
     if (retunnel) {
         /* the old context may still drive the live tunnel: keep it */

@@ -3,6 +3,7 @@
  * heartbeats. See mux.h for the model and PROTOCOL.md for the wire.
  */
 #include "mux.h"
+#include "conf.h"
 #include "log.h"
 #include "version.h"
 
@@ -933,6 +934,20 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
 void tunnel_unregister(tunnel *t, uint32_t idx)
 {
     send_ctl(t, FT_UNREGISTER, 0, idx, nullptr, 0);
+}
+
+tunnel_conf tunnel_conf_of(const conf &cf, bool is_server)
+{
+    tunnel_conf t;
+    t.is_server = is_server;
+    t.token = cf.token;
+    t.heartbeat_ms = cf.heartbeat_ms;
+    t.window = cf.window;
+    t.max_window = cf.max_window;
+    t.tunnel_buffer = cf.tunnel_buffer;
+    t.max_streams = cf.max_streams;
+    t.handshake_timeout_ms = cf.handshake_timeout_ms;
+    return t;
 }
 
 int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len)

@@ -897,19 +897,6 @@ static void accept_status(int fd, const sockaddr_buf &)
 
 /* ---- start, reload, stop ---- */
 
-static tunnel_conf tunnel_conf_of(const conf &cf)
-{
-    tunnel_conf t;
-    t.is_server = true;
-    t.token = cf.token;
-    t.heartbeat_ms = cf.heartbeat_ms;
-    t.window = cf.window;
-    t.max_window = cf.max_window;
-    t.tunnel_buffer = cf.tunnel_buffer;
-    t.max_streams = cf.max_streams;
-    t.handshake_timeout_ms = cf.handshake_timeout_ms;
-    return t;
-}
 
 static bool loopback(const addr_conf &a)
 {
@@ -1087,7 +1074,7 @@ int server_start(const conf &cf, std::string *err)
 {
     srv = new server;
     srv->cf = cf;
-    srv->tcf = tunnel_conf_of(cf);
+    srv->tcf = tunnel_conf_of(cf, true);
     srv->started = now_ms();
     server_parts p;
     if (build_parts(cf, nullptr, &p, err) < 0) {
@@ -1113,7 +1100,7 @@ int server_reload(const conf &cf, std::string *err)
     log_listeners(p, srv, cf);
     apply_parts(p);
     srv->cf = cf;
-    srv->tcf = tunnel_conf_of(cf);   /* new tunnels; established ones keep theirs */
+    srv->tcf = tunnel_conf_of(cf, true);   /* new tunnels; established ones keep theirs */
     srv->n.reloads++;
     return 0;
 }
