@@ -3,15 +3,20 @@
  *
  * Input: 3 control bytes, then what the peer sends.
  *   c0 bit0 server role (else client)     bit1 a token is configured
- *      bit2 prepend a valid preface       bit3 small windows / 3 streams
+ *      bit2 prepend a valid preface       bit3 small windows / 4 streams
  *      bit4 handshake() says IO_AGAIN twice (the TLS state)
  *      bit5 hand the first bytes to tunnel_new() as already read (not
  *           with bit4: the server sniffs after the handshake)
  *      bit6 end of stream after the input (else IO_AGAIN forever)
  *      bit7 with c1 == 0xff: backend_add() fails (tunnel_new error path)
  *   c1, c2 seed the choices: read chunk sizes, short/refused writes,
- *      what the stream ends take, reset, close, send; c2 bit7: "tame"
- *      ends that never reset or close (for deterministic regressions).
+ *      what the stream ends take, reset, close, send; and
+ *   c2 bit7 "tame" ends that never reset or close (deterministic
+ *           regressions)
+ *      bit6 the peer reads nothing until it has sent all its input (the
+ *           tx ring fills: streams wait for room)
+ *      bit5 timers fire at random (heartbeat, dead peer, handshake)
+ *      bit4 the transport fails at random (read, write, flush)
  *
  * A fake transport hands the input out; whatever the tunnel writes is
  * checked to be a preface and well-formed frames. The reactor runs on
@@ -119,11 +124,15 @@ struct fake_transport : transport {
     bool eof_at_end;
     int hs_again;
     out_check *out;
+    bool stall = false;     /* writes wait until all input is read */
+    bool errors = false;    /* rare IO_ERR and flush() IO_AGAIN */
     fake_transport(const uint8_t *p, size_t n, bool eof, int again, out_check *o)
         : transport(1000), in(p), len(n), eof_at_end(eof), hs_again(again), out(o) {}
     int handshake() override { return hs_again-- > 0 ? IO_AGAIN : 1; }
     ssize_t readv(const iovec *iov, int n) override
     {
+        if (errors && chance(64))
+            return IO_ERR;
         if (pos == len)
             return eof_at_end ? 0 : IO_AGAIN;
         if (chance(8))
@@ -151,13 +160,20 @@ struct fake_transport : transport {
         for (int i = 0; i < n; i++)
             total += iov[i].iov_len;
         CHECK(total > 0);
-        if (chance(8))
+        if (errors && chance(64))
+            return IO_ERR;
+        if (chance(8) || (stall && pos < len))
             return IO_AGAIN;
         size_t take = chance(4) ? 1 + rnd() % total : total;
         out->feed(iov, n, take);
         return (ssize_t)take;
     }
-    int flush() override { return 1; }
+    int flush() override
+    {
+        if (errors && chance(16))
+            return chance(4) ? IO_ERR : IO_AGAIN;
+        return 1;
+    }
     int shutdown_write() override { return 0; }
     const char *error() const override { return "fake transport error"; }
 };
@@ -224,9 +240,17 @@ struct stub_end : stream_end {
     {
         if (!s)
             return;
-        size_t room = stream_send_room(s);
-        if (room == 0 || chance(2))
-            return;
+        /* a burst runs the credit or the tx ring out */
+        bool burst = chance(4);
+        for (int rounds = burst ? 64 : 1; rounds > 0 && s; rounds--) {
+            size_t room = stream_send_room(s);
+            if (room == 0 || (!burst && chance(2)))
+                return;
+            send_some(room);
+        }
+    }
+    void send_some(size_t room)
+    {
         size_t n = 1 + rnd() % (room < 40000 ? room : 40000);
         std::vector<char> b(n, (char)pattern(s->sid));
         if (chance(2)) {
@@ -296,6 +320,21 @@ struct stub_end : stream_end {
         s = nullptr;
     }
 };
+
+/* What run_timers() does when one of the tunnel's timers is due: the
+ * clock is real, so the harness decides when. */
+static void fire_timer(tunnel *t)
+{
+    timer *all[] = {&t->hb_timer, &t->dead_timer, &t->hs_timer};
+    timer *tm = all[rnd() % 3];
+    if (!tm->armed())
+        return;
+    /* sometimes the peer has been silent for three heartbeats */
+    if (tm == &t->dead_timer && chance(2))
+        t->last_rx = now_ms() - 3ull * t->hb_ms - 1;
+    timer_cancel(tm);
+    tm->fn(tm->arg);
+}
 
 /* Every stream an end holds is the one its tunnel knows by that id. */
 static void check_ends(const tunnel *t)
@@ -452,10 +491,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (c0 & 2)
         cf.token = FUZZ_TOKEN;
     if (c0 & 8) {
+        /* four full windows are over tunnel_buffer: reading pauses */
         cf.window = 4096;
-        cf.max_window = 16384;
-        cf.tunnel_buffer = 20000;
-        cf.max_streams = 3;
+        cf.max_window = 8192;
+        cf.tunnel_buffer = 8192;
+        cf.max_streams = 4;
     }
 
     size_t initial = 0;
@@ -471,6 +511,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     stub_owner owner;
     fake_transport *tr = new fake_transport(in.data() + initial, in.size() - initial, c0 & 0x40,
                                             (c0 & 0x10) ? 2 : 0, &out);
+    tr->stall = c2 & 0x40;
+    tr->errors = c2 & 0x10;
     tunnel *t = tunnel_new(tr, cf, &owner, "fuzz", initial ? in.data() : nullptr, initial);
     fake_backend_fail_add = 0;
     if (t) {
@@ -482,6 +524,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             if (!chance(4))
                 ev |= EV_WRITE;
             t->on_io(ev);
+            if (!owner.down && (c2 & 0x20) && chance(8))
+                fire_timer(t);
             if (!owner.down) {
                 check_tx(t);
                 check_ends(t);

@@ -131,6 +131,8 @@ static std::string data_f(uint32_t sid, const std::string &d, bool fin = false)
     return frame(FT_DATA, fin ? FL_FIN : 0, sid, d);
 }
 
+/* The three control bytes of fuzz_mux (layout in fuzz_mux.cpp); c2's low
+ * nibble only seeds choices, its high bits switch modes on. */
 static std::string ctl(uint8_t c0, uint8_t c1, uint8_t c2)
 {
     return std::string{(char)c0, (char)c1, (char)c2};
@@ -157,8 +159,8 @@ static void mux_seeds()
                                        data_f(2, std::string(4096, 'd')) + srv_tail);
     put("mux", "server-initial", ctl(0x25, 11, 12) + hello(false) + regs + srv_tail);
     put("mux", "server-goaway", ctl(0x05, 13, 14) + hello(false) + code_f(FT_GOAWAY, 0, GA_SHUTDOWN, "shutting down"));
-    put("mux", "server-badversion", ctl(0x01, 15, 16) + std::string("WMPX\0\2\0\0", 8) + hello(false));
-    put("mux", "server-tls", ctl(0x15, 17, 18) + hello(false) + regs + srv_tail);
+    put("mux", "server-badversion", ctl(0x01, 15, 0) + std::string("WMPX\0\2\0\0", 8) + hello(false));
+    put("mux", "server-tls", ctl(0x15, 17, 2) + hello(false) + regs + srv_tail);
 
     /* client role: the fuzz input is a server */
     std::string cli = frame(FT_READY, 0, 0, "") + code_f(FT_REGISTERED, 0, 0, "") +
@@ -166,19 +168,19 @@ static void mux_seeds()
                       window_f(2, 1000) + open_f(4, 1, 6) + data_f(4, "x") + data_f(4, "y") + data_f(4, "", true) +
                       code_f(FT_RESET, 2, RST_RESET, "peer reset") + open_f(6, 0, 0) + dgram_f(9, 1, "dns?") +
                       ping + window_f(1, 100) + data_f(1, "to our stream");
-    put("mux", "client-noauth", ctl(0x04, 21, 22) + hello(false) + cli);
-    put("mux", "client-auth", ctl(0x06, 23, 24) + hello(true) + cli);
-    put("mux", "client-small", ctl(0x0c, 25, 26) + hello_small() + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4) +
+    put("mux", "client-noauth", ctl(0x04, 21, 6) + hello(false) + cli);
+    put("mux", "client-auth", ctl(0x06, 23, 8) + hello(true) + cli);
+    put("mux", "client-small", ctl(0x0c, 25, 10) + hello_small() + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4) +
                                    data_f(2, std::string(4096, 'a')) + data_f(2, "over the window"));
     std::string many;
     for (uint32_t sid = 2; sid <= 12; sid += 2)
         many += open_f(sid, 0, 4) + data_f(sid, std::string(100, 'm'));
-    put("mux", "client-streams", ctl(0x0c, 27, 28) + hello(false) + frame(FT_READY, 0, 0, "") + many);
+    put("mux", "client-streams", ctl(0x0c, 27, 12) + hello(false) + frame(FT_READY, 0, 0, "") + many);
     /* stream ids far apart: the serial-number comparison of ids */
     std::string wrap;
     for (uint32_t sid : {2u, 0x70000000u, 0xe0000000u, 0x50000000u, 0xc0000000u})
         wrap += open_f(sid, 0, 4) + data_f(sid, "w") + window_f(sid, 10);
-    put("mux", "client-sid-wrap", ctl(0x04, 33, 34) + hello(false) + frame(FT_READY, 0, 0, "") + wrap +
+    put("mux", "client-sid-wrap", ctl(0x04, 33, 2) + hello(false) + frame(FT_READY, 0, 0, "") + wrap +
                                       code_f(FT_RESET, 0x70000000, RST_CANCEL, "") + data_f(0x70000000, "late"));
     /* regression: the server reuses stream id 2 after walking the id space
      * round (sid_after() accepts it) while stream 2 is still open */
@@ -194,8 +196,26 @@ static void mux_seeds()
     for (uint32_t sid : {0x70000000u, 0xe0000000u, 0u})
         zero_sid += open_f(sid, 0, 4);
     put_regress("mux", "open-sid-zero", ctl(0x04, 0, 0x80) + hello(false) + frame(FT_READY, 0, 0, "") + zero_sid);
-    put("mux", "client-eof", ctl(0x44, 29, 30) + hello(false) + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4));
-    put("mux", "client-goaway-auth", ctl(0x06, 31, 32) + hello(true) + code_f(FT_GOAWAY, 0, GA_AUTH, "wrong token"));
+    /* flow control: a peer window of 4 KiB runs out at once; WINDOW
+     * frames bring it back */
+    std::string credit = hello_small() + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4);
+    for (int i = 0; i < 6; i++)
+        credit += window_f(2, 4096) + data_f(2, std::string(512, 'c'));
+    put("mux", "client-credit", ctl(0x04, 35, 4) + credit);
+    put("mux", "client-stall", ctl(0x04, 37, 0x40 | 38) + hello(false) + cli);
+    put("mux", "client-timers", ctl(0x04, 39, 0x20 | 40) + hello(false) + cli);
+    put("mux", "client-errors", ctl(0x04, 41, 0x10 | 42) + hello(false) + cli);
+    put("mux", "server-stall-timers", ctl(0x05, 43, 0x60 | 44) + hello(false) + regs + srv_tail);
+    put("mux", "server-hs-timer", ctl(0x15, 45, 0x20 | 46) + hello(false));
+    /* four streams whose ends (if any) are slow: over tunnel_buffer, the
+     * tunnel stops reading until they drain */
+    std::string full = hello(false) + frame(FT_READY, 0, 0, "");
+    for (uint32_t sid = 2; sid <= 8; sid += 2)
+        full += open_f(sid, 0, 4) + data_f(sid, std::string(4096, 'f'));
+    full += code_f(FT_RESET, 4, RST_CANCEL, "") + ping;
+    put("mux", "client-pause", ctl(0x0c, 47, 0) + full);
+    put("mux", "client-eof", ctl(0x44, 29, 14) + hello(false) + frame(FT_READY, 0, 0, "") + open_f(2, 0, 4));
+    put("mux", "client-goaway-auth", ctl(0x06, 31, 0) + hello(true) + code_f(FT_GOAWAY, 0, GA_AUTH, "wrong token"));
 }
 
 static void frame_seeds()

@@ -47,6 +47,11 @@ void proxy_serve_stream(stream *s, const std::string &peer, const proxy_conf &pc
 /* Sessions alive (for the drain on QUIT). */
 size_t proxy_sessions(void);
 
+/* Stop: close every session now; or, with drain, close the idle ones (and
+ * those only lingering) and let the others end their current exchange, an
+ * HTTP user being closed after its response. */
+void proxy_stop(bool drain);
+
 /* Does a Proxy-Authorization value (v[0..n)) carry "Basic base64(user:pass)"
  * with these credentials? The scheme is case-insensitive; the decoded text
  * is split at its first ':' (passwords may hold ':'); both parts are

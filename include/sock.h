@@ -45,7 +45,7 @@ void sock_linger0(int fd);
  * that hands the result back to the loop through a pipe. A numeric host is
  * answered without a thread. The loop never waits: a slow or dead DNS
  * server delays only the requests that asked for that name. */
-#define RESOLVE_THREADS 4
+#define RESOLVE_THREADS 16
 
 struct resolve_req;
 /* status: 0 and the first address in *addr, or an EAI_* code with text in err */

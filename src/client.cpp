@@ -16,6 +16,7 @@
 #include "proxyproto.h"
 #include <vector>
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/rand.h>
 #include <string.h>
@@ -250,7 +251,14 @@ void client::on_open(tunnel *, stream *s, const open_msg &m)
         pc.connect_timeout_ms = cf.connect_timeout_ms;
         pc.handshake_timeout_ms = cf.handshake_timeout_ms;
         pc.where = "mapping " + mc.name;
-        return proxy_serve_stream(s, "server stream " + std::to_string(s->sid), pc);
+        /* the user's own address, for the log and access log */
+        char who[64] = "?";
+        if (m.family == 4 || m.family == 6) {
+            char ip[INET6_ADDRSTRLEN];
+            inet_ntop(m.family == 4 ? AF_INET : AF_INET6, m.src, ip, sizeof ip);
+            snprintf(who, sizeof who, m.family == 4 ? "%s:%u" : "[%s]:%u", ip, m.sport);
+        }
+        return proxy_serve_stream(s, who, pc);
     }
     relay *r = relay_connect(mc.local_addr.host, mc.local_addr.port, s, cf.connect_timeout_ms);
     if (!r)
@@ -493,6 +501,7 @@ void client_stop(bool drain)
     cl->state = CS_STOPPED;
     timer_cancel(&cl->retry);
     close_local_proxy();
+    proxy_stop(drain);
     if (!drain && cl->t)
         tunnel_close(cl->t, GA_SHUTDOWN, "client is stopping");
 }

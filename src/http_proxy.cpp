@@ -10,9 +10,25 @@
  * the connection alive, else it is closed and another opened, possibly on
  * another client's tunnel.
  *
- * Memory per session is bounded: the input ring (a head is at most 64 KiB),
- * the output ring, and a staging buffer for the response head; bodies flow
- * through them in pieces under the stream's flow control.
+ * Memory per session is bounded: the input ring (4 KiB, grown to a head's
+ * 64 KiB and a little more when needed), the output ring, and a staging
+ * buffer for the response head; bodies flow through them in pieces under
+ * the stream's flow control. Between requests the buffers are freed, so an
+ * idle keep-alive connection costs a few KiB.
+ *
+ * Clocks (head_timer, stall_timer):
+ *  - a new connection must complete its first head header_timeout (30 s)
+ *    after the accept; on a keep-alive connection the next head is on the
+ *    clock from its first byte (or from the end of the previous response
+ *    when it was already buffered), and until then the connection is idle
+ *    and lives keepalive_timeout. Late: 408 and close.
+ *  - a user that takes no byte of its answer, or sends no byte of its
+ *    request body, for USER_STALL_MS is closed.
+ *  - when we close, our direction is shut first and the user's bytes are
+ *    read and dropped until its EOF, LINGER_MS at most, so that the kernel
+ *    does not reset the connection under an answer not yet read.
+ * No clock runs while the service thinks: a slow service is the user's to
+ * wait for (it may close).
  */
 #include "http_proxy.h"
 #include "http.h"
@@ -216,10 +232,14 @@ struct hsess : io_handler, stream_end, deferred {
     http_body_kind rbody = HTTP_BODY_NONE;
     uint64_t rleft = 0;
     http_chunked rch = {};
-    bool rkeep = false;
+    bool rkeep = false;          /* the service keeps the stream for another request */
+    bool ukeep = false;          /* the user's connection carries another request */
     int status = 0;
+    bool qlogged = true;         /* the access line of this request is written */
 
     timer head_timer;            /* head, keep-alive idle, and linger deadlines */
+    timer stall_timer;           /* the user neither reads nor sends, see stall_check() */
+    uint64_t user_io = 0;        /* last progress with the user */
     task run;
     void on_io(unsigned events) override;
     size_t on_data(const iovec *iov, int n, size_t len) override;
@@ -233,6 +253,9 @@ struct hsess : io_handler, stream_end, deferred {
 #define ANSWER_ROOM 1024          /* out space our own answers need */
 #define PASS_BUDGET (256 * 1024)  /* bytes moved per session per loop pass */
 #define LINGER_MS 2000            /* reading to the user's EOF after our FIN */
+#define USER_STALL_MS 60000       /* a user that takes no byte of its answer, or
+                                     sends no byte of its body, for this long is
+                                     closed (nginx send_timeout, client_body_timeout) */
 
 static size_t nsessions;
 static hsess *sessions;
@@ -251,16 +274,21 @@ hsess::~hsess()
 {
     task_cancel(&run);
     timer_cancel(&head_timer);
+    timer_cancel(&stall_timer);
     ring_free(&in);
     ring_free(&out);
     delete tr;
 }
+
+static void access_line(hsess *h);
 
 static void hs_close(hsess *h)
 {
     if (h->closed)
         return;
     h->closed = true;
+    if (!h->qlogged)
+        access_line(h);   /* a request cut short, or an upgraded connection */
     if (h->s) {
         stream *s = h->s;
         h->s = nullptr;
@@ -269,6 +297,7 @@ static void hs_close(hsess *h)
     reactor_del(h->tr->fd, h);
     task_cancel(&h->run);
     timer_cancel(&h->head_timer);
+    timer_cancel(&h->stall_timer);
     if (h->prev)
         h->prev->next = h->next;
     else
@@ -318,6 +347,7 @@ static bool out_busy(const hsess *h)
 
 static void access_line(hsess *h)
 {
+    h->qlogged = true;
     access_log("%s %s %s \"%s\" %d %llu %llu %llums", h->peer.c_str(), h->https ? "https" : "http",
                h->qmap.c_str(), h->qline.c_str(), h->status, (unsigned long long)h->qbytes_in,
                (unsigned long long)h->qbytes_out, (unsigned long long)(now_ms() - h->qstart));
@@ -426,6 +456,14 @@ static void forward_body(hsess *h)
     }
 }
 
+static bool has_rule(const std::vector<std::pair<std::string, std::string>> &rules, const char *name)
+{
+    for (auto &rule : rules)
+        if (http_str_ieq(http_str{rule.first.data(), rule.first.size()}, name))
+            return true;
+    return false;
+}
+
 /* Rewrite and send the request head; open or reuse the stream. */
 static void start_request(hsess *h, const http_request &q, const http_msg_info &mi, size_t headlen)
 {
@@ -438,6 +476,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->qline += ' ';
     h->qline.append(q.target.p, q.target.n < 200 ? q.target.n : 200);
     h->qmap = "-";
+    h->qlogged = false;
     h->qkeep = mi.keep_alive;
     h->qhead = http_str_eq(q.method, "HEAD");
     h->qupgrade = mi.upgrade;
@@ -494,11 +533,15 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
                      sk.data());
     if (!r->host.empty())
         http_write_field(&out, "Host", r->host.c_str());
+    /* a rule naming one of these (to set or remove it) wins over ours */
     const http_str *xff = http_find_header(q, "X-Forwarded-For");
     std::string xv = xff ? std::string(xff->p, xff->n) + ", " + h->peer_ip : h->peer_ip;
-    http_write_field(&out, "X-Forwarded-For", xv.c_str());
-    http_write_field(&out, "X-Forwarded-Proto", h->https ? "https" : "http");
-    http_write_field(&out, http_cstr("X-Forwarded-Host"), mi.host.p ? mi.host : http_cstr(""));
+    if (!has_rule(r->req_rules, "X-Forwarded-For"))
+        http_write_field(&out, "X-Forwarded-For", xv.c_str());
+    if (!has_rule(r->req_rules, "X-Forwarded-Proto"))
+        http_write_field(&out, "X-Forwarded-Proto", h->https ? "https" : "http");
+    if (!has_rule(r->req_rules, "X-Forwarded-Host"))
+        http_write_field(&out, http_cstr("X-Forwarded-Host"), mi.host.p ? mi.host : http_cstr(""));
     for (auto &rule : r->req_rules)
         if (!rule.second.empty())
             http_write_field(&out, rule.first.c_str(), rule.second.c_str());
@@ -613,7 +656,9 @@ static void response_finished(hsess *h, bool by_fin)
                  stream_rx_pending(h->s) == 0 && !h->s->fin_recv;
     if (!reuse)
         drop_stream(h);
-    if (!h->qkeep || !h->rkeep || h->qs != Q_WAIT || by_fin) {
+    /* a service closing its connection does not close the user's: the
+     * next request gets a new stream */
+    if (!h->ukeep || h->qs != Q_WAIT || by_fin) {
         h->close_after = true;
         h->qs = Q_DONE;
         return;
@@ -643,6 +688,15 @@ static bool resp_head(hsess *h)
     }
     bool interim = resp_scratch.status >= 100 && resp_scratch.status < 200 && resp_scratch.status != 101;
     bool upgrade = resp_scratch.status == 101 && h->qupgrade;
+    if (resp_scratch.status == 101 && !h->qupgrade) {
+        log_info("http %s: mapping %s switched protocols unasked", h->peer.c_str(), h->qmap.c_str());
+        drop_stream(h);
+        answer(h, 502, "the service switched protocols unasked", false);
+        return true;
+    }
+    /* HEAD and 304 describe the body a GET would get: Transfer-Encoding
+     * stays, though no body follows */
+    bool keep_te = mi.body == HTTP_BODY_CHUNKED || h->qhead || resp_scratch.status == 304;
     std::string out;
     out.reserve((size_t)r + 128);
     http_write_status_line(&out, 1, resp_scratch.status, resp_scratch.reason);
@@ -651,13 +705,14 @@ static bool resp_head(hsess *h)
     for (auto &rule : h->rt->resp_rules)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
-    http_copy_fields(&out, resp_scratch, (mi.body == HTTP_BODY_CHUNKED ? HTTP_KEEP_TE : 0) | (upgrade ? HTTP_KEEP_UPGRADE : 0),
-                     sk.data());
-    http_write_field(&out, "Server", "wmproxy");
+    http_copy_fields(&out, resp_scratch, (keep_te ? HTTP_KEEP_TE : 0) | (upgrade ? HTTP_KEEP_UPGRADE : 0), sk.data());
+    if (!has_rule(h->rt->resp_rules, "Server"))
+        http_write_field(&out, "Server", "wmproxy");
     for (auto &rule : h->rt->resp_rules)
         if (!rule.second.empty())
             http_write_field(&out, rule.first.c_str(), rule.second.c_str());
-    bool keep = h->qkeep && mi.keep_alive && !h->draining;
+    /* a body ended by the close can only end the user's connection too */
+    bool keep = h->qkeep && mi.body != HTTP_BODY_CLOSE && !h->draining;
     if (upgrade)
         http_write_field(&out, "Connection", "upgrade");
     else if (!interim)
@@ -673,7 +728,8 @@ static bool resp_head(hsess *h)
         return true;
     }
     h->status = resp_scratch.status;
-    h->rkeep = keep;
+    h->ukeep = keep;
+    h->rkeep = mi.keep_alive;
     if (upgrade) {
         h->rs = R_RAW;
         h->qs = Q_RAW;
@@ -799,6 +855,10 @@ static void head_timeout(void *arg)
         return hs_close(h);
     if (h->qs != Q_HEAD)
         return;
+    if (h->tr->handshake() != 1) {
+        log_info("https %s: TLS handshake not complete in time", h->peer.c_str());
+        return hs_close(h);
+    }
     uint64_t due = h->head_since ? h->head_since + h->hc.header_timeout_ms
                                  : h->idle_since + h->hc.keepalive_timeout_ms;
     if ((int64_t)(due - now_ms()) > 0) {
@@ -872,13 +932,38 @@ static void release_idle(hsess *h)
         std::string().swap(h->qout);
 }
 
-static void hs_run(void *arg)
+/* Waiting for the user to read what we wrote, or to send the rest of its
+ * body? */
+static bool waits_on_user(const hsess *h)
+{
+    return (!h->can_write && (h->out.data || h->tr->buffered())) ||
+           (h->qs == Q_BODY && h->in.data == 0 && !h->can_read && !h->tr->pending());
+}
+
+static void stall_timeout(void *arg)
 {
     hsess *h = (hsess *)arg;
-    if (h->closed)
+    if (h->closed || h->lingering || !waits_on_user(h))
+        return;   /* stall_check() arms it again when needed */
+    uint64_t due = h->user_io + USER_STALL_MS;
+    if ((int64_t)(due - now_ms()) > 0) {
+        timer_arm_at(&h->stall_timer, due);
         return;
-    if (h->lingering)
-        return linger(h);
+    }
+    log_info("http %s: no progress with the user for %ds, closing", h->peer.c_str(), USER_STALL_MS / 1000);
+    hs_close(h);
+}
+
+/* Armed lazily: only while the session waits on the user, re-checked
+ * when it fires rather than pushed back at every byte. */
+static void stall_check(hsess *h)
+{
+    if (!h->closed && !h->lingering && !h->stall_timer.armed() && waits_on_user(h))
+        timer_arm_at(&h->stall_timer, h->user_io + USER_STALL_MS);
+}
+
+static void hs_pump(hsess *h)
+{
     size_t moved = 0;
     for (int round = 0; !h->closed; round++) {
         bool progress = false;
@@ -894,6 +979,7 @@ static void hs_run(void *arg)
             if (w > 0) {
                 ring_consume(&h->out, (size_t)w);
                 moved += (size_t)w;
+                h->user_io = now_ms();
                 progress = true;
             } else if (w == IO_AGAIN) {
                 h->can_write = false;
@@ -927,6 +1013,7 @@ static void hs_run(void *arg)
             if (r > 0) {
                 ring_produce(&h->in, (size_t)r);
                 moved += (size_t)r;
+                h->user_io = now_ms();
                 progress = true;
                 if (h->qs == Q_HEAD && h->head_since == 0) {
                     h->head_since = now_ms();   /* a new head begins: on the clock */
@@ -982,6 +1069,17 @@ static void hs_run(void *arg)
         release_idle(h);
 }
 
+static void hs_run(void *arg)
+{
+    hsess *h = (hsess *)arg;
+    if (h->closed)
+        return;
+    if (h->lingering)
+        return linger(h);
+    hs_pump(h);
+    stall_check(h);
+}
+
 void hsess::on_io(unsigned ev)
 {
     if (closed)
@@ -1022,12 +1120,13 @@ void hsess::on_reset(uint8_t code, const char *why)
     st = nullptr;
     if (closed)
         return;
-    if (rs == R_HEAD && rbuf.empty()) {
-        /* nothing of the answer was sent yet: answer ourselves */
+    if (rs == R_HEAD) {
+        /* no answer began yet (a 100 Continue at most): answer ourselves */
         int st = code == RST_TIMEOUT ? 504 : 502;
         std::string d = code == RST_TIMEOUT ? "the service did not accept the connection in time"
                         : code == RST_CANCEL ? std::string("the tunnel to the service was lost (") + why + ")"
                                              : std::string("the service is unreachable (") + why + ")";
+        log_info("http %s: mapping %s: %d %s", peer.c_str(), qmap.c_str(), st, d.c_str());
         answer(this, st, d.c_str(), false);
     } else if (rs != R_IDLE) {
         close_after = true;
@@ -1052,6 +1151,9 @@ void http_serve(transport *tr, const std::string &peer, bool https, const http_p
     h->run.arg = h;
     h->head_timer.fn = head_timeout;
     h->head_timer.arg = h;
+    h->stall_timer.fn = stall_timeout;
+    h->stall_timer.arg = h;
+    h->user_io = now_ms();
     if (reactor_add(tr->fd, h) < 0) {
         log_error("http %s: reactor_add: %s", peer.c_str(), strerror(errno));
         delete h;
@@ -1073,12 +1175,20 @@ void http_stop(bool drain)
     hsess *next;
     for (hsess *h = sessions; h; h = next) {
         next = h->next;
-        bool idle = h->qs == Q_HEAD && h->rs == R_IDLE && h->in.data == 0 && h->out.data == 0 &&
-                    !h->tr->buffered();
-        if (!drain || idle) {
+        if (!drain) {
             hs_close(h);
+        } else if (h->qs == Q_HEAD && h->rs == R_IDLE) {
+            /* no request in flight (a head may have begun: it would only
+             * be answered with a close) */
+            if (h->out.data == 0 && !h->tr->buffered()) {
+                hs_close(h);
+            } else {
+                h->close_after = true;
+                h->qs = Q_DONE;
+                task_post(&h->run);
+            }
         } else {
-            /* finish the request in flight, then close */
+            /* finish the request in flight, answered with Connection: close */
             h->draining = true;
         }
     }

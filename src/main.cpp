@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <openssl/crypto.h>
 #include <openssl/opensslv.h>
 #include <signal.h>
@@ -238,6 +239,13 @@ int main(int argc, char **argv)
         return send_signal(sig);
 
     signal(SIGPIPE, SIG_IGN);
+#ifdef M_MMAP_THRESHOLD
+    /* stream buffers come and go with lagging readers: give the large
+     * ones back to the system when freed (a fixed threshold also stops
+     * glibc from raising it and keeping them in the heap) */
+    mallopt(M_MMAP_THRESHOLD, 128 * 1024);
+    mallopt(M_TRIM_THRESHOLD, 256 * 1024);
+#endif
     /* -d: the parent waits on a pipe until the child has bound every
      * listener, so its exit status tells whether start-up worked */
     int ready[2] = {-1, -1};

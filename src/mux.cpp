@@ -19,6 +19,7 @@
 #define CTL_RESERVE (16 * 1024)      /* tx room that only control frames may use */
 #define OVERFLOW_MAX (1024 * 1024)   /* a peer that never reads our control frames */
 #define PASS_MAX (256 * 1024)        /* bytes read from the tunnel per loop pass */
+#define STREAM_RX_MIN (16 * 1024)    /* first buffer of a stream whose reader lags */
 
 static void tunnel_flush(void *arg);
 static void tunnel_read(tunnel *t);
@@ -292,8 +293,6 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin)
     if (s->fin_recv || (int64_t)len > s->rx_avail)
         return -1;
     s->rx_avail -= (int64_t)len;
-    if (s->rx_avail == 0)
-        s->rx_starved = true;
     s->bytes_in += len;
     t->bytes_in += len;
     size_t took = 0;
@@ -303,10 +302,18 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin)
             return 0;
     }
     if (took < len) {
-        if (!s->rx.area && ring_alloc(&s->rx, s->rx_window) < 0)
-            return -1;
-        if (s->rx.size < s->rx.data + (len - took) && ring_grow(&s->rx, s->rx_window) < 0)
-            return -1;
+        /* the buffer grows with what it holds, not with the window: a
+         * large window costs memory only while its reader lags */
+        size_t need = s->rx.data + (len - took);
+        if (s->rx.size < need) {
+            size_t sz = s->rx.size ? s->rx.size * 2 : STREAM_RX_MIN;
+            while (sz < need)
+                sz *= 2;
+            if (sz > s->rx_window)
+                sz = need > s->rx_window ? need : s->rx_window;
+            if ((s->rx.area ? ring_grow(&s->rx, sz) : ring_alloc(&s->rx, sz)) < 0)
+                return -1;
+        }
         size_t skip = took;
         for (int i = 0; i < n; i++) {
             size_t l = iov[i].iov_len;
@@ -321,6 +328,12 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin)
         if (t->rx_buffered > t->cf.tunnel_buffer)
             t->rx_paused = true;
     }
+    /* The peer used up its credit while we hold little of it: the credit
+     * is in flight, the window (not the reader) limits the stream, and
+     * give_credit() may grow it. Out of credit with a full buffer means a
+     * slow reader: no growth. */
+    if (s->rx_avail == 0 && s->rx.data < s->rx_window / 4)
+        s->rx_starved = true;
     if (took > 0) {
         s->rx_consumed += (uint32_t)took;
         give_credit(s, false);
@@ -427,6 +440,9 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why)
 
 tunnel::~tunnel()
 {
+    timer_cancel(&hb_timer);
+    timer_cancel(&hs_timer);
+    timer_cancel(&dead_timer);
     task_cancel(&flush_task);
     task_cancel(&read_task);
     delete tr;
@@ -677,7 +693,10 @@ static int dispatch(tunnel *t, const frame_hdr &h)
     case FT_OPEN: {
         open_msg m;
         bool theirs = (h.sid & 1) == (t->cf.is_server ? 1u : 0u);
-        if (!theirs || !sid_after(h.sid, t->peer_max_sid) || open_decode(buf, h.len, &m) < 0)
+        /* id 0 is the connection's, and an id still open may not be
+         * opened again even after the ids wrapped around */
+        if (h.sid == 0 || !theirs || !sid_after(h.sid, t->peer_max_sid) || t->streams.count(h.sid) ||
+            open_decode(buf, h.len, &m) < 0)
             return protocol_error(t, "bad OPEN for stream %u", h.sid);
         t->peer_max_sid = h.sid;
         if (t->streams.size() >= t->cf.max_streams) {

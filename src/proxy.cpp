@@ -185,7 +185,7 @@ struct psess : deferred {
     timer tmo;                  /* handshake/idle, connect, or linger */
     task resume;
     resolve_req *rq = nullptr;
-    bool socks = false, connecting = false, closing = false, dead = false;
+    bool socks = false, connecting = false, closing = false, dead = false, draining = false;
     bool req_keep = false, req_head = false, req_upgrade = false, keep = false, up_keep = false;
     uint8_t s5 = S5_GREET;
     unsigned nreq = 0;
@@ -194,11 +194,22 @@ struct psess : deferred {
     std::string what;           /* "GET http://..." for the access log; "" once logged */
     std::string upkey;          /* "host:port" of the target connection */
     pudp *u = nullptr;
+    psess *prev = nullptr, *next = nullptr;    /* every live session, for proxy_stop */
     ~psess() override;
 };
 
 static size_t sessions;
+static psess *all;
 static uint8_t dgram[SOCKS5_UDP_HDR_MAX + 65536];
+
+/* "host:port", "[v6]:port" */
+static std::string hostport(const char *host, size_t n, uint16_t port)
+{
+    char b[300];
+    bool v6 = memchr(host, ':', n) != nullptr;
+    snprintf(b, sizeof b, "%s%.*s%s:%u", v6 ? "[" : "", (int)n, host, v6 ? "]" : "", port);
+    return b;
+}
 
 static void run(psess *s);
 
@@ -261,6 +272,12 @@ static void close_session(psess *s)
     resolve_cancel(s->rq);
     timer_cancel(&s->tmo);
     task_cancel(&s->resume);
+    if (s->prev)
+        s->prev->next = s->next;
+    else
+        all = s->next;
+    if (s->next)
+        s->next->prev = s->prev;
     sessions--;
     defer_delete(s);
 }
@@ -274,8 +291,9 @@ static void pb_consume(pbuf *b, size_t n)
 }
 
 /* Free space at the tail of b, grown to at least cap bytes and its data
- * moved to the front when the tail is short. 0: full, or out of memory
- * (the session then waits for a timeout). */
+ * moved to the front when the tail is under half (so a move costs at most
+ * the bytes a read then brings). 0: full, or out of memory (reading this
+ * side stops, as when full). */
 static size_t pb_room(pbuf *b, size_t cap)
 {
     if (b->cap < cap) {
@@ -332,15 +350,13 @@ static int answer(psess *s, int status, const char *why)
 {
     if (why)
         plog(s, "%d: %s", status, why);
-    char body[64];
-    int n = snprintf(body, sizeof body, "%d %s\n", status, http_reason(status));
-    std::string &o = s->e[0].out;
-    http_write_status_line(&o, 1, status, http_str{nullptr, 0});
-    o += "Server: wmproxy\r\nContent-Type: text/plain\r\nConnection: close\r\n";
-    if (status == 407)
-        o += "Proxy-Authenticate: Basic realm=\"wmproxy\"\r\n";
-    o += "Content-Length: " + std::to_string(n) + "\r\n\r\n";
-    o.append(body, (size_t)n);
+    const char *r = http_reason(status);
+    char b[320];
+    int n = snprintf(b, sizeof b, "HTTP/1.1 %d %s\r\nServer: wmproxy\r\nContent-Type: text/plain\r\n"
+                     "Connection: close\r\n%sContent-Length: %zu\r\n\r\n%d %s\n", status, r,
+                     status == 407 ? "Proxy-Authenticate: Basic realm=\"wmproxy\"\r\n" : "",
+                     strlen(r) + 5, status, r);
+    s->e[0].out.append(b, (size_t)n);
     s->status = status;
     return closing(s);
 }
@@ -409,7 +425,7 @@ static void up_resolved(void *arg, int st, const sockaddr_buf *a, const char *er
 static void up_connect(psess *s, const std::string &host, uint16_t port)
 {
     close_up(s);
-    s->upkey = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    s->upkey = hostport(host.data(), host.size(), port);
     s->connecting = true;
     timer_arm(&s->tmo, s->pc.connect_timeout_ms);
     s->rq = resolve_start(host, port, up_resolved, s);
@@ -511,9 +527,8 @@ static int req_head(psess *s)
     pb_consume(&e->in, (size_t)n);   /* q is stale from here */
 
     pside *t = &s->e[1];
-    std::string key = (hs.find(':') != std::string::npos ? "[" + hs + "]" : hs) + ":" + std::to_string(port);
-    if (t->tr && t->mode == M_IDLE && !s->connecting && key == s->upkey)
-        log_debug("proxy %s: reusing the connection to %s", s->peer.c_str(), key.c_str());
+    if (t->tr && t->mode == M_IDLE && !s->connecting && hostport(hs.data(), hs.size(), port) == s->upkey)
+        log_debug("proxy %s: reusing the connection to %s", s->peer.c_str(), s->upkey.c_str());
     else
         up_connect(s, hs, port);
     if (s->closing)
@@ -579,7 +594,7 @@ static int msg_done(psess *s, pside *e)
     access_line(s);
     /* a response that ended before its request did leaves the user's
      * bytes unframed: close */
-    if (!s->keep || s->e[0].mode != M_HOLD || s->e[0].eof)
+    if (!s->keep || s->e[0].mode != M_HOLD || s->e[0].eof || s->draining)
         return closing(s);
     if (s->up_keep)
         e->mode = M_IDLE;
@@ -838,9 +853,8 @@ static int socks_step(psess *s)
             pb_consume(&e->in, (size_t)n);
             std::string host = s5_host(q.dst);
             s->t0 = now_ms();
-            s->what = (q.cmd == S5_CMD_CONNECT ? "socks5 " : q.cmd == S5_CMD_UDP ? "socks5-udp " : "socks5-bind ") +
-                      (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" +
-                      std::to_string(q.dst.port);
+            s->what = q.cmd == S5_CMD_CONNECT ? "socks5 " : q.cmd == S5_CMD_UDP ? "socks5-udp " : "socks5-bind ";
+            s->what += hostport(host.data(), host.size(), q.dst.port);
             log_debug("proxy %s: %s", s->peer.c_str(), s->what.c_str());
             int rep = !(s->pc.flag & FLAG_SOCKS5) ? S5_REP_NOT_ALLOWED :
                       q.cmd == S5_CMD_BIND ? S5_REP_CMD_UNSUPPORTED : 0;
@@ -1122,6 +1136,10 @@ void proxy_serve(transport *tr, const std::string &peer, const uint8_t *initial,
     s->resume.fn = resume;
     s->resume.arg = s;
     sessions++;
+    s->next = all;
+    if (all)
+        all->prev = s;
+    all = s;
     if (len && pb_room(&s->e[0].in, len > PBUF ? len : PBUF) >= len) {
         memcpy(s->e[0].in.p, initial, len);
         s->e[0].in.len = len;
@@ -1140,4 +1158,16 @@ void proxy_serve(transport *tr, const std::string &peer, const uint8_t *initial,
 size_t proxy_sessions(void)
 {
     return sessions;
+}
+
+void proxy_stop(bool drain)
+{
+    for (psess *s = all, *next; s; s = next) {
+        next = s->next;
+        s->draining = true;
+        /* a drain waits for exchanges in progress, not for idle users */
+        if (!drain || s->closing || (s->e[0].mode == M_HEAD && !s->e[0].in.len && s->nreq) ||
+            (s->e[0].mode == M_SNIFF && !s->e[0].in.len))
+            close_session(s);
+    }
 }

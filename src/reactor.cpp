@@ -218,6 +218,7 @@ int reactor_run(void)
     stopping = false;
     while (!stopping) {
         int timeout = run_timers();
+        reap();   /* what a timer closed goes now, not after the next event */
         if (stopping)
             break;   /* a timer asked to stop: do not wait for the next one */
         if (tasks_head)

@@ -284,11 +284,6 @@ static void tell_client(int fd, const char *why)
     (void)n;
 }
 
-static const char *kind_name(proxy_kind k)
-{
-    return k == PK_SOCKS5 ? "socks5" : k == PK_CONNECT ? "https" : "http";
-}
-
 static void sniff_decide(sniff_conn *c, proxy_kind k)
 {
     if (k == PK_UNKNOWN) {
@@ -322,12 +317,8 @@ static void sniff_decide(sniff_conn *c, proxy_kind k)
         srv->preauth++;   /* until on_ready or on_down */
         return sniff_done(c);
     }
-    unsigned need = k == PK_SOCKS5 ? FLAG_SOCKS5 : k == PK_CONNECT ? FLAG_HTTPS : FLAG_HTTP;
-    if (!(srv->cf.flag & need)) {
-        char why[96];
-        snprintf(why, sizeof why, "%s proxy request, but flag does not allow %s", kind_name(k), kind_name(k));
-        return sniff_fail(c, why);
-    }
+    /* a protocol flag does not allow is answered by the proxy session
+     * itself (403, SOCKS5 "not allowed"), so the user learns why */
     reactor_del(c->tr->fd, c);
     proxy_conf pc;
     pc.flag = srv->cf.flag;
@@ -1131,6 +1122,7 @@ void server_stop(bool drain)
         udp_port_close(o.second.u);
     srv->uowners.clear();
     http_stop(drain);
+    proxy_stop(drain);
     if (drain)
         return;
     std::set<tunnel *> ts = srv->tunnels;

@@ -86,6 +86,12 @@ static void port_read(void *arg)
         auto it = u->by_peer.find(key);
         sflow *f;
         if (it == u->by_peer.end()) {
+            /* flows are bounded like streams: each costs a socket on the
+             * client; beyond the bound a new sender's datagrams are dropped */
+            if (u->by_peer.size() >= u->t->cf.max_streams) {
+                u->t->dgrams_dropped++;
+                continue;
+            }
             f = new sflow;
             do
                 f->id = ++next_flow;
@@ -210,9 +216,20 @@ void udp_flow_dgram(tunnel *t, uint32_t flow, uint32_t idx, const sockaddr_buf &
     auto it = cflows.find(flow);
     cflow *f;
     if (it == cflows.end()) {
+        if (cflows.size() >= t->cf.max_streams) {
+            t->dgrams_dropped++;
+            return;
+        }
         int fd = socket(local.ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0 || connect(fd, local.sa(), local.len) < 0) {
-            log_warn("udp flow %u: socket to %s: %s", flow, sock_addr_text(local.sa()).c_str(), strerror(errno));
+            /* out of descriptors under a flood of senders: say so once a
+             * second, not once a datagram */
+            static uint64_t last_warn;
+            if (now_ms() - last_warn >= 1000) {
+                last_warn = now_ms();
+                log_warn("udp flow %u: socket to %s: %s (datagrams dropped)", flow,
+                         sock_addr_text(local.sa()).c_str(), strerror(errno));
+            }
             if (fd >= 0)
                 close(fd);
             return;

@@ -189,12 +189,18 @@ class LossyLink:
     def __init__(self, ctx, na, nb, subnet, loss=0.0, delay_ms=0, seed=1):
         self.ip_a, self.ip_b = "10.200.%d.1" % subnet, "10.200.%d.2" % subnet
         self.a, self.b = _name("u"), _name("v")
-        self.fa, self.fb = _tun(self.a), _tun(self.b)
+        self.fa = self.fb = None
+        self.stop = False
+        self.thread = None
+        ctx.closers.append(self.close)
+        try:
+            self.fa = _tun(self.a)
+        except OSError as e:
+            raise lib.Skip("this kernel has no netem, and a TUN device cannot be made either: %s" % e)
+        self.fb = _tun(self.b)
         self.loss, self.delay = loss, delay_ms / 1000.0
         self.rng = random.Random(seed)
         self.stats = {"fwd": 0, "dropped": 0}
-        self.stop = False
-        ctx.closers.append(self.close)
         for ns, dev, me, peer in ((na, self.a, self.ip_a, self.ip_b), (nb, self.b, self.ip_b, self.ip_a)):
             _ip("link", "set", dev, "netns", ns.name)
             _ip("-n", ns.name, "addr", "add", me, "peer", peer, "dev", dev)
@@ -238,8 +244,11 @@ class LossyLink:
 
     def close(self):
         self.stop = True
-        self.thread.join(2)
+        if self.thread:
+            self.thread.join(2)
         for fd in (self.fa, self.fb):
+            if fd is None:
+                continue
             try:
                 os.close(fd)     # the last close destroys the TUN device
             except OSError:

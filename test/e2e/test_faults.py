@@ -7,7 +7,6 @@ reason, where namespaces cannot be made."""
 import hashlib
 import os
 import resource
-import selectors
 import socket
 import subprocess
 import threading
@@ -221,6 +220,39 @@ def faults_address_change_client_restarted(ctx):
 
 
 @test(timeout=60)
+def faults_address_change_same_client_replaces(ctx):
+    """PPPoE redial noticed at once by the same client process (its old
+    connection aborted locally, as an ip-up hook or address monitoring
+    would do; the server hears nothing): it reconnects from the new
+    address with the same client id, and the server replaces the old
+    tunnel -- the mapping serves within 3 s, long before the old tunnel
+    would time out (heartbeat = 5s: 15 s)."""
+    s, c, ln, ns_s, ns_c, echo = ns_pair(ctx, 16, "heartbeat = 5s\n", "heartbeat = 5s\n")
+    pub = (ln.ip_a, PUB)
+    assert ns_echo(ns_s, pub) == b"ping"
+    redial(ns_c, ln, "10.200.16.3")
+    r = ns_c.run("ss", "-K", "-tn", "dst", ln.ip_a, "dport", "=", "7000")
+    assert r.returncode == 0, r.stderr
+    c.wait_log(r"tunnel up", count=2, timeout=5)
+    t0 = time.monotonic()
+    s.wait_log(r"tunnel up peer=10\.200\.16\.3:", timeout=2)
+
+    def serves():
+        try:
+            return ns_echo(ns_s, pub, b"same client", timeout=1) == b"same client"
+        except OSError:
+            return False
+    try:
+        wait_until(serves, 3, "the mapping to serve through the new tunnel")
+    except AssertionError as e:
+        raise AssertionError("%s (%.1fs after the new tunnel came up)\nclient: %s" % (
+            e, time.monotonic() - t0, "".join(m.group(0) + "\n" for m in log_lines(c.text(), r"mapping .*"))))
+    s.wait_log(r"10\.200\.16\.2:\d+.*replaced|replaced.*10\.200\.16\.2", timeout=1)
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def faults_address_change_client_reconnects(ctx):
     """PPPoE redial without a restart: the client's address changes under
     it. Its heartbeats find the old tunnel dead (3 x 5 s), it reconnects
@@ -284,8 +316,14 @@ def nfds(pid):
 
 def raise_nofile(n):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < n:
+    if soft >= n:
+        return
+    try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, max(hard, n)))
+    except (ValueError, OSError):
+        if hard < n:
+            raise lib.Skip("needs %d descriptors; the hard limit is %d and cannot be raised" % (n, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
 
 
 def http_get(port, host, path="/", timeout=10):
@@ -444,89 +482,106 @@ def rss_kb(pid):
     return 0
 
 
-class Pusher:
-    """A service for many connections at once: each one it accepts gets
-    per_conn bytes written as fast as the socket takes them, then is held
-    open. One selector thread, so thousands cost no threads."""
-
-    def __init__(self, ctx, per_conn):
-        self.ls = socket.socket()
-        self.ls.bind(("127.0.0.1", 0))
-        self.ls.listen(4096)
-        self.ls.setblocking(False)
-        self.port = self.ls.getsockname()[1]
-        self.per_conn = per_conn
-        self.pushed = 0
-        self.conns = 0
-        self.last_progress = time.monotonic()
-        self.stop = False
-        self.block = os.urandom(64 * 1024)
-        self.sel = selectors.DefaultSelector()
-        self.sel.register(self.ls, selectors.EVENT_READ, None)
-        self.held = []
-        ctx.closers.append(self.close)
-        self.t = threading.Thread(target=self._run, daemon=True)
-        self.t.start()
-
-    def _run(self):
-        while not self.stop:
-            for key, _ in self.sel.select(0.2):
-                if key.data is None:
-                    while True:
-                        try:
-                            c, _ = self.ls.accept()
-                        except (BlockingIOError, OSError):
-                            break
-                        c.setblocking(False)
-                        self.conns += 1
-                        self.held.append(c)
-                        self.sel.register(c, selectors.EVENT_WRITE, [self.per_conn])
-                    continue
-                left = key.data
+PUSHER = r"""
+import os, selectors, socket, sys, time
+per_conn = int(sys.argv[1])
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(4096)
+ls.setblocking(False)
+print("port", ls.getsockname()[1], flush=True)
+block = os.urandom(64 * 1024)
+sel = selectors.DefaultSelector()
+sel.register(ls, selectors.EVENT_READ, None)
+sel.register(sys.stdin, selectors.EVENT_READ, "stdin")
+held, conns, pushed, last, told = [], 0, 0, time.monotonic(), 0
+while True:
+    for key, _ in sel.select(0.1):
+        if key.data == "stdin":
+            sys.exit(0)
+        if key.data is None:
+            while True:
                 try:
-                    n = key.fileobj.send(self.block[:min(left[0], len(self.block))])
-                except BlockingIOError:
-                    continue
+                    c, _ = ls.accept()
                 except OSError:
-                    self.sel.unregister(key.fileobj)
-                    continue
-                left[0] -= n
-                self.pushed += n
-                self.last_progress = time.monotonic()
-                if left[0] <= 0:
-                    self.sel.unregister(key.fileobj)
+                    break
+                c.setblocking(False)
+                conns += 1
+                held.append(c)
+                sel.register(c, selectors.EVENT_WRITE, [per_conn])
+            continue
+        try:
+            n = key.fileobj.send(block[:min(key.data[0], len(block))])
+        except BlockingIOError:
+            continue
+        except OSError:
+            sel.unregister(key.fileobj)
+            continue
+        key.data[0] -= n
+        pushed += n
+        last = time.monotonic()
+        if key.data[0] <= 0:
+            sel.unregister(key.fileobj)
+    if time.monotonic() - told > 0.1:
+        told = time.monotonic()
+        print("status", conns, pushed, "%.2f" % (told - last), flush=True)
+"""
 
-    def close(self):
-        self.stop = True
-        self.t.join(2)
-        for c in self.held:
-            c.close()
-        self.ls.close()
+
+class Pusher:
+    """A service for many connections at once, in a process of its own (so
+    its sockets do not count against ours): each connection it accepts gets
+    per_conn bytes written as fast as the socket takes them, then is held
+    open. conns, pushed and idle (seconds since it last wrote) follow it."""
+
+    def __init__(self, ctx, per_conn, nofile):
+        self.p = subprocess.Popen(["python3", "-c", PUSHER, str(per_conn)], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, preexec_fn=lambda: resource.setrlimit(
+                                      resource.RLIMIT_NOFILE, (nofile, nofile)))
+        ctx.procs.append(self.p)
+        line = self.p.stdout.readline().split()
+        assert line[0] == b"port", line
+        self.port = int(line[1])
+        self.conns = self.pushed = 0
+        self.idle = 0.0
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        for line in self.p.stdout:
+            f = line.split()
+            if f[0] == b"status":
+                self.conns, self.pushed, self.idle = int(f[1]), int(f[2]), float(f[3])
 
 
 @test(timeout=120)
 def faults_slow_readers_memory_bounded(ctx):
-    """N users (N = 10000, WMPX_SLOW_READERS to change) each get 64 KiB they
-    never read, through one tunnel (release build; tunnel_buffer = 8m,
-    window = 64k). The server holds at most tunnel_buffer + one window
-    of their data plus a per-stream overhead (bound: 4 KiB a stream for
-    the stream, the relay and their bookkeeping), the client far less, and
-    a fresh stream on the same tunnel still works during the stall (a slow
-    reader stops only its own stream)."""
+    """Users who never read, through one tunnel (release build; window =
+    max_window = 256k, tunnel_buffer = 8m): N light ones (N = 10000,
+    WMPX_SLOW_READERS to change) get 64 KiB each, which the kernel's socket
+    buffers absorb, so they measure the per-stream overhead; 64 heavy ones
+    get 16 MiB each, more than the kernel holds (about 4 MiB a socket
+    here), so the daemon's stream buffers fill: their windows add up to
+    16 MiB, twice tunnel_buffer. Bound on each daemon's RSS growth:
+    tunnel_buffer + one window + 2 KiB per stream (stream, relay, maps)
+    + 1 MiB for the allocator's slack. And a fresh stream on the same tunnel
+    still works during the stall: slow readers stop only themselves."""
     n = int(os.environ.get("WMPX_SLOW_READERS", "10000"))
-    per_conn, tbuf, window = 64 * 1024, 8 * MiB, 64 * 1024
-    raise_nofile(3 * n + 1000)
-    push = Pusher(ctx, per_conn)
+    k, heavy = 64, 16 * MiB
+    tbuf, window, per_stream = 8 * MiB, 256 * 1024, 2048
+    raise_nofile(n + k + 1000)
+    light_svc = Pusher(ctx, 64 * 1024, n + 1000)
+    heavy_svc = Pusher(ctx, heavy, k + 100)
     e = TcpServer(ctx, echo_handler)
-    tport, pp, ep = free_port(), free_port(), free_port()
-    cfg = "tunnel_buffer = 8m\nwindow = 64k\nmax_window = 64k\nmax_streams = %d\n" % (n + 100)
-    s = LimitedDaemon(ctx, "server", lib.server_ini(tport, "allow_ports = %d,%d\n%s" % (pp, ep, cfg), tls=False),
-                      n + 1000, binary=WMPROXYD_REL).start()
+    tport, lp, hp, ep = free_port(), free_port(), free_port(), free_port()
+    cfg = "tunnel_buffer = 8m\nwindow = 256k\nmax_window = 256k\nmax_streams = %d\n" % (n + k + 100)
+    s = LimitedDaemon(ctx, "server", lib.server_ini(tport, "allow_ports = %d,%d,%d\n%s" % (lp, hp, ep, cfg),
+                                                    tls=False), n + k + 1000, binary=WMPROXYD_REL).start()
     s.wait_log(r"listening for tunnels")
-    c = LimitedDaemon(ctx, "client", lib.client_ini(tport, cfg, tcp_mapping("push", push.port, pp) +
+    c = LimitedDaemon(ctx, "client", lib.client_ini(tport, cfg, tcp_mapping("light", light_svc.port, lp) +
+                                                    tcp_mapping("heavy", heavy_svc.port, hp) +
                                                     tcp_mapping("echo", e.port, ep), tls=False),
-                      n + 1000, binary=WMPROXYD_REL).start()
-    c.wait_log(r"mapping (registered|rejected)", count=2, timeout=15)
+                      n + k + 1000, binary=WMPROXYD_REL).start()
+    c.wait_log(r"mapping (registered|rejected)", count=3, timeout=15)
     assert "rejected" not in c.text(), c.text()
     assert echo_once(ep, b"warm") == b"warm"
     time.sleep(0.5)
@@ -534,16 +589,15 @@ def faults_slow_readers_memory_bounded(ctx):
 
     users = []
     t0 = time.monotonic()
-    for i in range(n):
+    for i in range(n + k):
         u = socket.socket()
         u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         u.settimeout(10)
-        u.connect(("127.0.0.1", pp))
+        u.connect(("127.0.0.1", lp if i < n else hp))
         users.append(u)
     t_open = time.monotonic() - t0
-    # let the data flow until nothing moves for a second
-    wait_until(lambda: push.conns >= n, 30, "the service to accept %d connections" % n)
-    wait_until(lambda: time.monotonic() - push.last_progress > 1.0, 40, "the pushed data to settle")
+    wait_until(lambda: light_svc.conns >= n and heavy_svc.conns >= k, 30, "the services to accept every user")
+    wait_until(lambda: light_svc.idle > 1.0 and heavy_svc.idle > 1.0, 60, "the pushed data to settle")
     s1, c1 = rss_kb(s.pid), rss_kb(c.pid)
     t_fresh = time.monotonic()
     try:
@@ -551,13 +605,15 @@ def faults_slow_readers_memory_bounded(ctx):
     except OSError as ex:
         fresh = repr(ex)
     t_fresh = time.monotonic() - t_fresh
-    streams_bound_kb = (tbuf + window + n * 4096) // 1024
-    print("    %d slow readers opened in %.1fs; pushed %.0f MiB; server RSS +%d KiB (bound %d), client +%d KiB; "
-          "fresh stream %.2fs" % (n, t_open, push.pushed / MiB, s1 - s0, streams_bound_kb, c1 - c0, t_fresh))
+    bound_kb = (tbuf + window + (n + k) * per_stream + MiB) // 1024
+    print("    %d+%d slow readers opened in %.1fs; pushed %.0f+%.0f MiB; RSS growth: server %d KiB, client %d KiB "
+          "(bound %d KiB); fresh stream: %s in %.2fs" % (
+              n, k, t_open, light_svc.pushed / MiB, heavy_svc.pushed / MiB, s1 - s0, c1 - c0, bound_kb,
+              "ok" if fresh == b"fresh stream during the stall" else "FAILED", t_fresh))
     for u in users:
         u.close()
-    assert s1 - s0 <= streams_bound_kb, "server RSS grew %d KiB, bound %d KiB" % (s1 - s0, streams_bound_kb)
-    assert c1 - c0 <= streams_bound_kb, "client RSS grew %d KiB, bound %d KiB" % (c1 - c0, streams_bound_kb)
+    assert s1 - s0 <= bound_kb, "server RSS grew %d KiB, bound %d KiB" % (s1 - s0, bound_kb)
+    assert c1 - c0 <= bound_kb, "client RSS grew %d KiB, bound %d KiB" % (c1 - c0, bound_kb)
     assert fresh == b"fresh stream during the stall", \
         "a fresh stream on the same tunnel during the stall got %r: slow readers stalled the whole tunnel" % fresh
     assert c.stop() == 0
@@ -605,7 +661,7 @@ def faults_slowloris_gets_408(ctx):
         i += 1
         t = time.monotonic()
         r = http_get(hp, "web.test", timeout=3)
-        served.append((time.monotonic() - t, b"web page" in r))
+        served.append((time.monotonic() - t, b"web page" in r, t - t0))
         time.sleep(max(0.0, 5 - (time.monotonic() - t)) if len(answers) == 0 and time.monotonic() - t0 < 25 else 0.2)
     for sk in slow:
         sk.close()
@@ -615,9 +671,10 @@ def faults_slowloris_gets_408(ctx):
     times = sorted(a[0] for a in answers.values())
     assert times[0] >= 29, "first 408 after %.1fs, before the 30 s header timeout" % times[0]
     assert times[-1] <= 35, "last 408 after %.1fs" % times[-1]
-    assert all(ok for _, ok in served), "a normal request failed during the slowloris"
-    worst = max(t for t, _ in served)
-    assert worst < 1.0, "a normal request took %.2fs during the slowloris" % worst
+    assert all(ok for _, ok, _ in served), "a normal request failed during the slowloris"
+    worst = max(t for t, _, _ in served)
+    assert worst < 2.0, "a normal request took %.2fs during the slowloris (slowest: %s)" % (
+        worst, ["%.2fs at %.1fs" % (t, at) for t, _, at in sorted(served, reverse=True)[:3]])
     print("    %d slow connections: 408 after %.1f-%.1fs; %d normal requests, slowest %.3fs" % (
         n, times[0], times[-1], len(served), worst))
     assert c.stop() == 0

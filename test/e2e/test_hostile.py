@@ -15,7 +15,6 @@ import random
 import re
 import select
 import socket
-import stat
 import struct
 import threading
 import time

@@ -14,7 +14,7 @@ import subprocess
 import threading
 import time
 
-from lib import (ROOT, WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, client_ini, connect, echo_handler,
+from lib import (ROOT, WMPROXYD, Daemon, Skip, TcpServer, client_ini, connect, echo_handler,
                  echo_once, free_port, http_page_handler, pattern_bytes, recv_all, refused, run, server_ini,
                  start_pair, tcp_mapping, test, wait_closed, wait_until)
 
@@ -682,8 +682,8 @@ def status_metrics(ctx):
 # ---- make install: init script, systemd unit, man pages ----
 
 def make_install(ctx, dest, target="install"):
-    if not os.access(WMPROXYD_REL, os.X_OK):
-        raise Skip("%s is not built (make wmproxyd)" % WMPROXYD_REL)
+    if not os.access(os.path.join(ROOT, "wmproxyd"), os.X_OK):
+        raise Skip("./wmproxyd is not built (make wmproxyd)")
     # -o wmproxyd: install the binary the suite runs, never rebuild it here;
     # and none of the flags of a make that may be running this suite
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES")}

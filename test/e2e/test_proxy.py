@@ -4,14 +4,15 @@ mapping; credentials, flag, failures, a dead resolver."""
 import hashlib
 import os
 import re
+import signal
 import socket
 import ssl
 import struct
 import threading
 import time
 
-from lib import (WMPROXYD, Daemon, Skip, TcpServer, connect, free_port, mkcerts, pattern_bytes, run,
-                 server_ini, start_pair, test, wait_closed, wait_until)
+from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, connect, echo_handler, free_port, mkcerts,
+                 pattern_bytes, run, server_ini, start_pair, test, wait_closed, wait_until)
 
 CURL = ["curl", "-sS", "--max-time", "20", "--noproxy", ""]
 
@@ -41,29 +42,42 @@ def parse_fields(lines):
     return h
 
 
-def read_body(f, h, status=200, head=False):
-    """The body framed by h, read whole (tests keep bodies small enough)."""
+def read_body(f, h, status=200, head=False, sink=None):
+    """The body framed by h, read whole, or fed to sink(bytes) piece by
+    piece (then b"" is returned)."""
     if head or status in (204, 304) or 100 <= status < 200:
         return b""
+    out = bytearray()
+    put = sink or out.extend
     if "chunked" in h.get("transfer-encoding", "").lower():
-        out = bytearray()
         while True:
             size = int(f.readline().split(b";")[0], 16)
             if size == 0:
                 while f.readline() not in (b"\r\n", b"\n", b""):
                     pass
                 return bytes(out)
-            out += f.read(size)
+            while size:
+                d = f.read(min(size, 1 << 20))
+                assert d, "body cut short"
+                put(d)
+                size -= len(d)
             f.readline()
     if "content-length" in h:
-        return f.read(int(h["content-length"]))
+        left = int(h["content-length"])
+        while left:
+            d = f.read(min(left, 1 << 20))
+            assert d, "body cut short"
+            put(d)
+            left -= len(d)
+        return bytes(out)
     return None     # request: none; response: until close
 
 
 class Origin:
     """An HTTP/1.1 origin with keep-alive (over TLS when tls=(cert, key)).
     Paths: / (a page naming the origin and the target), /headers (the head
-    as received), /big/N (N pattern bytes), /chunked, /close (delimited by
+    as received), /big/N (N pattern bytes), /stream/N (N random bytes sent
+    as they are made, SHA-256 in sent[path]), /chunked, /close (delimited by
     the close), /204, /sha (SHA-256 of the request body), /ws (101 to
     "Upgrade: test", then an echo until EOF). Answers 100
     Continue to Expect. accepted counts its connections."""
@@ -71,6 +85,7 @@ class Origin:
     def __init__(self, ctx, name, host="127.0.0.1", family=socket.AF_INET, tls=None):
         self.name = name
         self.heads = []
+        self.sent = {}
         self.sslctx = None
         if tls:
             self.sslctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -96,16 +111,28 @@ class Origin:
             self.heads.append(b"".join(lines).decode("latin-1"))
             if h.get("expect", "").lower() == "100-continue":
                 c.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            body = read_body(f, h, head=False) or b""
-            keep = version == "HTTP/1.1" and h.get("connection", "").lower() != "close"
             path = re.sub(r"^https?://[^/]*", "", target)
-            status, extra = 200, b""
+            sha = hashlib.sha256()
+            body = read_body(f, h, sink=sha.update if path == "/sha" else None) or b""
+            keep = version == "HTTP/1.1" and h.get("connection", "").lower() != "close"
+            status = 200
             if path.startswith("/headers"):
                 out = b"".join(lines)
             elif path.startswith("/big/"):
                 out = pattern_bytes(7, int(path[5:]))
             elif path == "/sha":
-                out = hashlib.sha256(body).hexdigest().encode()
+                out = sha.hexdigest().encode()
+            elif path.startswith("/stream/"):
+                n = int(path[8:])
+                c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n)
+                dig = hashlib.sha256()
+                while n:
+                    d = os.urandom(min(n, 1 << 20))
+                    dig.update(d)
+                    c.sendall(d)
+                    n -= len(d)
+                self.sent[path] = dig.hexdigest()
+                continue
             elif path == "/204":
                 status, out = 204, b""
             elif path == "/chunked":
@@ -318,6 +345,57 @@ def http_proxy_bodies_stream(ctx):
     assert b"< HTTP/1.1 100 Continue" in r.stderr, r.stderr.decode()
 
 
+@test(timeout=180)
+def bounded_memory_both_ways(ctx):
+    """Release build: a user that stops reading a 128 MiB answer and an
+    origin that reads a 128 MiB upload: bytes intact, RSS stays small (the
+    session holds a few buffers, never the body)."""
+    if not os.path.exists(WMPROXYD_REL):
+        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
+    o = Origin(ctx, "A")
+    port = free_port()
+    d = Daemon(ctx, "server", server_ini(port, "flag = 7\n", tls=False), binary=WMPROXYD_REL).start()
+    d.wait_log(r"listening for tunnels")
+    base = d.status("VmRSS")
+    n = 128 << 20
+    for mode in ("http", "connect"):
+        s = connect(port, 60)
+        path = "/stream/%d" % n
+        if mode == "http":
+            s.sendall(b"GET http://127.0.0.1:%d%s HTTP/1.1\r\nHost: x\r\n\r\n" % (o.port, path.encode()))
+        else:
+            s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % o.port)
+        f = s.makefile("rb")
+        if mode == "connect":
+            assert read_head(f)[0].startswith(b"HTTP/1.1 200 ")
+            s.sendall(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path.encode())
+        lines = read_head(f)
+        assert lines[0].startswith(b"HTTP/1.1 200 "), lines
+        time.sleep(1.5)     # not reading: the proxy must stop reading too
+        held = d.status("VmRSS")
+        dig = hashlib.sha256()
+        assert read_body(f, parse_fields(lines), sink=dig.update) == b""
+        wait_until(lambda: path in o.sent, 10, "the origin to finish")
+        assert dig.hexdigest() == o.sent.pop(path), "download differs (%s)" % mode
+        s.close()
+        assert held - base < 4096, "RSS grew %d kB while the user did not read (%s)" % (held - base, mode)
+    s = connect(port, 60)
+    s.sendall(b"POST http://127.0.0.1:%d/sha HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" % o.port)
+    dig = hashlib.sha256()
+    for _ in range(128):
+        chunk = os.urandom(1 << 20)
+        dig.update(chunk)
+        s.sendall(b"100000\r\n" + chunk + b"\r\n")
+    s.sendall(b"0\r\n\r\n")
+    f = s.makefile("rb")
+    lines = read_head(f)
+    assert read_body(f, parse_fields(lines)) == dig.hexdigest().encode()
+    s.close()
+    top = d.status("VmRSS")
+    assert top - base < 4096, "RSS grew %d kB" % (top - base)
+    assert d.stop() == 0
+
+
 @test(timeout=60)
 def http_proxy_failures(ctx):
     """Refused target 502, unresolvable name 502, a request that is not a
@@ -515,6 +593,38 @@ def flag_disables_protocols(ctx):
     assert r.returncode != 0 and not r.stdout
     d2.wait_log(r"(not allowed by flag|flag does not allow)")
     assert o.accepted == 1, o.accepted
+
+
+# ---- stopping ----
+
+@test(timeout=60)
+def quit_drains_proxy_sessions(ctx):
+    """QUIT: an idle keep-alive user is closed at once, a CONNECT in use
+    keeps working until its user ends it, then the daemon exits 0."""
+    echo = TcpServer(ctx, echo_handler)
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx, "shutdown_timeout = 20s\n")
+    busy = connect(p)
+    busy.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\n\r\n" % echo.port)
+    f = busy.makefile("rb")
+    assert read_head(f)[0].startswith(b"HTTP/1.1 200 ")
+    idle = connect(p)
+    idle.sendall(b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n" % o.port)
+    fi = idle.makefile("rb")
+    lines = read_head(fi)
+    assert read_body(fi, parse_fields(lines)) == b"hello from A /\n"
+    d.signal(signal.SIGQUIT)
+    d.wait_log(r"stopping gracefully")
+    wait_closed(idle, 5)
+    busy.sendall(b"still here")
+    assert f.read1(100) == b"still here"
+    time.sleep(0.5)
+    assert d.proc.poll() is None, "exited with a CONNECT in use"
+    busy.shutdown(socket.SHUT_WR)
+    assert f.read() == b""
+    busy.close()
+    assert d.proc.wait(5) == 0
+    d.wait_log(r"drained, stopping")
 
 
 # ---- the resolver ----

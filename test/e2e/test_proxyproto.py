@@ -18,6 +18,28 @@ HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
 V2_SIG = b"\x0D\x0A\x0D\x0A\x00\x0D\x0A\x51\x55\x49\x54\x0A"
 
 
+def free_port_all():
+    """A port free for TCP and UDP on every address (IPv4 and IPv6): the
+    listeners of these tests bind on all addresses (":P", or a remote_port
+    without a host), where lib.free_port's check of 127.0.0.1 alone is not
+    enough."""
+    while True:
+        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        t.bind(("::", 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            u.bind(("::", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+
+
 def have_ipv6():
     try:
         s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -121,7 +143,8 @@ def haproxy_pair(ctx, server_extra, pp_ports=None):
     its remote_port. Returns (haproxy, public port of v1, of v2)."""
     h1, h2 = free_port(), free_port()
     hap = Haproxy(ctx, [h1, h2])
-    p1, p2 = pp_ports or (free_port(), free_port())
+    # p2 is a remote_port: on all addresses unless map_tcp_bind names a host
+    p1, p2 = pp_ports or (free_port_all(), free_port_all())
     maps = (tcp_mapping("pp1", h1, extra="proxy_protocol = v1\n") +
             tcp_mapping("pp2", h2, p2, extra="proxy_protocol = v2\n"))
     s, c, _ = start_pair(ctx, maps, server_extra=server_extra % {"p1": p1, "p2": p2})
@@ -220,7 +243,7 @@ def header_before_any_data_server_speaks_first(ctx):
                 return
             c.sendall(d)
     a, b = TcpServer(ctx, svc), TcpServer(ctx, svc)
-    p1, p2 = free_port(), free_port()
+    p1, p2 = free_port(), free_port_all()
     maps = (tcp_mapping("a", a.port, extra="proxy_protocol = v1\n") +
             tcp_mapping("b", b.port, p2, extra="proxy_protocol = v2\n"))
     start_pair(ctx, maps, server_extra="map_tcp_bind = 127.0.0.1:%d\nallow_ports = %d\n" % (p1, p2))

@@ -24,6 +24,28 @@ def udp_mapping(name, local_port, remote_port=None, extra=""):
     return s + extra
 
 
+def free_port_all():
+    """A port free for TCP and UDP on every address (IPv4 and IPv6): the
+    listeners of these tests bind on all addresses (":P", or a remote_port
+    without a host), where lib.free_port's check of 127.0.0.1 alone is not
+    enough."""
+    while True:
+        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        t.bind(("::", 0))
+        port = t.getsockname()[1]
+        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        try:
+            u.bind(("::", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+            t.close()
+
+
 def have_ipv6():
     try:
         s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
@@ -148,7 +170,7 @@ def senders(port, n_senders, per_sender, window=4, size=200):
 
 def twenty_senders(ctx, via_remote_port):
     echo = UdpEcho(ctx)
-    pub = free_port()
+    pub = free_port_all() if via_remote_port else free_port()
     if via_remote_port:
         maps = udp_mapping("echo", echo.port, pub)
         extra = "allow_ports = %d\n" % pub
@@ -193,7 +215,7 @@ def udp_remote_port_not_allowed(ctx):
     """A udp remote_port outside allow_ports is rejected, with the reason;
     the client keeps its other mappings."""
     echo = UdpEcho(ctx)
-    bad, ok = free_port(), free_port()
+    bad, ok = free_port_all(), free_port_all()
     s, c, _ = start_pair(ctx, udp_mapping("bad", echo.port, bad) + udp_mapping("ok", echo.port, ok),
                          server_extra="allow_ports = %d\n" % ok)
     c.wait_log(r'mapping rejected name=bad reason="udp port %d is not in allow_ports"' % bad)
@@ -208,7 +230,7 @@ def udp_big_datagrams(ctx):
     round-trip intact, from an IPv4 and an IPv6 user (map_udp_bind on all
     addresses)."""
     echo = UdpEcho(ctx)
-    pub = free_port()
+    pub = free_port_all()
     s, c, _ = start_pair(ctx, udp_mapping("echo", echo.port), server_extra="map_udp_bind = :%d\n" % pub)
     wait_udp_up(pub)
     hosts = ["127.0.0.1"] + (["::1"] if have_ipv6() else [])
@@ -361,10 +383,11 @@ def udp_flood_does_not_hold_back_tcp(ctx):
     usink.bind(("127.0.0.1", 0))
     ctx.closers.append(usink.close)
     uport = usink.getsockname()[1]
-    ptcp, pudp = free_port(), free_port()
+    ptcp, pudp = free_port_all(), free_port_all()
     s, c, _ = start_pair(ctx, tcp_mapping("bulk", tsink.port, ptcp) + udp_mapping("flood", uport, pudp),
                          server_extra="allow_ports = %d,%d\n" % (ptcp, pudp),
                          client_extra="log_level = debug\n", binary=WMPROXYD_REL)
+    c.wait_log(r"mapping registered name=bulk mode=tcp")
     c.wait_log(r"mapping registered name=flood mode=udp")
     data = os.urandom(size)
     want = hashlib.sha256(data).hexdigest()

@@ -38,7 +38,7 @@ TEST_CASE("proxy_sniff: each protocol from its first bytes")
     prefixes("OPTIONS * HTTP/1.1\r\n", 8, PK_HTTP);
     /* "C" could still become CONNECT, then it is just another method */
     prefixes("COPY http://h/ HTTP/1.1\r\n", 5, PK_HTTP);
-    prefixes("CONNECTX h HTTP/1.1\r\n", 8, PK_HTTP);
+    prefixes("CONNECTX h HTTP/1.1\r\n", 9, PK_HTTP);
 }
 
 TEST_CASE("proxy_sniff: garbage is told at the first byte that shows it")
@@ -47,7 +47,8 @@ TEST_CASE("proxy_sniff: garbage is told at the first byte that shows it")
     prefixes("get http://h/ HTTP/1.1", 1, PK_UNKNOWN);                  /* methods are upper case */
     prefixes(" GET", 1, PK_UNKNOWN);
     prefixes("GE\tT", 3, PK_UNKNOWN);
-    prefixes("WMPQ", 4, PK_UNKNOWN);
+    prefixes("WMPQ ", 5, PK_HTTP);                                      /* could be a method */
+    prefixes(std::string("WMP\x01", 4), 4, PK_UNKNOWN);
     prefixes("ABCDEFGHIJKLMNOPQRST", 16, PK_UNKNOWN);                   /* no method is that long */
 }
 
