@@ -15,10 +15,13 @@
 #include "proxy.h"
 #include "proxyproto.h"
 #include <vector>
+#include <algorithm>
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -36,6 +39,8 @@ struct client : tunnel_owner, io_handler {
     timer retry, connect_timer;
     unsigned attempts = 0;
     std::vector<sockaddr_buf> udp_local;   /* resolved local_addr of udp mappings */
+    std::vector<uint32_t> rejected;        /* registrations to try again */
+    timer reg_retry;
 
     void on_io(unsigned events) override;
     void on_ready(tunnel *t) override;
@@ -215,10 +220,25 @@ static void register_mapping(tunnel *tn, size_t i)
         log_error("mapping %s not registered: its domains and header rules exceed 16 KiB", mc.name.c_str());
 }
 
+static void retry_registrations(void *)
+{
+    std::vector<uint32_t> again;
+    again.swap(cl->rejected);
+    if (!cl->t || cl->t->state != TS_READY)
+        return;
+    for (uint32_t idx : again)
+        if (idx < cl->cf.mappings.size() && !cl->cf.mappings[idx].removed) {
+            log_info("mapping %s: asking the server again", cl->cf.mappings[idx].name.c_str());
+            register_mapping(cl->t, idx);
+        }
+}
+
 void client::on_ready(tunnel *tn)
 {
     log_info("tunnel up peer=%s", tn->peer.c_str());
     attempts = 0;
+    rejected.clear();
+    reg_retry.fn = retry_registrations;
     for (size_t i = 0; i < cf.mappings.size(); i++)
         if (!cf.mappings[i].removed)
             register_mapping(tn, i);
@@ -229,10 +249,17 @@ void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::st
     if (idx >= cf.mappings.size() || cf.mappings[idx].removed)
         return;
     const mapping_conf &mc = cf.mappings[idx];
-    if (status == 0)
+    if (status == 0) {
         log_info("mapping registered name=%s mode=%s", mc.name.c_str(), mode_name(mc.mode));
-    else
-        log_warn("mapping rejected name=%s reason=\"%s\"", mc.name.c_str(), why.c_str());
+        return;
+    }
+    log_warn("mapping rejected name=%s reason=\"%s\"", mc.name.c_str(), why.c_str());
+    /* what another tunnel holds may be ours from before a restart, still
+     * held by a connection the server has not found dead yet (it will
+     * within 3 heartbeats): ask again every 1.5 heartbeats */
+    rejected.push_back(idx);
+    if (t && !reg_retry.armed())
+        timer_arm(&reg_retry, t->hb_ms * 3 / 2);
 }
 
 void client::on_open(tunnel *, stream *s, const open_msg &m)
@@ -282,6 +309,8 @@ void client::on_dgram(tunnel *tn, uint32_t flow, uint32_t idx, const uint8_t *p,
 void client::on_down(tunnel *tn, const char *why, bool auth_failure)
 {
     t = nullptr;
+    timer_cancel(&reg_retry);
+    rejected.clear();
     udp_flows_close();
     if (state == CS_STOPPED)
         return;
@@ -355,12 +384,35 @@ static void close_local_proxy(void)
     lp = nullptr;
 }
 
+/*
+ * The id the server knows this client by: the same for the same host,
+ * token and set of mapping names, so a client restarted after its address
+ * changed replaces its old tunnel (dead, not yet timed out) instead of
+ * finding its own ports taken. The token goes into it so the id cannot be
+ * derived without the secret.
+ */
+static void client_id(const conf &cf, uint8_t out[16])
+{
+    char host[256] = "";
+    gethostname(host, sizeof host - 1);
+    std::vector<std::string> names;
+    for (const mapping_conf &m : cf.mappings)
+        names.push_back(m.name);
+    std::sort(names.begin(), names.end());
+    std::string in = std::string("wmproxyd client id\n") + host + "\n" + cf.token + "\n";
+    for (const std::string &n : names)
+        in += n + "\n";
+    uint8_t md[SHA256_DIGEST_LENGTH];
+    SHA256((const uint8_t *)in.data(), in.size(), md);
+    memcpy(out, md, 16);
+}
+
 int client_start(const conf &cf, std::string *err)
 {
     cl = new client;
     cl->cf = cf;
     cl->tcf = tunnel_conf_of(cf, false);
-    RAND_bytes(cl->tcf.client_id, sizeof cl->tcf.client_id);
+    client_id(cf, cl->tcf.client_id);
     cl->retry.fn = connect_server;
     cl->connect_timer.fn = [](void *) {
         char why[160];

@@ -352,6 +352,37 @@ static void wake_stream(void *arg)
         s->end->on_writable();
 }
 
+/*
+ * The window every stream starts with, as HELLO announces it: small
+ * enough that max_streams of them fit in tunnel_buffer, so the credit we
+ * hand out can never commit more memory than tunnel_buffer (a tunnel full
+ * of slow readers stalls only them). top_up() then raises a new stream to
+ * the configured window while the budget allows.
+ */
+static uint32_t initial_window(const tunnel *t)
+{
+    uint64_t w = t->cf.tunnel_buffer / (t->cf.max_streams ? t->cf.max_streams : 1);
+    if (w < 4096)
+        w = 4096;
+    return w < t->cf.window ? (uint32_t)w : t->cf.window;
+}
+
+static void top_up(stream *s)
+{
+    tunnel *t = s->t;
+    if (s->rx_window >= t->cf.window)
+        return;
+    uint32_t more = t->cf.window - s->rx_window;
+    if (t->windows_sum + more > t->cf.tunnel_buffer)
+        return;   /* busy tunnel: this one grows when it needs to (give_credit) */
+    s->rx_window += more;
+    s->rx_avail += more;
+    t->windows_sum += more;
+    uint8_t b[4];
+    put_u32(b, more);
+    send_ctl(t, FT_WINDOW, 0, s->sid, b, 4);
+}
+
 stream::~stream()
 {
     task_cancel(&wake);
@@ -364,8 +395,8 @@ static stream *stream_new(tunnel *t, uint32_t sid)
     s->t = t;
     s->sid = sid;
     s->send_credit = t->peer_window;
-    s->rx_window = t->cf.window;
-    s->rx_avail = t->cf.window;
+    s->rx_window = initial_window(t);
+    s->rx_avail = s->rx_window;
     s->wake.fn = wake_stream;
     s->wake.arg = s;
     t->windows_sum += s->rx_window;
@@ -394,6 +425,7 @@ stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
     std::string p;
     open_encode(m, &p);
     send_ctl_str(t, FT_OPEN, s->sid, p);
+    top_up(s);
     return s;
 }
 
@@ -422,9 +454,12 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why)
         code_encode(code, why, &p);
         frame_hdr_encode(h, (uint32_t)p.size(), FT_GOAWAY, 0, 0);
         p.insert(0, (const char *)h, FRAME_HDR);
-        if (t->txr.data == 0 && t->tx_overflow.empty()) {
-            iovec iov = {(void *)p.data(), p.size()};
-            t->tr->writev(&iov, 1);
+        /* behind what is queued (our own preface and HELLO, maybe), in
+         * one write that does not wait */
+        if (t->tx_overflow.empty() && ring_put(&t->txr, p.data(), p.size()) == 0) {
+            iovec iov[2];
+            int n = ring_data_spans(&t->txr, 0, t->txr.data, iov);
+            t->tr->writev(iov, n);
             t->tr->flush();
         }
     }
@@ -495,7 +530,7 @@ static void send_hello(tunnel *t)
 {
     hello_msg m;
     m.heartbeat_ms = t->cf.heartbeat_ms;
-    m.window = t->cf.window;
+    m.window = initial_window(t);
     m.name = "wmproxyd " WMPROXY_VERSION;
     memcpy(m.client_id, t->cf.client_id, sizeof m.client_id);
     if (t->cf.is_server) {
@@ -700,11 +735,14 @@ static int dispatch(tunnel *t, const frame_hdr &h)
             return protocol_error(t, "bad OPEN for stream %u", h.sid);
         t->peer_max_sid = h.sid;
         if (t->streams.size() >= t->cf.max_streams) {
+            log_warn("tunnel %s: stream %u refused: max_streams (%u) reached", t->peer.c_str(), h.sid,
+                     t->cf.max_streams);
             send_code(t, FT_RESET, h.sid, RST_LIMIT, "max_streams");
             return 0;
         }
         s = stream_new(t, h.sid);
         s->mapping = m.mapping;
+        top_up(s);
         t->owner->on_open(t, s, m);
         return t->state == TS_CLOSED;
     }

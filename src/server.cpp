@@ -272,11 +272,11 @@ static void sniff_fail(sniff_conn *c, const char *why)
  * the close: a plaintext tunnel client on a TLS port reads the GOAWAY and
  * logs why; a TLS client on a plaintext port sees bytes that are not TLS
  * and says so, instead of a bare "connection closed". */
-static void tell_client(int fd, const char *why)
+static void tell_client(int fd, const char *why, uint8_t code = GA_PROTOCOL)
 {
-    uint8_t out[PREFACE_LEN + FRAME_HDR + 128];
+    uint8_t out[PREFACE_LEN + FRAME_HDR + 256];
     std::string p;
-    code_encode(GA_PROTOCOL, why, &p);
+    code_encode(code, why, &p);
     preface_encode(out);
     frame_hdr_encode(out + PREFACE_LEN, (uint32_t)p.size(), FT_GOAWAY, 0, 0);
     memcpy(out + PREFACE_LEN + FRAME_HDR, p.data(), p.size());
@@ -299,7 +299,10 @@ static void sniff_decide(sniff_conn *c, proxy_kind k)
     }
     if (k == PK_TUNNEL) {
         if (srv->tunnels.size() >= srv->cf.max_clients) {
-            log_warn("refused tunnel from %s: max_clients (%u) reached", c->peer.c_str(), srv->cf.max_clients);
+            char why[64];
+            snprintf(why, sizeof why, "max_clients (%u) reached", srv->cf.max_clients);
+            log_warn("refused tunnel from %s: %s", c->peer.c_str(), why);
+            tell_client(c->tr->fd, why, GA_LIMIT);
             return sniff_done(c);
         }
         reactor_del(c->tr->fd, c);
@@ -309,6 +312,8 @@ static void sniff_decide(sniff_conn *c, proxy_kind k)
             log_error("tunnel from %s: out of memory", c->peer.c_str());
             return sniff_done(c);
         }
+        /* the handshake deadline runs from the accept, not from here */
+        timer_arm_at(&t->hs_timer, c->deadline.expire);
         client_info *ci = new client_info;
         ci->peer = c->peer;
         t->user = ci;

@@ -722,5 +722,6 @@ def proxy_mapping_into_private_network(ctx):
              "http://127.0.0.1:%d/" % o.port)
     assert r.stdout == b"403", r.stdout     # https (CONNECT) is not in the mapping's flag
     c.wait_log(r"403: CONNECT is not allowed by flag")
-    c.wait_log(r"proxy server stream \d+: GET http://127\.0\.0\.1:%d/" % o.port)
+    # the client logs the public user's own address, carried in the OPEN
+    c.wait_log(r"proxy 127\.0\.0\.1:\d+: GET http://127\.0\.0\.1:%d/" % o.port)
     assert o.accepted == 2, o.accepted
