@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from lib import (WMPROXYD_REL, Skip, TcpServer, free_port, log_lines, start_pair, tcp_mapping, test,
+from lib import (WMPROXYD_REL, Skip, TcpServer, free_port, free_port_all, have_ipv6, log_lines, start_pair, tcp_mapping, test,
                  wait_until)
 
 MiB = 1 << 20
@@ -22,38 +22,6 @@ def udp_mapping(name, local_port, remote_port=None, extra=""):
     if remote_port:
         s += "remote_port = %d\n" % remote_port
     return s + extra
-
-
-def free_port_all():
-    """A port free for TCP and UDP on every address (IPv4 and IPv6): the
-    listeners of these tests bind on all addresses (":P", or a remote_port
-    without a host), where lib.free_port's check of 127.0.0.1 alone is not
-    enough."""
-    while True:
-        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        t.bind(("::", 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            u.bind(("::", port))
-            return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
-
-
-def have_ipv6():
-    try:
-        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        s.bind(("::1", 0))
-        s.close()
-        return True
-    except OSError:
-        return False
 
 
 class UdpEcho:
