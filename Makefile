@@ -98,7 +98,7 @@ e2e: $(B)/asan/wmproxyd wmproxyd
 
 # every test, one summary line at the end; non-zero exit when any failed
 check: deps
-	@$(MAKE) --no-print-directory wmproxyd $(B)/asan/wmproxyd $(B)/asan/unit
+	@$(MAKE) --no-print-directory -j$$(nproc 2>/dev/null || echo 2) wmproxyd $(B)/asan/wmproxyd $(B)/asan/unit
 	@scripts/check
 
 demo: deps
