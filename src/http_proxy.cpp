@@ -680,12 +680,16 @@ static bool resp_head(hsess *h)
         return false;
     }
     http_msg_info mi;
-    if (r < 0 || !h->rt || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
+    if (r < 0 || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
         log_info("http %s: malformed response from mapping %s", h->peer.c_str(), h->qmap.c_str());
         drop_stream(h);
         answer(h, 502, "malformed response from the service", false);
         return true;
     }
+    /* the stream (and with it the route) may be gone already while its
+     * whole answer waits here: send it, without rules then */
+    static const std::vector<std::pair<std::string, std::string>> none;
+    const std::vector<std::pair<std::string, std::string>> &rules = h->rt ? h->rt->resp_rules : none;
     bool interim = resp_scratch.status >= 100 && resp_scratch.status < 200 && resp_scratch.status != 101;
     bool upgrade = resp_scratch.status == 101 && h->qupgrade;
     if (resp_scratch.status == 101 && !h->qupgrade) {
@@ -702,13 +706,13 @@ static bool resp_head(hsess *h)
     http_write_status_line(&out, 1, resp_scratch.status, resp_scratch.reason);
     std::vector<const char *> sk;
     sk.push_back("Server");
-    for (auto &rule : h->rt->resp_rules)
+    for (auto &rule : rules)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
     http_copy_fields(&out, resp_scratch, (keep_te ? HTTP_KEEP_TE : 0) | (upgrade ? HTTP_KEEP_UPGRADE : 0), sk.data());
-    if (!has_rule(h->rt->resp_rules, "Server"))
+    if (!has_rule(rules, "Server"))
         http_write_field(&out, "Server", "wmproxy");
-    for (auto &rule : h->rt->resp_rules)
+    for (auto &rule : rules)
         if (!rule.second.empty())
             http_write_field(&out, rule.first.c_str(), rule.second.c_str());
     /* a body ended by the close can only end the user's connection too */
