@@ -1010,8 +1010,10 @@ tunnel_conf tunnel_conf_of(const conf &cf, bool is_server)
 int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len)
 {
     uint8_t h[FRAME_HDR + 4];
+    /* datagrams only while the ring is mostly empty: a busy tunnel is
+     * busy with streams, and they come first */
     if (t->state != TS_READY || len + 4 > FRAME_MAX_PAYLOAD || !t->tx_overflow.empty() ||
-        ring_room(&t->txr) < CTL_RESERVE + sizeof h + len) {
+        ring_room(&t->txr) < TX_RING / 4 * 3 + sizeof h + len) {
         t->dgrams_dropped++;
         return -1;
     }

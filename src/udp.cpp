@@ -10,7 +10,10 @@
 #include <string>
 #include <unordered_map>
 
-#define UDP_BATCH 64   /* datagrams read per socket per loop pass */
+/* Datagrams read per socket per loop pass: few, so a flood shares the loop
+ * with the streams instead of crowding them out (what waits too long in the
+ * socket buffer is dropped by the kernel, as datagrams may be). */
+#define UDP_BATCH 16
 
 static uint8_t dgram_buf[65536];
 
