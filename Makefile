@@ -156,6 +156,12 @@ PC_LIBS = $(shell PKG_CONFIG_SYSROOT_DIR='$(PKG_CONFIG_SYSROOT_DIR)' PKG_CONFIG_
 XLIBS    = $(if $(strip $(PC_LIBS)),$(PC_LIBS) -lpthread,$(LIBS))
 XLD      = $(if $(SYSROOT),-Wl$(comma)-rpath-link$(comma)$(SYSROOT)/usr/lib/$(TRIPLET):$(SYSROOT)/lib/$(TRIPLET))
 comma   := ,
+# arm64: ld (binutils >= 2.39) pads the file so that RELRO ends on a
+# max-page-size boundary, 64 KiB there: up to 64 KiB of zeros in the binary.
+# 16 KiB still loads on 4 KiB and 16 KiB page kernels (Raspberry Pi 5), not
+# on 64 KiB ones: XMAXPAGE= (empty) links with the default.
+XMAXPAGE ?= $(if $(filter aarch64-%,$(TRIPLET)),16384)
+XLD     += $(if $(XMAXPAGE),-Wl$(comma)-z$(comma)max-page-size=$(XMAXPAGE))
 XLIB_OBJS  = $(LIBSRCS:%.cpp=$(B)/rel/%.o)
 XUNIT_OBJS = $(UNIT_SRCS:%.cpp=$(B)/test/%.o)
 
