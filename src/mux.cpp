@@ -1013,7 +1013,7 @@ int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, siz
     /* datagrams only while the ring is mostly empty: a busy tunnel is
      * busy with streams, and they come first */
     if (t->state != TS_READY || len + 4 > FRAME_MAX_PAYLOAD || !t->tx_overflow.empty() ||
-        ring_room(&t->txr) < TX_RING / 4 * 3 + sizeof h + len) {
+        t->txr.data > TX_RING / 4 || ring_room(&t->txr) < CTL_RESERVE + sizeof h + len) {
         t->dgrams_dropped++;
         return -1;
     }

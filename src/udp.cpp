@@ -10,10 +10,12 @@
 #include <string>
 #include <unordered_map>
 
-/* Datagrams read per socket per loop pass: few, so a flood shares the loop
- * with the streams instead of crowding them out (what waits too long in the
- * socket buffer is dropped by the kernel, as datagrams may be). */
+/* Datagrams read per socket at a time; after a full batch the socket rests
+ * UDP_PAUSE_MS, so a flood shares the loop with the streams instead of
+ * crowding them out (what overflows the socket buffer meanwhile is dropped
+ * by the kernel, as datagrams may be). */
 #define UDP_BATCH 16
+#define UDP_PAUSE_MS 1
 
 static uint8_t dgram_buf[65536];
 
@@ -50,7 +52,7 @@ struct udp_port : io_handler {
     uint32_t idx = 0;
     uint32_t timeout_ms = 60000;
     std::unordered_map<std::string, sflow *> by_peer;
-    task more;
+    timer more;   /* reading resumes after UDP_PAUSE_MS: see UDP_BATCH */
     void on_io(unsigned events) override;
     virtual ~udp_port() {}
 };
@@ -115,8 +117,11 @@ static void port_read(void *arg)
         f->last_seen = now_ms();
         tunnel_send_dgram(u->t, f->id, u->idx, dgram_buf, (size_t)n);
     }
-    /* more may be waiting: let the others have a turn first */
-    task_post(&u->more);
+    /* more may be waiting: resume shortly, not in the very next pass, so a
+     * flood costs the loop at most UDP_BATCH datagrams a millisecond and
+     * the streams keep the rest (the kernel drops what overflows) */
+    if (!u->more.armed())
+        timer_arm(&u->more, UDP_PAUSE_MS);
 }
 
 void udp_port::on_io(unsigned ev)
@@ -145,7 +150,7 @@ void udp_port_close(udp_port *u)
 {
     while (!u->by_peer.empty())
         sflow_free(u->by_peer.begin()->second);
-    task_cancel(&u->more);
+    timer_cancel(&u->more);
     reactor_del(u->fd, u);
     close(u->fd);
     delete u;
@@ -168,7 +173,7 @@ struct cflow : flow_base, io_handler {
     int fd = -1;
     tunnel *tn = nullptr;
     uint32_t idx = 0;
-    task more;
+    timer more;
     void on_io(unsigned events) override;
     virtual ~cflow() {}
 };
@@ -178,7 +183,7 @@ static std::unordered_map<uint32_t, cflow *> cflows;
 static void cflow_free(cflow *f)
 {
     timer_cancel(&f->t);
-    task_cancel(&f->more);
+    timer_cancel(&f->more);
     reactor_del(f->fd, f);
     close(f->fd);
     cflows.erase(f->id);
@@ -204,7 +209,8 @@ static void cflow_read(void *arg)
         f->last_seen = now_ms();
         tunnel_send_dgram(f->tn, f->id, f->idx, dgram_buf, (size_t)n);
     }
-    task_post(&f->more);
+    if (!f->more.armed())
+        timer_arm(&f->more, UDP_PAUSE_MS);
 }
 
 void cflow::on_io(unsigned ev)
