@@ -173,6 +173,8 @@ size_t tunnel_stream_count(const tunnel *t);
  * cannot take it right now: datagrams never wait and never hold back
  * streams. Returns 0 sent, -1 dropped (counted in t->dgrams_dropped). */
 int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len);
+/* Whether a datagram would be taken now (readers wait rather than drop). */
+bool tunnel_dgram_room(const tunnel *t);
 
 /* Payload bytes s may send now. 0: wait, end->on_writable() will follow. */
 size_t stream_send_room(stream *s);

@@ -1007,13 +1007,19 @@ tunnel_conf tunnel_conf_of(const conf &cf, bool is_server)
     return t;
 }
 
+bool tunnel_dgram_room(const tunnel *t)
+{
+    /* datagrams only while the ring is mostly empty: a busy tunnel is
+     * busy with streams, and they come first; a quarter of the ring always
+     * holds a datagram of the largest size */
+    return t->state == TS_READY && t->tx_overflow.empty() && t->txr.data <= TX_RING / 4;
+}
+
 int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len)
 {
     uint8_t h[FRAME_HDR + 4];
-    /* datagrams only while the ring is mostly empty: a busy tunnel is
-     * busy with streams, and they come first */
-    if (t->state != TS_READY || len + 4 > FRAME_MAX_PAYLOAD || !t->tx_overflow.empty() ||
-        t->txr.data > TX_RING / 4 || ring_room(&t->txr) < CTL_RESERVE + sizeof h + len) {
+    if (!tunnel_dgram_room(t) || len + 4 > FRAME_MAX_PAYLOAD ||
+        ring_room(&t->txr) < CTL_RESERVE + sizeof h + len) {
         t->dgrams_dropped++;
         return -1;
     }

@@ -10,14 +10,68 @@
 #include <string>
 #include <unordered_map>
 
-/* Datagrams read per socket at a time; after a full batch the socket rests
- * UDP_PAUSE_MS, so a flood shares the loop with the streams instead of
- * crowding them out (what overflows the socket buffer meanwhile is dropped
- * by the kernel, as datagrams may be). */
+/* Datagrams read per socket at a time; after a full batch, or while the
+ * tunnel has no room for datagrams, the socket rests UDP_PAUSE_MS outside
+ * the poller, so a flood costs the loop neither reads nor wakeups beyond
+ * UDP_BATCH datagrams a millisecond and the streams keep the rest (what
+ * overflows the socket buffer meanwhile is dropped by the kernel, as
+ * datagrams may be). */
 #define UDP_BATCH 16
 #define UDP_PAUSE_MS 1
 
 static uint8_t dgram_buf[65536];
+
+/* A UDP socket read in batches; read_batch() returns true when it stopped
+ * with datagrams possibly left (full batch, or no room in the tunnel). */
+struct dgram_sock : io_handler {
+    int fd = -1;
+    timer more;
+    virtual bool read_batch() = 0;
+    void on_io(unsigned events) override;
+    void run();
+protected:
+    ~dgram_sock() {}
+};
+
+static void dgram_resume(void *arg)
+{
+    dgram_sock *d = (dgram_sock *)arg;
+    reactor_add(d->fd, d);
+    d->run();
+}
+
+void dgram_sock::run()
+{
+    if (!read_batch())
+        return;
+    /* out of the poller until the timer: under a flood every datagram
+     * would otherwise be a wakeup */
+    reactor_del(fd, this);
+    timer_arm(&more, UDP_PAUSE_MS);
+}
+
+void dgram_sock::on_io(unsigned ev)
+{
+    if ((ev & EV_READ) && !more.armed())
+        run();
+}
+
+static void dgram_sock_init(dgram_sock *d, int fd)
+{
+    d->fd = fd;
+    d->more.fn = dgram_resume;
+    d->more.arg = d;
+    reactor_add(fd, d);
+}
+
+static void dgram_sock_close(dgram_sock *d)
+{
+    if (d->more.armed())
+        timer_cancel(&d->more);
+    else
+        reactor_del(d->fd, d);
+    close(d->fd);
+}
 
 /* Flows expire lazily: traffic only moves last_seen, the timer re-arms
  * itself when it finds it moved. */
@@ -46,14 +100,12 @@ struct sflow : flow_base {
     std::string key;
 };
 
-struct udp_port : io_handler {
-    int fd = -1;
+struct udp_port : dgram_sock {
     tunnel *t = nullptr;
     uint32_t idx = 0;
     uint32_t timeout_ms = 60000;
     std::unordered_map<std::string, sflow *> by_peer;
-    timer more;   /* reading resumes after UDP_PAUSE_MS: see UDP_BATCH */
-    void on_io(unsigned events) override;
+    bool read_batch() override;
     virtual ~udp_port() {}
 };
 
@@ -78,15 +130,17 @@ static void sflow_timeout(void *arg)
     }
 }
 
-static void port_read(void *arg)
+bool udp_port::read_batch()
 {
-    udp_port *u = (udp_port *)arg;
+    udp_port *u = this;
     for (int i = 0; i < UDP_BATCH; i++) {
+        if (!tunnel_dgram_room(u->t))
+            return true;
         sockaddr_buf peer;
         peer.len = sizeof peer.ss;
         ssize_t n = recvfrom(u->fd, dgram_buf, sizeof dgram_buf, 0, (sockaddr *)&peer.ss, &peer.len);
         if (n < 0)
-            return;
+            return false;
         std::string key((const char *)&peer.ss, peer.len);
         auto it = u->by_peer.find(key);
         sflow *f;
@@ -117,17 +171,7 @@ static void port_read(void *arg)
         f->last_seen = now_ms();
         tunnel_send_dgram(u->t, f->id, u->idx, dgram_buf, (size_t)n);
     }
-    /* more may be waiting: resume shortly, not in the very next pass, so a
-     * flood costs the loop at most UDP_BATCH datagrams a millisecond and
-     * the streams keep the rest (the kernel drops what overflows) */
-    if (!u->more.armed())
-        timer_arm(&u->more, UDP_PAUSE_MS);
-}
-
-void udp_port::on_io(unsigned ev)
-{
-    if (ev & EV_READ)
-        port_read(this);
+    return true;
 }
 
 udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, std::string *err)
@@ -136,13 +180,10 @@ udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t ti
     if (fd < 0)
         return nullptr;
     udp_port *u = new udp_port;
-    u->fd = fd;
     u->t = t;
     u->idx = idx;
     u->timeout_ms = timeout_ms ? timeout_ms : 60000;
-    u->more.fn = port_read;
-    u->more.arg = u;
-    reactor_add(fd, u);
+    dgram_sock_init(u, fd);
     return u;
 }
 
@@ -150,9 +191,7 @@ void udp_port_close(udp_port *u)
 {
     while (!u->by_peer.empty())
         sflow_free(u->by_peer.begin()->second);
-    timer_cancel(&u->more);
-    reactor_del(u->fd, u);
-    close(u->fd);
+    dgram_sock_close(u);
     delete u;
 }
 
@@ -169,12 +208,10 @@ void udp_port_reply(uint32_t flow, const uint8_t *p, size_t len)
 
 /* ---- client ---- */
 
-struct cflow : flow_base, io_handler {
-    int fd = -1;
+struct cflow : flow_base, dgram_sock {
     tunnel *tn = nullptr;
     uint32_t idx = 0;
-    timer more;
-    void on_io(unsigned events) override;
+    bool read_batch() override;
     virtual ~cflow() {}
 };
 
@@ -183,9 +220,7 @@ static std::unordered_map<uint32_t, cflow *> cflows;
 static void cflow_free(cflow *f)
 {
     timer_cancel(&f->t);
-    timer_cancel(&f->more);
-    reactor_del(f->fd, f);
-    close(f->fd);
+    dgram_sock_close(f);
     cflows.erase(f->id);
     delete f;
 }
@@ -199,24 +234,18 @@ static void cflow_timeout(void *arg)
     }
 }
 
-static void cflow_read(void *arg)
+bool cflow::read_batch()
 {
-    cflow *f = (cflow *)arg;
     for (int i = 0; i < UDP_BATCH; i++) {
-        ssize_t n = recv(f->fd, dgram_buf, sizeof dgram_buf, 0);
+        if (!tunnel_dgram_room(tn))
+            return true;
+        ssize_t n = recv(fd, dgram_buf, sizeof dgram_buf, 0);
         if (n < 0)
-            return;   /* EAGAIN, or ECONNREFUSED from an ICMP: nothing to send */
-        f->last_seen = now_ms();
-        tunnel_send_dgram(f->tn, f->id, f->idx, dgram_buf, (size_t)n);
+            return false;   /* EAGAIN, or ECONNREFUSED from an ICMP: nothing to send */
+        last_seen = now_ms();
+        tunnel_send_dgram(tn, id, idx, dgram_buf, (size_t)n);
     }
-    if (!f->more.armed())
-        timer_arm(&f->more, UDP_PAUSE_MS);
-}
-
-void cflow::on_io(unsigned ev)
-{
-    if (ev & EV_READ)
-        cflow_read(this);
+    return true;
 }
 
 void udp_flow_dgram(tunnel *t, uint32_t flow, uint32_t idx, const sockaddr_buf &local, uint32_t timeout_ms,
@@ -244,17 +273,14 @@ void udp_flow_dgram(tunnel *t, uint32_t flow, uint32_t idx, const sockaddr_buf &
             return;
         }
         f = new cflow;
-        f->fd = fd;
         f->id = flow;
         f->tn = t;
         f->idx = idx;
         f->timeout_ms = timeout_ms;
         f->t.fn = cflow_timeout;
         f->t.arg = f;
-        f->more.fn = cflow_read;
-        f->more.arg = f;
         cflows[flow] = f;
-        reactor_add(fd, f);
+        dgram_sock_init(f, fd);
         timer_arm(&f->t, timeout_ms);
         log_debug("udp flow %u opened to %s", flow, sock_addr_text(local.sa()).c_str());
     } else {
