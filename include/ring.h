@@ -24,6 +24,11 @@ struct ring {
 int ring_alloc(ring *r, size_t size);
 /* Release the area; the ring becomes empty with size 0. */
 void ring_free(ring *r);
+/* Freed areas of 4 KiB and 16 KiB are kept for reuse, up to this many
+ * bytes in all. */
+#define RING_POOL_BYTES (1024 * 1024)
+/* Bytes of freed areas kept for reuse now. */
+size_t ring_pooled(void);
 /* Grow to newsize (> size) keeping the content. Returns 0 or -1. */
 int ring_grow(ring *r, size_t newsize);
 

@@ -34,6 +34,10 @@ struct transport {
     /* Plaintext already decrypted and held inside: keep reading, epoll
      * will not report it. */
     virtual bool pending() const { return false; }
+    /* Whether a read returning less than asked means the socket is drained
+     * for now (true of plain TCP; TLS may hold ciphertext it has not yet
+     * decrypted), so the reader may wait for the next edge. */
+    virtual bool short_read_drains() const { return false; }
     /* Bytes written but still held inside the transport. */
     virtual size_t buffered() const { return 0; }
     /* Why the last IO_ERR happened, for a log line. */

@@ -72,16 +72,22 @@ static bool mem_ieq(const char *a, const char *b, size_t n)
     return true;
 }
 
+/* Both walk s only as far as a, and stop at the first difference: most
+ * calls compare a field name against one it is not. */
 bool http_str_eq(http_str a, const char *s)
 {
-    size_t n = strlen(s);
-    return a.n == n && (n == 0 || memcmp(a.p, s, n) == 0);
+    for (size_t i = 0; i < a.n; i++)
+        if (!s[i] || a.p[i] != s[i])
+            return false;
+    return !s[a.n];
 }
 
 bool http_str_ieq(http_str a, const char *s)
 {
-    size_t n = strlen(s);
-    return a.n == n && mem_ieq(a.p, s, n);
+    for (size_t i = 0; i < a.n; i++)
+        if (!s[i] || lower(a.p[i]) != lower(s[i]))
+            return false;
+    return !s[a.n];
 }
 
 /* ---- head parser ---- */

@@ -45,6 +45,7 @@
 
 #define IN_RING (HTTP_MAX_HEAD + 16 * 1024)
 #define OUT_RING (128 * 1024)
+#define OUT_MIN (16 * 1024)       /* first size of out; a big response grows it to OUT_RING */
 
 /* ---- routes ---- */
 
@@ -199,6 +200,7 @@ struct hsess : io_handler, stream_end, deferred {
     http_proxy_conf hc;
     ring in, out;                /* allocated while in use, see release_idle() */
     bool can_read = true, can_write = true, down_eof = false;
+    bool rdhup = false;       /* the user's FIN was seen: read on to the EOF */
     bool close_after = false;    /* close once out is written */
     bool lingering = false;      /* our side is shut: reading to the user's EOF */
     bool draining = false;       /* QUIT: no keep-alive after this response */
@@ -324,7 +326,7 @@ static void drop_stream(hsess *h)
  * OUT_RING, and only while it is full of a previous response. */
 static bool out_reserve(hsess *h, size_t n)
 {
-    if (!h->out.area && ring_alloc(&h->out, OUT_RING) < 0)
+    if (!h->out.area && ring_alloc(&h->out, n > OUT_MIN ? n : OUT_MIN) < 0)
         return false;
     if (ring_room(&h->out) < n && ring_grow(&h->out, h->out.data + n) < 0)
         return false;
@@ -609,6 +611,10 @@ static bool read_head(hsess *h)
  * under its framing. Returns bytes of p taken. */
 static size_t resp_body(hsess *h, const char *p, size_t n)
 {
+    /* most answers fit the first size; a big one grows out once (a
+     * failure only means smaller steps) */
+    if (ring_room(&h->out) < n && h->out.size < OUT_RING)
+        ring_grow(&h->out, OUT_RING);
     size_t room = ring_room(&h->out), take;
     if (h->rs == R_RAW || h->rbody == HTTP_BODY_CLOSE) {
         take = n < room ? n : room;
@@ -722,6 +728,8 @@ static bool resp_head(hsess *h)
     else if (!interim)
         http_write_field(&out, "Connection", keep ? "keep-alive" : "close");
     http_write_end(&out);
+    if (out.size() > ring_room(&h->out) && h->out.size < OUT_RING)
+        ring_grow(&h->out, OUT_RING);   /* a head of over OUT_MIN */
     if (out.size() > ring_room(&h->out))
         return false;   /* wait for the user to read */
     out_put(h, out.data(), out.size());
@@ -1012,9 +1020,14 @@ static void hs_pump(hsess *h)
                     break;
             }
             iovec iov[2];
-            int n = ring_room_spans(&h->in, 0, ring_room(&h->in), iov);
+            size_t room = ring_room(&h->in);
+            int n = ring_room_spans(&h->in, 0, room, iov);
             ssize_t r = h->tr->readv(iov, n);
             if (r > 0) {
+                /* a short read drained the socket: wait for the next edge
+                 * rather than pay a read that says EAGAIN */
+                if ((size_t)r < room && !h->rdhup && h->tr->short_read_drains())
+                    h->can_read = false;
                 ring_produce(&h->in, (size_t)r);
                 moved += (size_t)r;
                 h->user_io = now_ms();
@@ -1090,6 +1103,8 @@ void hsess::on_io(unsigned ev)
         return;
     if (ev & (EV_READ | EV_HUP | EV_ERR | EV_RDHUP))
         can_read = true;
+    if (ev & (EV_RDHUP | EV_HUP | EV_ERR))
+        rdhup = true;
     if (ev & (EV_WRITE | EV_HUP | EV_ERR))
         can_write = true;
     if (tr->handshake() == IO_ERR) {

@@ -38,6 +38,7 @@ struct plain_transport : transport {
     }
 
     int flush() override { return 1; }
+    bool short_read_drains() const override { return true; }
 
     int shutdown_write() override
     {

@@ -78,6 +78,40 @@ TEST_CASE("ring: alloc and free")
     CHECK(r.area == nullptr);
 }
 
+TEST_CASE("ring: areas of the common sizes are reused, within a bound")
+{
+    size_t base = ring_pooled();
+    ring a;
+    REQUIRE(ring_alloc(&a, 16 * 1024) == 0);
+    char *area = a.area;
+    ring_put(&a, "x", 1);
+    ring_free(&a);
+    CHECK(ring_pooled() == base + 16 * 1024);
+    ring b;
+    REQUIRE(ring_alloc(&b, 16 * 1024) == 0);
+    CHECK(b.area == area);              /* the same area, from the pool */
+    CHECK(b.data == 0);
+    CHECK(ring_room(&b) == 16 * 1024);
+    CHECK(ring_pooled() == base);
+    ring_free(&b);
+
+    /* freeing many never keeps more than RING_POOL_BYTES */
+    ring rs[RING_POOL_BYTES / (16 * 1024) + 16];
+    for (auto &r : rs)
+        REQUIRE(ring_alloc(&r, 16 * 1024) == 0);
+    for (auto &r : rs)
+        ring_free(&r);
+    CHECK(ring_pooled() <= RING_POOL_BYTES);
+    CHECK(ring_pooled() >= RING_POOL_BYTES - 16 * 1024);
+
+    /* other sizes go straight back to malloc */
+    size_t before = ring_pooled();
+    ring c;
+    REQUIRE(ring_alloc(&c, 5000) == 0);
+    ring_free(&c);
+    CHECK(ring_pooled() == before);
+}
+
 TEST_CASE("ring: a ring of size 0 holds nothing")
 {
     ring r;
