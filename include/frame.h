@@ -45,7 +45,9 @@ enum frame_type {
     FT_MAX
 };
 
-enum frame_flags { FL_FIN = 1, FL_ACK = 1 };
+/* FL_BLOCKED on DATA: this frame used the last of the sender's credit and
+ * it had more to send (the receiver may grow the window; see PROTOCOL.md). */
+enum frame_flags { FL_FIN = 1, FL_ACK = 1, FL_BLOCKED = 2 };
 
 enum reset_code {
     RST_CANCEL = 0,     /* closed by the other end */

@@ -167,11 +167,14 @@ ssize_t stream_send_from_fd(stream *s, int fd, size_t max)
     if (n <= 0)
         return n;
     size_t left = (size_t)n;
+    /* all the credit taken by a read that filled what it asked for: the
+     * source likely has more, and the window is what stops it */
+    bool blocked = (size_t)n == max && (int64_t)n >= s->send_credit;
     off = 0;
     for (int i = 0; i < nchunks && left > 0; i++) {
         size_t l = left < plen[i] ? left : plen[i];
         uint8_t h[FRAME_HDR];
-        frame_hdr_encode(h, (uint32_t)l, FT_DATA, 0, s->sid);
+        frame_hdr_encode(h, (uint32_t)l, FT_DATA, blocked && l == left ? FL_BLOCKED : 0, s->sid);
         ring_poke(&t->txr, off, h, FRAME_HDR);
         off += FRAME_HDR + l;
         left -= l;
@@ -287,7 +290,7 @@ void stream_rx_consume(stream *s, size_t n)
 
 /* DATA for s, in one or two spans of the rx ring. Returns 0, or -1 when
  * the peer broke the protocol. */
-static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin)
+static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool blocked)
 {
     tunnel *t = s->t;
     if (s->fin_recv || (int64_t)len > s->rx_avail)
@@ -331,8 +334,10 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin)
     /* The peer used up its credit while we hold little of it: the credit
      * is in flight, the window (not the reader) limits the stream, and
      * give_credit() may grow it. Out of credit with a full buffer means a
-     * slow reader: no growth. */
-    if (s->rx_avail == 0 && s->rx.data < s->rx_window / 4)
+     * slow reader: no growth. Over a long path the credit we return is
+     * still on its way when the last credited byte arrives, so rx_avail
+     * never reaches 0 here: the sender says so itself (FL_BLOCKED). */
+    if ((s->rx_avail == 0 || blocked) && s->rx.data < s->rx_window / 4)
         s->rx_starved = true;
     if (took > 0) {
         s->rx_consumed += (uint32_t)took;
@@ -787,6 +792,7 @@ static int data_frames(tunnel *t, const frame_hdr &h, size_t *used)
     int n = ring_data_spans(&t->rxr, FRAME_HDR, h.len, iov);
     size_t total = h.len, off = FRAME_HDR + h.len;
     bool fin = h.flags & FL_FIN;
+    bool blocked = h.flags & FL_BLOCKED;
     stream *s;
 
     for (int frames = 1; !fin && frames < 16; frames++) {
@@ -802,6 +808,7 @@ static int data_frames(tunnel *t, const frame_hdr &h, size_t *used)
         total += nh.len;
         off += FRAME_HDR + nh.len;
         fin = nh.flags & FL_FIN;
+        blocked |= (nh.flags & FL_BLOCKED) != 0;
     }
     *used = off;
     if (t->state != TS_READY)
@@ -810,7 +817,7 @@ static int data_frames(tunnel *t, const frame_hdr &h, size_t *used)
         return protocol_error(t, "DATA for stream %u that was never opened", h.sid);
     if (!s)
         return 0;
-    if (stream_data(s, iov, n, total, fin) < 0)
+    if (stream_data(s, iov, n, total, fin, blocked) < 0)
         return protocol_error(t, "stream %u: %zu bytes over its window", h.sid, total);
     return t->state == TS_CLOSED;
 }

@@ -184,9 +184,13 @@ class LossyLink:
     (10.200.N.2) made of two TUN devices; a thread here forwards each IP
     packet to the other side after delay_ms, dropping a fraction loss of
     them (seeded: runs repeat). What netem does, for kernels without it;
-    both directions are impaired alike."""
+    both directions are impaired alike. With rate_mbit each direction is
+    also a link of that rate: a packet leaves when the ones before it have
+    (its length at that rate), then takes delay_ms; at most limit packets'
+    worth of backlog (1,500 bytes each) wait, the rest are dropped at the
+    tail, as netem's "rate" and "limit" do."""
 
-    def __init__(self, ctx, na, nb, subnet, loss=0.0, delay_ms=0, seed=1):
+    def __init__(self, ctx, na, nb, subnet, loss=0.0, delay_ms=0, seed=1, rate_mbit=0, limit=1000):
         self.ip_a, self.ip_b = "10.200.%d.1" % subnet, "10.200.%d.2" % subnet
         self.a, self.b = _name("u"), _name("v")
         self.fa = self.fb = None
@@ -199,8 +203,10 @@ class LossyLink:
             raise lib.Skip("this kernel has no netem, and a TUN device cannot be made either: %s" % e)
         self.fb = _tun(self.b)
         self.loss, self.delay = loss, delay_ms / 1000.0
+        self.rate = rate_mbit * 1e6 / 8          # bytes a second, 0: unlimited
+        self.limit = limit * 1500
         self.rng = random.Random(seed)
-        self.stats = {"fwd": 0, "dropped": 0}
+        self.stats = {"fwd": 0, "dropped": 0, "overflow": 0}
         for ns, dev, me, peer in ((na, self.a, self.ip_a, self.ip_b), (nb, self.b, self.ip_b, self.ip_a)):
             _ip("link", "set", dev, "netns", ns.name)
             _ip("-n", ns.name, "addr", "add", me, "peer", peer, "dev", dev)
@@ -212,6 +218,7 @@ class LossyLink:
         q = []     # (due, seq, fd to write, packet)
         seq = 0
         other = {self.fa: self.fb, self.fb: self.fa}
+        free_at = {self.fa: 0.0, self.fb: 0.0}    # when each direction's link is idle again
         while not self.stop:
             now = time.monotonic()
             while q and q[0][0] <= now:
@@ -238,9 +245,16 @@ class LossyLink:
                     if self.loss and self.rng.random() < self.loss:
                         self.stats["dropped"] += 1
                         continue
+                    t = time.monotonic()
+                    if self.rate:
+                        start = max(t, free_at[fd])
+                        if (start - t) * self.rate > self.limit:
+                            self.stats["overflow"] += 1
+                            continue
+                        free_at[fd] = t = start + len(pkt) / self.rate
                     self.stats["fwd"] += 1
                     seq += 1
-                    heapq.heappush(q, (time.monotonic() + self.delay, seq, other[fd], pkt))
+                    heapq.heappush(q, (t + self.delay, seq, other[fd], pkt))
 
     def close(self):
         self.stop = True

@@ -175,6 +175,80 @@ def faults_lossy_slow_path_transfers_intact(ctx):
     assert s.stop() == 0
 
 
+LFP_MBIT = 100      # the long fat pipe: rate and one-way delay, both directions
+LFP_DELAY_MS = 50
+
+
+@test(timeout=150)
+def faults_long_fat_pipe_one_stream_fills_it(ctx):
+    """Window auto-tuning: across a 100 Mbit/s link with 50 ms each way
+    (RTT 100 ms, a bandwidth-delay product of 1.2 MB, while a new stream's
+    window starts at 8 KiB with the defaults) one new stream downloading
+    64 MiB moves at least 80% of the link rate, first byte to last. The
+    tunnel is warmed by an earlier stream first, as a long-lived tunnel is
+    (so the tunnel's own TCP is past slow start and the figure is about the
+    stream's window). netem "delay 50ms rate 100mbit" on both ends where the
+    kernel has it, else a TUN link doing the same in this process; a plain
+    TCP transfer across the same link, outside the tunnel, on a new
+    connection (so with its own slow start) is timed too, and when it cannot
+    reach 75% (an overloaded emulator) the test skips."""
+    size = 64 * MiB
+    ns_s, ns_c = Netns(ctx), Netns(ctx)
+    probe = Veth(ctx, ns_s, ns_c, 15)
+    if probe.netem(["delay", "%dms" % LFP_DELAY_MS, "rate", "%dmbit" % LFP_MBIT, "limit", "1000"]):
+        ln, how = probe, "netem"
+    else:
+        ln, how = LossyLink(ctx, ns_s, ns_c, 16, delay_ms=LFP_DELAY_MS, rate_mbit=LFP_MBIT), "tun"
+
+    def source(conn):
+        n = 0
+        chunk = b"\x5a" * (1 << 20)
+        while n < size:
+            conn.sendall(chunk)
+            n += len(chunk)
+        conn.close()
+    src = ns_tcp_server(ctx, ns_c, source, host="0.0.0.0")
+
+    def fetch(addr):
+        """Seconds from connect to the last of size bytes."""
+        t0 = time.monotonic()
+        d = ns_s.connect(addr, timeout=60)
+        d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * MiB)
+        n = 0
+        buf = bytearray(1 << 20)
+        while True:
+            k = d.recv_into(buf)
+            if not k:
+                break
+            n += k
+        d.close()
+        assert n == size, "got %d bytes, want %d" % (n, size)
+        return time.monotonic() - t0
+
+    def mbit(dt):
+        return size * 8 / dt / 1e6
+
+    # the link itself, outside the tunnel (the source listens on all of ns_c)
+    direct = mbit(fetch((ln.ip_b, src.port)))
+    if direct < 0.75 * LFP_MBIT:
+        raise lib.Skip("the %s link moved only %.0f Mbit/s of %d outside the tunnel: it cannot measure the "
+                       "tunnel here" % (how, direct, LFP_MBIT))
+    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %d\n" % (ln.ip_a, PUB)).start()
+    s.wait_log(r"listening for tunnels")
+    c = NsDaemon(ctx, ns_c, "client", "[client]\nserver = %s:7000\n\n%s" % (
+        ln.ip_a, tcp_mapping("down", src.port, PUB))).start()
+    c.wait_log(r"mapping registered", timeout=20)
+    warm = mbit(fetch((ln.ip_a, PUB)))
+    tunnel = mbit(fetch((ln.ip_a, PUB)))          # a new stream: its window starts small
+    drops = " (%d packets over the queue limit)" % ln.stats["overflow"] if how == "tun" else ""
+    print("    %s %d Mbit/s, %d ms each way: %d MiB on one new stream at %.1f Mbit/s (%.0f%% of the link); "
+          "the tunnel's first stream %.1f, plain TCP outside the tunnel %.1f%s" % (
+              how, LFP_MBIT, LFP_DELAY_MS, size // MiB, tunnel, 100 * tunnel / LFP_MBIT, warm, direct, drops))
+    assert tunnel >= 0.8 * LFP_MBIT, "one stream moved %.1f Mbit/s, under 80%% of %d" % (tunnel, LFP_MBIT)
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 def redial(ns_c, ln, new_ip):
     """What a PPPoE redial does to the client: a new address, the old one
     gone; the old tunnel's packets now go nowhere, silently. (The new
