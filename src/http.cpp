@@ -712,8 +712,40 @@ void http_write_field(std::string *out, http_str name, http_str value)
 }
 
 /* Does a Connection field of m name n? */
-static bool named_by_connection(const http_head &m, http_str n)
+/* The options of every Connection field of m, gathered once per head
+ * (a field named by one of them is hop-by-hop). More than CONN_MAX of them
+ * are looked up in the head itself. */
+#define CONN_MAX 16
+
+struct conn_opts {
+    http_str opt[CONN_MAX];
+    size_t n = 0;
+    bool many = false;
+};
+
+static void conn_gather(const http_head &m, conn_opts *c)
 {
+    for (size_t i = 0; i < m.num_headers; i++) {
+        if (!http_str_ieq(m.headers[i].name, "connection"))
+            continue;
+        size_t pos = 0;
+        http_str el;
+        while (list_next(m.headers[i].value, &pos, &el)) {
+            if (c->n < CONN_MAX)
+                c->opt[c->n++] = el;
+            else
+                c->many = true;
+        }
+    }
+}
+
+static bool named_by_connection(const http_head &m, const conn_opts &c, http_str n)
+{
+    for (size_t k = 0; k < c.n; k++)
+        if (c.opt[k].n == n.n && mem_ieq(c.opt[k].p, n.p, n.n))
+            return true;
+    if (!c.many)
+        return false;
     for (size_t i = 0; i < m.num_headers; i++) {
         if (!http_str_ieq(m.headers[i].name, "connection"))
             continue;
@@ -732,7 +764,9 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
     static const char *const hop[] = {
         "connection", "keep-alive", "proxy-connection", "te", nullptr
     };
-    bool has_conn = http_header_index(m, "connection") >= 0;
+    conn_opts conn;
+    conn_gather(m, &conn);
+    bool has_conn = conn.n > 0;
     for (size_t i = 0; i < m.num_headers; i++) {
         http_str n = m.headers[i].name;
         bool drop = false;
@@ -750,7 +784,7 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
         bool protect = (te && (flags & HTTP_KEEP_TE)) || (up && (flags & HTTP_KEEP_UPGRADE)) ||
                        http_str_ieq(n, "host") || http_str_ieq(n, "content-length");
         if (!drop && has_conn && !protect)
-            drop = named_by_connection(m, n);
+            drop = named_by_connection(m, conn, n);
         if (!drop)
             http_write_field(out, n, m.headers[i].value);
     }

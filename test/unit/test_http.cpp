@@ -781,6 +781,19 @@ TEST_CASE("http_parse_absolute_uri")
     }
 }
 
+TEST_CASE("head writer: a field named by the 20th Connection option is dropped too")
+{
+    std::string msg = "GET / HTTP/1.1\r\nHost: a\r\nConnection: ";
+    for (int i = 0; i < 19; i++)
+        msg += "o" + std::to_string(i) + ", ";
+    msg += "X-Last\r\nX-Last: 1\r\nO3: 2\r\nX-Kept: 3\r\n\r\n";
+    http_request req;
+    REQUIRE(parse(msg, &req) == (int)msg.size());
+    std::string out;
+    http_copy_fields(&out, req, 0, nullptr);
+    CHECK(out == "Host: a\r\nX-Kept: 3\r\n");
+}
+
 TEST_CASE("head writer")
 {
     std::string msg = "POST http://a.example/x HTTP/1.1\r\n"
