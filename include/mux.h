@@ -139,6 +139,7 @@ struct tunnel : io_handler, deferred {
     uint64_t last_rx = 0;
     timer hb_timer, hs_timer, dead_timer;
     uint64_t bytes_in = 0, bytes_out = 0, started = 0;
+    uint64_t hb_bytes = 0;      /* bytes_in + bytes_out at the last heartbeat */
     uint64_t dgrams_dropped = 0;
     bool closing = false;
     bool was_ready = false;      /* authenticated once: a close is "down", else "refused" */

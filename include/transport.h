@@ -38,6 +38,8 @@ struct transport {
      * for now (true of plain TCP; TLS may hold ciphertext it has not yet
      * decrypted), so the reader may wait for the next edge. */
     virtual bool short_read_drains() const { return false; }
+    /* The connection is quiet: give back buffers that hold nothing. */
+    virtual void release() {}
     /* Bytes written but still held inside the transport. */
     virtual size_t buffered() const { return 0; }
     /* Why the last IO_ERR happened, for a log line. */

@@ -942,6 +942,7 @@ static void release_idle(hsess *h)
         std::string().swap(h->rbuf);
     if (h->qout.capacity() > 64 && h->qout.empty())
         std::string().swap(h->qout);
+    h->tr->release();
 }
 
 /* Waiting for the user to read what we wrote, or to send the rest of its

@@ -551,6 +551,10 @@ static void heartbeat(void *arg)
 {
     tunnel *t = (tunnel *)arg;
     uint8_t b[8] = {};
+    /* no stream data for a whole interval: the transport's buffers go */
+    if (t->bytes_in + t->bytes_out == t->hb_bytes)
+        t->tr->release();
+    t->hb_bytes = t->bytes_in + t->bytes_out;
     send_ctl(t, FT_PING, 0, 0, b, 8);
     timer_arm(&t->hb_timer, t->hb_ms);
 }

@@ -6,6 +6,11 @@
  * OpenSSL produced until someone sends it. Neither ever blocks, so OpenSSL
  * only ever says "want read" (rbio ran dry); "want write" cannot happen.
  * tls_transport puts a nonblocking socket under the engine for the mux.
+ *
+ * The BIOs are our own small memory BIO over a ring (ring.h) rather than
+ * BIO_s_mem(): the socket reads straight into rbio's ring and writes
+ * straight from wbio's, and nothing is reallocated or cleansed as
+ * OpenSSL's memory BIO does (ciphertext is no secret).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -18,13 +23,13 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include "ring.h"
 #include "tls.h"
 
 enum {
     TLS_REC = 16384,          /* plaintext per record, the TLS maximum */
     TLS_READ_CHUNK = 32768,   /* ciphertext taken per read(2) */
     TLS_HIGH = 65536,         /* held ciphertext above which writev says IO_AGAIN */
-    TLS_TRIM = 16384,         /* see tls_trim() */
 };
 
 struct tls_ctx {
@@ -37,8 +42,9 @@ struct tls_ctx {
 
 struct tls_conn {
     SSL *ssl = nullptr;
-    BIO *rbio = nullptr;            /* peer's ciphertext, waiting for OpenSSL */
-    BIO *wbio = nullptr;            /* OpenSSL's ciphertext, waiting for the peer */
+    BIO *rbio = nullptr;            /* peer's ciphertext, waiting for OpenSSL: in */
+    BIO *wbio = nullptr;            /* OpenSSL's ciphertext, waiting for the peer: out */
+    ring in, out;
     bool dead = false;              /* a fatal error happened: err says which */
     std::string err;
     std::string fail;               /* certificate problem seen while verifying */
@@ -406,14 +412,96 @@ std::string tls_ctx_fingerprint(const tls_ctx *c)
     return hex_colons(md, n);
 }
 
+/* ---- the ring BIO: a memory BIO whose bytes live in a ring ---- */
+
+/* Make room for n more bytes, in steps of 16 KiB: 16 KiB areas come from
+ * the pool, and the largest ring (TLS_HIGH plus a record) stays under
+ * glibc's mmap threshold. */
+static int ring_reserve(ring *r, size_t n)
+{
+    if (ring_room(r) >= n)
+        return 0;
+    size_t sz = (r->data + n + TLS_REC - 1) / TLS_REC * TLS_REC;
+    return r->area ? ring_grow(r, sz) : ring_alloc(r, sz);
+}
+
+static int rbio_write(BIO *b, const char *p, int n)
+{
+    ring *r = (ring *)BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (n <= 0)
+        return 0;
+    if (ring_reserve(r, (size_t)n) < 0)
+        return -1;
+    ring_put(r, p, (size_t)n);
+    return n;
+}
+
+static int rbio_read(BIO *b, char *p, int n)
+{
+    ring *r = (ring *)BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (r->data == 0) {
+        BIO_set_retry_read(b);      /* empty means "more later", never EOF */
+        return -1;
+    }
+    size_t k = (size_t)n < r->data ? (size_t)n : r->data;
+    ring_peek(r, 0, p, k);
+    ring_consume(r, k);
+    return (int)k;
+}
+
+static long rbio_ctrl(BIO *b, int cmd, long, void *)
+{
+    switch (cmd) {
+    case BIO_CTRL_PENDING:
+        return (long)((ring *)BIO_get_data(b))->data;
+    case BIO_CTRL_FLUSH:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int rbio_create(BIO *b)
+{
+    BIO_set_init(b, 1);
+    return 1;
+}
+
+static BIO_METHOD *ring_bio_method;
+
+static void ring_bio_method_free(void)
+{
+    BIO_meth_free(ring_bio_method);
+}
+
+static BIO *ring_bio_new(ring *r)
+{
+    if (!ring_bio_method) {
+        BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "wmproxy ring");
+        if (!m || !BIO_meth_set_write(m, rbio_write) || !BIO_meth_set_read(m, rbio_read) ||
+            !BIO_meth_set_ctrl(m, rbio_ctrl) || !BIO_meth_set_create(m, rbio_create)) {
+            BIO_meth_free(m);
+            return nullptr;
+        }
+        ring_bio_method = m;
+        atexit(ring_bio_method_free);
+    }
+    BIO *b = BIO_new(ring_bio_method);
+    if (b)
+        BIO_set_data(b, r);
+    return b;
+}
+
 /* ---- the engine ---- */
 
 tls_conn *tls_conn_new(tls_ctx *c, bool is_server, const char *server_name)
 {
     tls_conn *t = new tls_conn;
     t->ssl = SSL_new(c->ssl);
-    t->rbio = BIO_new(BIO_s_mem());
-    t->wbio = BIO_new(BIO_s_mem());
+    t->rbio = ring_bio_new(&t->in);
+    t->wbio = ring_bio_new(&t->out);
     if (!t->ssl || !t->rbio || !t->wbio) {
         BIO_free(t->rbio);
         BIO_free(t->wbio);
@@ -454,32 +542,30 @@ void tls_conn_free(tls_conn *t)
     if (!t)
         return;
     SSL_free(t->ssl);   /* frees both BIOs */
+    ring_free(&t->in);
+    ring_free(&t->out);
     delete t;
 }
 
 size_t tls_feed(tls_conn *t, const void *buf, size_t len)
 {
-    const char *p = (const char *)buf;
-    size_t done = 0;
-    while (done < len) {
-        size_t n = len - done < (size_t)INT32_MAX ? len - done : (size_t)INT32_MAX;
-        int w = BIO_write(t->rbio, p + done, (int)n);
-        if (w <= 0)
-            break;      /* out of memory; the memory BIO cannot refuse otherwise */
-        done += (size_t)w;
-    }
-    return done;
+    if (ring_reserve(&t->in, len) < 0)
+        return 0;       /* out of memory; the memory BIO cannot refuse otherwise */
+    ring_put(&t->in, buf, len);
+    return len;
 }
 
 size_t tls_pending_out(const tls_conn *t)
 {
-    return BIO_ctrl_pending(t->wbio);
+    return t->out.data;
 }
 
 size_t tls_drain(tls_conn *t, void *buf, size_t len)
 {
-    int n = BIO_read(t->wbio, buf, len < (size_t)INT32_MAX ? (int)len : INT32_MAX);
-    return n > 0 ? (size_t)n : 0;
+    size_t n = len < t->out.data ? len : t->out.data;
+    ring_peek(&t->out, 0, buf, n);
+    ring_consume(&t->out, n);
+    return n;
 }
 
 /* Turn a failed SSL_* call into words an operator understands. */
@@ -624,30 +710,12 @@ int tls_close_notify(tls_conn *t)
 
 bool tls_has_pending_plain(const tls_conn *t)
 {
-    return SSL_pending(t->ssl) > 0 || SSL_has_pending(t->ssl) || BIO_ctrl_pending(t->rbio) > 0;
+    return SSL_pending(t->ssl) > 0 || SSL_has_pending(t->ssl) || t->in.data > 0;
 }
 
 const char *tls_error(const tls_conn *t)
 {
     return t->err.c_str();
-}
-
-/* A memory BIO keeps the largest size it ever held: replace an empty one
- * that grew past TLS_TRIM so an idle connection holds no buffers (OpenSSL's
- * own go with RELEASE_BUFFERS). Growing a fresh BIO again costs reallocs, so
- * callers trim only after a small burst of traffic: a busy connection keeps
- * its buffers, one that turned quiet (heartbeats) lets them go. A
- * connection that falls silent right after a large burst keeps them until
- * its next small exchange. */
-static void tls_trim(tls_conn *t, BIO **bp, void (*set)(SSL *, BIO *))
-{
-    BUF_MEM *bm;
-    BIO *b;
-    if (BIO_ctrl_pending(*bp) == 0 && BIO_get_mem_ptr(*bp, &bm) > 0 && bm->max > TLS_TRIM
-        && (b = BIO_new(BIO_s_mem())) != nullptr) {
-        set(t->ssl, b);     /* frees the old one */
-        *bp = b;
-    }
 }
 
 /* ---- the transport: the engine over a nonblocking socket ---- */
@@ -662,8 +730,6 @@ struct tls_transport : transport {
     bool rd_told = false;   /* rd_end was returned once */
     int wr_state = 0;       /* 0 open, 1 close_notify queued, 2 FIN sent */
     bool wr_err = false;
-    size_t rd_burst = 0;    /* ciphertext read since the engine last starved */
-    size_t wr_burst = 0;    /* ciphertext sent since wbio was last empty */
 
     tls_transport(tls_conn *c_, int fd_) : transport(fd_), c(c_) {}
     ~tls_transport() override
@@ -677,12 +743,19 @@ struct tls_transport : transport {
      * Returns 1 fed, 0 end of stream, IO_AGAIN, IO_ERR. */
     int fill()
     {
-        char buf[TLS_READ_CHUNK];
         for (;;) {
-            ssize_t n = read(fd, buf, sizeof buf);
+            /* straight into the engine's ring */
+            iovec iov[2];
+            size_t room = ring_room(&c->in);
+            size_t want = room >= (size_t)TLS_READ_CHUNK / 2 ? room : (size_t)TLS_READ_CHUNK;
+            if (ring_reserve(&c->in, want) < 0) {
+                terr = "out of memory";
+                return IO_ERR;
+            }
+            int k = ring_room_spans(&c->in, 0, ring_room(&c->in), iov);
+            ssize_t n = ::readv(fd, iov, k);
             if (n > 0) {
-                tls_feed(c, buf, (size_t)n);
-                rd_burst += (size_t)n;
+                ring_produce(&c->in, (size_t)n);
                 starved = false;
                 return 1;
             }
@@ -702,13 +775,15 @@ struct tls_transport : transport {
     /* Send held ciphertext. Returns 1 nothing left, IO_AGAIN, IO_ERR. */
     int push()
     {
-        char *p;
-        long n;
-        bool sent = false;
         if (wr_err)
             return IO_ERR;
-        while ((n = BIO_get_mem_data(c->wbio, &p)) > 0) {
-            ssize_t w = send(fd, p, (size_t)n, MSG_NOSIGNAL);
+        while (c->out.data > 0) {
+            iovec iov[2];
+            int k = ring_data_spans(&c->out, 0, c->out.data, iov);
+            msghdr mh = {};
+            mh.msg_iov = iov;
+            mh.msg_iovlen = (size_t)k;
+            ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL);
             if (w < 0) {
                 if (errno == EINTR)
                     continue;
@@ -718,21 +793,7 @@ struct tls_transport : transport {
                 wr_err = true;
                 return IO_ERR;
             }
-            sent = true;
-            wr_burst += (size_t)w;
-            /* a memory BIO cannot skip bytes: read what was sent away */
-            char tmp[4096];
-            while (w > 0) {
-                int k = BIO_read(c->wbio, tmp, w < (ssize_t)sizeof tmp ? (int)w : (int)sizeof tmp);
-                if (k <= 0)
-                    break;
-                w -= k;
-            }
-        }
-        if (sent) {
-            if (wr_burst < TLS_TRIM)
-                tls_trim(c, &c->wbio, SSL_set0_wbio);
-            wr_burst = 0;
+            ring_consume(&c->out, (size_t)w);
         }
         return 1;
     }
@@ -809,11 +870,6 @@ struct tls_transport : transport {
         }
         if (i == n)
             return 0;       /* no room given */
-        if (rd_burst) {
-            if (rd_burst < TLS_TRIM)
-                tls_trim(c, &c->rbio, SSL_set0_rbio);
-            rd_burst = 0;
-        }
         return IO_AGAIN;
     }
 
@@ -913,10 +969,21 @@ struct tls_transport : transport {
         if (rd_end != 1)
             return !rd_told;
         return SSL_pending(c->ssl) > 0
-            || (!starved && (SSL_has_pending(c->ssl) || BIO_ctrl_pending(c->rbio) > 0));
+            || (!starved && (SSL_has_pending(c->ssl) || c->in.data > 0));
     }
 
     size_t buffered() const override { return tls_pending_out(c); }
+
+    /* The owner found the connection quiet: empty rings go (OpenSSL's own
+     * buffers go with RELEASE_BUFFERS). Not done on every empty ring: a
+     * busy connection empties them all the time. */
+    void release() override
+    {
+        if (c->in.data == 0)
+            ring_free(&c->in);
+        if (c->out.data == 0)
+            ring_free(&c->out);
+    }
 
     const char *error() const override
     {
