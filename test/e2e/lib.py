@@ -392,6 +392,17 @@ def recv_all(sock, limit=None):
             return bytes(out)
 
 
+def recv_count(sock):
+    """Read to the EOF, keeping nothing; the number of bytes."""
+    n = 0
+    buf = bytearray(1 << 20)
+    while True:
+        k = sock.recv_into(buf)
+        if not k:
+            return n
+        n += k
+
+
 def run(cmd, timeout=30, **kw):
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
 

@@ -14,7 +14,7 @@ import time
 
 import lib
 from lib import (WMPROXYD_REL, TcpServer, connect, echo_handler, echo_once, free_port, http_page_handler, log_lines,
-                 recv_all, tcp_mapping, test, wait_closed, wait_until)
+                 recv_all, recv_count, tcp_mapping, test, wait_closed, wait_until)
 from netns import LossyLink, Netns, NsDaemon, Veth, ns_tcp_server
 
 MiB = 1 << 20
@@ -222,13 +222,7 @@ def faults_long_fat_pipe_one_stream_fills_it(ctx):
         d = ns_s.connect(addr, timeout=60)
         d.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 * MiB)
         d.sendall(b"%16d" % want)
-        n = 0
-        buf = bytearray(1 << 20)
-        while True:
-            k = d.recv_into(buf)
-            if not k:
-                break
-            n += k
+        n = recv_count(d)
         d.close()
         assert n == want, "got %d bytes, want %d" % (n, want)
         return want * 8 / (time.monotonic() - t0) / 1e6

@@ -6,7 +6,7 @@ import threading
 import time
 
 from lib import (WMPROXYD_REL, TcpServer, connect, echo_handler, free_port, http_page_handler, pattern_bytes,
-                 recv_all, run, start_pair, tcp_mapping, test, wait_closed, wait_until)
+                 recv_all, recv_count, run, start_pair, tcp_mapping, test, wait_closed, wait_until)
 
 
 @test(timeout=60)
@@ -244,13 +244,7 @@ def stalled_reader_stops_only_itself(ctx):
             try:
                 sock = connect(pub, timeout=30)
                 sock.sendall(b"F")
-                n = 0
-                buf = bytearray(MiB)
-                while True:
-                    k = sock.recv_into(buf)
-                    if not k:
-                        break
-                    n += k
+                n = recv_count(sock)
                 sock.close()
                 if n != fast_size:
                     errs.append("got %d of %d bytes" % (n, fast_size))
