@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <string>
 #include "conf.h"
+#include "reactor.h"
 
 struct sockaddr_buf {
     sockaddr_storage ss;
@@ -30,6 +31,31 @@ uint16_t sock_addr_port(const sockaddr *sa);
 int sock_listen(const addr_conf &a, int type, std::string *err);
 /* accept4 nonblocking; returns fd or -1 (errno EAGAIN when drained). */
 int sock_accept(int lfd, sockaddr_buf *peer);
+/*
+ * A listening socket served edge-triggered: each event accepts until EAGAIN
+ * (the edge will not come again) and hands every connection to
+ * on_accept(). When accept fails for lack of descriptors or buffers it
+ * pauses ACCEPT_RETRY_MS and tries again, rather than spin or lose the edge.
+ */
+#define ACCEPT_RETRY_MS 100
+
+struct acceptor : io_handler {
+    int fd = -1;
+    std::string addr;           /* for log lines */
+    timer retry;
+    bool paused = false;
+    void on_io(unsigned events) override;
+    virtual void on_accept(int cfd, const sockaddr_buf &peer) = 0;
+    /* false while the owner is going away: events are ignored */
+    virtual bool accepting() const { return true; }
+protected:
+    ~acceptor() {}
+};
+/* Serve listening socket fd, opened on addr. */
+void acceptor_start(acceptor *a, int fd, const std::string &addr);
+/* Cancel the retry, leave the poller and close the socket. */
+void acceptor_stop(acceptor *a);
+
 /* Start a nonblocking connect. Returns fd (connection in progress or done),
  * or -1 with errno. */
 int sock_connect(const sockaddr *sa, socklen_t len);

@@ -55,42 +55,30 @@ static client *cl;
 
 /* The client's bind_addr: a local forward-proxy listener whose users go
  * through the tunnel; the server serves them under its own flag. */
-struct local_proxy : io_handler {
-    int fd = -1;
-    void on_io(unsigned events) override;
+struct local_proxy : acceptor {
+    void on_accept(int cfd, const sockaddr_buf &peer) override;
     virtual ~local_proxy() {}
 };
 
 static local_proxy *lp;
 
-void local_proxy::on_io(unsigned)
+void local_proxy::on_accept(int cfd, const sockaddr_buf &peer)
 {
-    for (;;) {
-        sockaddr_buf peer;
-        int cfd = sock_accept(fd, &peer);
-        if (cfd < 0) {
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            if (errno != EAGAIN)
-                log_warn("accept on %s: %s", cl->cf.bind_addr.text().c_str(), strerror(errno));
-            return;
-        }
-        std::string who = sock_addr_text(peer.sa());
-        stream *s = nullptr;
-        if (cl->t && cl->t->state == TS_READY) {
-            open_msg m;
-            m.mapping = 0xffffffffu;   /* not a mapping: a proxy user */
-            s = tunnel_open(cl->t, m, nullptr);
-        }
-        if (!s) {
-            log_info("proxy user %s refused: the tunnel is %s", who.c_str(), cl->t ? "full" : "down");
-            close(cfd);
-            continue;
-        }
-        relay *r = relay_new(cfd, s, who);
-        if (r)
-            r->what = "bind_addr";
+    std::string who = sock_addr_text(peer.sa());
+    stream *s = nullptr;
+    if (cl->t && cl->t->state == TS_READY) {
+        open_msg m;
+        m.mapping = 0xffffffffu;   /* not a mapping: a proxy user */
+        s = tunnel_open(cl->t, m, nullptr);
     }
+    if (!s) {
+        log_info("proxy user %s refused: the tunnel is %s", who.c_str(), cl->t ? "full" : "down");
+        close(cfd);
+        return;
+    }
+    relay *r = relay_new(cfd, s, who);
+    if (r)
+        r->what = "bind_addr";
 }
 
 static void connect_server(void *);
@@ -368,8 +356,7 @@ static int open_local_proxy(const conf &cf, std::string *err)
     if (fd < 0)
         return -1;
     lp = new local_proxy;
-    lp->fd = fd;
-    reactor_add(fd, lp);
+    acceptor_start(lp, fd, cf.bind_addr.text());
     log_info("listening for proxy users on %s (served through the tunnel)", cf.bind_addr.text().c_str());
     return 0;
 }
@@ -378,8 +365,7 @@ static void close_local_proxy(void)
 {
     if (!lp)
         return;
-    reactor_del(lp->fd, lp);
-    close(lp->fd);
+    acceptor_stop(lp);
     delete lp;
     lp = nullptr;
 }

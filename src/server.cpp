@@ -25,29 +25,18 @@
 #include <set>
 #include <vector>
 
-#define ACCEPT_RETRY_MS 100   /* out of descriptors: accept again after this */
 #define PREAUTH_MIN 64        /* connections not yet authenticated: at least this many */
 
 struct listener;
 
 enum listener_kind { LK_TUNNEL, LK_TCP, LK_HTTP, LK_HTTPS, LK_STATUS };
 
-struct listener : io_handler, deferred {
-    int fd = -1;
+struct listener : acceptor, deferred {
     listener_kind kind = LK_TUNNEL;
     uint16_t port = 0;
-    std::string addr;
-    timer retry;
-    bool paused = false;
-    void on_io(unsigned events) override;
-    ~listener() override
-    {
-        timer_cancel(&retry);
-        if (fd >= 0) {
-            reactor_del(fd, this);
-            close(fd);
-        }
-    }
+    void on_accept(int cfd, const sockaddr_buf &peer) override;
+    bool accepting() const override { return !doomed; }
+    ~listener() override { acceptor_stop(this); }
 };
 
 /* Who owns a public TCP port (map_tcp_bind, map_proxy_bind, a remote_port). */
@@ -127,17 +116,9 @@ static listener *listen_on(const addr_conf &a, listener_kind kind, std::string *
     if (fd < 0)
         return nullptr;
     listener *l = new listener;
-    l->fd = fd;
     l->kind = kind;
     l->port = a.port;
-    l->addr = a.text();
-    l->retry.fn = [](void *arg) {
-        listener *l = (listener *)arg;
-        l->paused = false;
-        l->on_io(EV_READ);
-    };
-    l->retry.arg = l;
-    reactor_add(fd, l);
+    acceptor_start(l, fd, a.text());
     return l;
 }
 
@@ -404,34 +385,16 @@ static void accept_tunnel(int fd, const sockaddr_buf &peer)
     c->on_io(EV_READ | EV_WRITE);
 }
 
-void listener::on_io(unsigned)
+void listener::on_accept(int cfd, const sockaddr_buf &peer)
 {
-    if (paused || doomed)
-        return;
-    /* accept everything pending: the edge will not come again */
-    for (;;) {
-        sockaddr_buf peer;
-        int cfd = sock_accept(fd, &peer);
-        if (cfd < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK)
-                return;
-            if (errno == EINTR || errno == ECONNABORTED)
-                continue;
-            /* EMFILE/ENFILE/ENOBUFS: retrying now would spin; pause */
-            log_warn("accept on %s: %s (pausing %dms)", addr.c_str(), strerror(errno), ACCEPT_RETRY_MS);
-            paused = true;
-            timer_arm(&retry, ACCEPT_RETRY_MS);
-            return;
-        }
-        if (kind == LK_TUNNEL)
-            accept_tunnel(cfd, peer);
-        else if (kind == LK_TCP)
-            accept_public(this, cfd, peer);
-        else if (kind == LK_STATUS)
-            accept_status(cfd, peer);
-        else
-            accept_http(cfd, peer, kind == LK_HTTPS);
-    }
+    if (kind == LK_TUNNEL)
+        accept_tunnel(cfd, peer);
+    else if (kind == LK_TCP)
+        accept_public(this, cfd, peer);
+    else if (kind == LK_STATUS)
+        accept_status(cfd, peer);
+    else
+        accept_http(cfd, peer, kind == LK_HTTPS);
 }
 
 void server::on_ready(tunnel *t)

@@ -3,6 +3,7 @@
  */
 #include "sock.h"
 #include "reactor.h"
+#include "log.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -123,6 +124,56 @@ int sock_accept(int lfd, sockaddr_buf *peer)
 {
     peer->len = sizeof peer->ss;
     return accept4(lfd, (sockaddr *)&peer->ss, &peer->len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+}
+
+void acceptor::on_io(unsigned)
+{
+    if (paused || fd < 0 || !accepting())
+        return;
+    for (;;) {
+        sockaddr_buf peer;
+        int cfd = sock_accept(fd, &peer);
+        if (cfd < 0) {
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                return;
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            /* EMFILE/ENFILE/ENOBUFS: retrying now would spin; pause */
+            log_warn("accept on %s: %s (pausing %dms)", addr.c_str(), strerror(errno), ACCEPT_RETRY_MS);
+            paused = true;
+            timer_arm(&retry, ACCEPT_RETRY_MS);
+            return;
+        }
+        on_accept(cfd, peer);
+        if (fd < 0 || !accepting())
+            return;     /* on_accept stopped us */
+    }
+}
+
+static void acceptor_retry(void *arg)
+{
+    acceptor *a = (acceptor *)arg;
+    a->paused = false;
+    a->on_io(EV_READ);
+}
+
+void acceptor_start(acceptor *a, int fd, const std::string &addr)
+{
+    a->fd = fd;
+    a->addr = addr;
+    a->retry.fn = acceptor_retry;
+    a->retry.arg = a;
+    reactor_add(fd, a);
+}
+
+void acceptor_stop(acceptor *a)
+{
+    timer_cancel(&a->retry);
+    if (a->fd >= 0) {
+        reactor_del(a->fd, a);
+        close(a->fd);
+        a->fd = -1;
+    }
 }
 
 int sock_connect(const sockaddr *sa, socklen_t len)
