@@ -446,6 +446,21 @@ def wait_closed(sock, timeout):
             return time.monotonic() - t0
 
 
+def closed_at_once(port, timeout, host="127.0.0.1"):
+    """Connect to a port whose daemon is expected to close the connection
+    (EOF or a reset) within timeout. A reset can beat connect()'s own
+    completion check on a busy machine: that is closed too."""
+    t0 = time.monotonic()
+    try:
+        sock = connect(port, timeout, host)
+    except ConnectionResetError:
+        return
+    try:
+        wait_closed(sock, timeout - (time.monotonic() - t0))
+    finally:
+        sock.close()
+
+
 def refused(port, host="127.0.0.1"):
     """True when nothing listens on port (connect refused)."""
     try:

@@ -13,8 +13,8 @@ import threading
 import time
 
 import lib
-from lib import (WMPROXYD_REL, TcpServer, connect, echo_handler, echo_once, free_port, http_page_handler, log_lines,
-                 recv_all, recv_count, tcp_mapping, test, wait_closed, wait_until)
+from lib import (WMPROXYD_REL, TcpServer, closed_at_once, connect, echo_handler, echo_once, free_port,
+                 http_page_handler, log_lines, recv_all, recv_count, tcp_mapping, test, wait_closed, wait_until)
 from netns import LossyLink, Netns, NsDaemon, Veth, ns_tcp_server
 
 MiB = 1 << 20
@@ -483,9 +483,7 @@ def faults_max_streams_refuses_cleanly(ctx):
     for i, sock in enumerate(socks):
         sock.sendall(b"%d" % i)
         assert sock.recv(1) == b"%d" % i
-    extra = connect(rp)
-    wait_closed(extra, 3)
-    extra.close()
+    closed_at_once(rp, 3)
     s.wait_log(r"refused 127\.0\.0\.1:\d+ on port %d: max_streams \(3\) reached" % rp, timeout=2)
     for i, sock in enumerate(socks):
         sock.sendall(b"again")
@@ -509,9 +507,7 @@ def faults_max_streams_refuses_cleanly(ctx):
     for sock in two:
         sock.sendall(b"k")
         assert sock.recv(1) == b"k"
-    third = connect(rp2)
-    wait_closed(third, 3)
-    third.close()
+    closed_at_once(rp2, 3)
     c2.wait_log(r"max_streams", timeout=2)
     for sock in two:
         sock.sendall(b"still")

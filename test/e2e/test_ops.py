@@ -14,9 +14,9 @@ import subprocess
 import threading
 import time
 
-from lib import (ROOT, WMPROXYD, Daemon, Skip, TcpServer, client_ini, connect, echo_handler,
-                 echo_once, free_port, http_page_handler, pattern_bytes, recv_all, refused, run, server_ini,
-                 start_pair, tcp_mapping, test, wait_closed, wait_until)
+from lib import (ROOT, WMPROXYD, Daemon, Skip, TcpServer, client_ini, closed_at_once, connect, echo_handler, echo_once,
+                 free_port, http_page_handler, pattern_bytes, recv_all, refused, run, server_ini, start_pair,
+                 tcp_mapping, test, wait_closed, wait_until)
 
 MiB = 1 << 20
 
@@ -651,10 +651,7 @@ def status_metrics(ctx):
     finish_streams(socks)
 
     # a public connection nobody serves (map_tcp_bind with no mapping): refused
-    try:
-        wait_closed(connect(idle), 5)
-    except ConnectionResetError:
-        pass
+    closed_at_once(idle, 5)
     # a client with a wrong token: a handshake failure
     bad = Daemon(ctx, "badclient", client_ini(tport, "token = wrong\n", tls=False)).start()
     bad.wait_log(r"refused the tunnel", timeout=15)

@@ -5,8 +5,8 @@ import socket
 import threading
 import time
 
-from lib import (WMPROXYD_REL, TcpServer, connect, echo_handler, free_port, http_page_handler, pattern_bytes,
-                 recv_all, recv_count, run, start_pair, tcp_mapping, test, wait_closed, wait_until)
+from lib import (WMPROXYD_REL, TcpServer, closed_at_once, connect, echo_handler, free_port, http_page_handler,
+                 pattern_bytes, recv_all, recv_count, run, start_pair, tcp_mapping, test, wait_closed, wait_until)
 
 
 @test(timeout=60)
@@ -326,14 +326,7 @@ def local_service_refused(ctx):
     pub = free_port()
     s, c, _ = start_pair(ctx, tcp_mapping("dead", dead), server_extra="map_tcp_bind = 127.0.0.1:%d\n" % pub)
     for i in range(3):
-        t0 = time.monotonic()
-        try:
-            sock = connect(pub)
-        except ConnectionResetError:
-            # the reset can beat connect()'s own completion check: closed too
-            continue
-        wait_closed(sock, 3 - (time.monotonic() - t0))
-        sock.close()
+        closed_at_once(pub, 3)
     c.wait_log(r"connect 127\.0\.0\.1:%d: Connection refused" % dead, count=3)
     assert "tunnel down" not in c.text() and "tunnel down" not in s.text()
     assert c.stop() == 0
