@@ -12,6 +12,10 @@ Variants (tcp figures):
   wmp       wmproxyd server + client, plaintext tunnel, tcp mapping
   wmp-tls   the same with tc = true / ts = true (generated certificate, pinned)
   haproxy   haproxy mode tcp, nbthread 1 (wmproxyd is single-threaded)
+  relay1    benchtool relay: the floor of a one-hop proxy (epoll, read() and write() of up to
+            256 KiB, nothing else: no framing, no parsing, no timers)
+  relay2    two benchtool relays in a row: the floor of any two-process tunnel (a public
+            side and a private side), which is what wmproxyd's server and client are
   nginx     nginx stream proxy_pass, master_process off (one process)
   socat     socat TCP-LISTEN,fork TCP:... (defaults: 8 KiB buffer, fork per connection)
   ssh       ssh -N -R, aes128-gcm@openssh.com, no session: OpenSSH 9.2's ssh sets TCP_NODELAY
@@ -43,7 +47,7 @@ TOOL = os.environ.get("BENCHTOOL", os.path.join(ROOT, "build", "bench", "benchto
 CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 
-TCP_VARIANTS = ["direct", "wmp", "wmp-tls", "haproxy", "nginx", "socat", "ssh", "ssh-nd"]
+TCP_VARIANTS = ["direct", "wmp", "wmp-tls", "haproxy", "relay1", "relay2", "nginx", "socat", "ssh", "ssh-nd"]
 HTTP_VARIANTS = ["direct", "nginx", "wmp", "wmp-tls"]
 FIGURES = ["tput1", "tput8", "rr", "cps1", "cps50", "http", "mem", "size"]
 GROUPS = {"tput": ["tput1", "tput8"], "cps": ["cps1", "cps50"], "throughput": ["tput1", "tput8"],
@@ -361,6 +365,21 @@ class Bench:
         self.argv_used["haproxy"] = "haproxy -db -f haproxy.cfg  (global nbthread 1; mode tcp; listen/bind/server)"
         self.cpu_pids["haproxy"] = [p.pid]
 
+    def start_relays(self, variant, hops):
+        ports, pids = {}, []
+        for what, target in (("iperf", self.iperf_port), ("echo", self.echo_port)):
+            for _ in range(hops):
+                p = self.procs.start(variant, [TOOL, "relay", "0", str(target)], self.path(variant + ".log"),
+                                     stdout=subprocess.PIPE)
+                target = int(p.stdout.readline().decode().split()[1])
+                _used_ports.add(target)
+                if what == "iperf":
+                    pids.append(p.pid)
+            ports[what] = target
+        self.ports[variant] = ports
+        self.cpu_pids[variant] = pids
+        self.argv_used[variant] = " -> ".join(["benchtool relay PORT TARGET"] * hops)
+
     def start_nginx_stream(self):
         ip, ep = free_port(), free_port()
         body = ("server { listen 127.0.0.1:%d; proxy_pass 127.0.0.1:%d; }\n"
@@ -463,6 +482,9 @@ class Bench:
         if tcp_figs:
             if "haproxy" in variants:
                 self.start_haproxy()
+            for v, hops in (("relay1", 1), ("relay2", 2)):
+                if v in variants:
+                    self.start_relays(v, hops)
             if "nginx" in variants:
                 self.start_nginx_stream()
             if "socat" in variants:
@@ -795,6 +817,10 @@ class Bench:
         print("  %-50s %-10s %-10s %s" % ("target", "measured", "required", "result"))
         for t in T:
             print("  %-50s %-10s %-10s %s" % t)
+        if md("tput1", "relay2"):
+            print("  floors: plain tunnel 1-stream = %.2f x relay2 (two bare relays); haproxy = %.2f x relay1"
+                  % (md("tput1", "wmp") / md("tput1", "relay2"), md("tput1", "haproxy") / md("tput1", "relay1"))
+                  if md("tput1", "wmp") and md("tput1", "haproxy") and md("tput1", "relay1") else "")
         if "rr" in self.need:
             print("  (*) rathole is not installed here: the issue's rathole figure (8,280/s vs 22,200/s direct)"
                   "\n      x 1.2 gives >= 0.45 x direct, measured against this run's direct.")

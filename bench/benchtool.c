@@ -13,6 +13,10 @@
  *                                     prints JSON {n, cps, errors, p50_us, p99_us}
  *   benchtool hold PORT N             open N connections (1-byte echo each, 200 at a time),
  *                                     print "held N" (or "failed K ..."), then wait for SIGTERM
+ *   benchtool relay PORT TARGET       the floor of any user-space proxy: one thread, edge-
+ *                                     triggered epoll, read() into a 256 KiB buffer per
+ *                                     direction and write() it on, nothing else (no framing,
+ *                                     no parsing); prints "port N" once listening
  *
  * Every mode raises RLIMIT_NOFILE to its hard limit. Only 127.0.0.1 is used.
  */
@@ -441,6 +445,116 @@ static int hold_main(int port, int total)
     return 0;
 }
 
+/* ---- a bare relay: what a proxy costs with nothing but read() and write() ---- */
+
+struct half {
+    int from, to;
+    char *buf;
+    size_t off, len;
+    int eof;
+};
+
+struct rconn {
+    struct half up, down;   /* client -> target, target -> client */
+    int open;
+};
+
+/* Move bytes until either side says EAGAIN. Returns -1 on an error. */
+static int half_pump(struct half *h)
+{
+    for (;;) {
+        if (h->len) {
+            ssize_t w = write(h->to, h->buf + h->off, h->len);
+            if (w < 0)
+                return errno == EAGAIN ? 0 : -1;
+            h->off += (size_t)w;
+            h->len -= (size_t)w;
+            continue;
+        }
+        if (h->eof)
+            return 0;
+        ssize_t r = read(h->from, h->buf, 256 * 1024);
+        if (r < 0)
+            return errno == EAGAIN ? 0 : -1;
+        if (r == 0) {
+            h->eof = 1;
+            shutdown(h->to, SHUT_WR);
+            return 0;
+        }
+        h->off = 0;
+        h->len = (size_t)r;
+    }
+}
+
+static struct rconn closed_conn;    /* stands in for one freed during a batch */
+
+static void rconn_close(struct rconn *c)
+{
+    close(c->up.from);
+    close(c->up.to);
+    free(c->up.buf);
+    free(c->down.buf);
+    free(c);
+}
+
+static __attribute__((noreturn)) void relay_main(int port, int target)
+{
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    int one = 1;
+    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = addr_of(port);
+    if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0)
+        die("bind");
+    if (listen(lfd, 4096) < 0)
+        die("listen");
+    socklen_t al = sizeof a;
+    getsockname(lfd, (struct sockaddr *)&a, &al);
+    printf("port %d\n", ntohs(a.sin_port));
+    fflush(stdout);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
+    epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
+    struct epoll_event evs[64];
+    for (;;) {
+        int n = epoll_wait(ep, evs, 64, -1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        for (int i = 0; i < n; i++) {
+            struct rconn *c = evs[i].data.ptr;
+            if (!c) {
+                int cfd;
+                while ((cfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK)) >= 0) {
+                    int tfd = connect_blocking(target);
+                    nonblock(tfd);
+                    nodelay(cfd);
+                    c = calloc(1, sizeof *c);
+                    c->up = (struct half){cfd, tfd, malloc(256 * 1024), 0, 0, 0};
+                    c->down = (struct half){tfd, cfd, malloc(256 * 1024), 0, 0, 0};
+                    c->open = 1;
+                    struct epoll_event ce = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c};
+                    epoll_ctl(ep, EPOLL_CTL_ADD, cfd, &ce);
+                    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ce);
+                    half_pump(&c->up);
+                    half_pump(&c->down);
+                }
+                continue;
+            }
+            if (!c->open)
+                continue;
+            if (half_pump(&c->up) < 0 || half_pump(&c->down) < 0 ||
+                (c->up.eof && c->down.eof && !c->up.len && !c->down.len)) {
+                c->open = 0;    /* freed after this batch: another event may name it */
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->up.from, NULL);
+                epoll_ctl(ep, EPOLL_CTL_DEL, c->up.to, NULL);
+                for (int j = i + 1; j < n; j++)
+                    if (evs[j].data.ptr == c)
+                        evs[j].data.ptr = &closed_conn;
+                rconn_close(c);
+            }
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     raise_nofile();
@@ -453,6 +567,9 @@ int main(int argc, char **argv)
         return cps_main(atoi(argv[2]), atof(argv[3]), atoi(argv[4]));
     if (argc == 4 && !strcmp(argv[1], "hold"))
         return hold_main(atoi(argv[2]), atoi(argv[3]));
-    fprintf(stderr, "usage: benchtool echo PORT | rr PORT SECONDS | cps PORT SECONDS CONC | hold PORT N\n");
+    if (argc == 4 && !strcmp(argv[1], "relay"))
+        relay_main(atoi(argv[2]), atoi(argv[3]));
+    fprintf(stderr, "usage: benchtool echo PORT | rr PORT SECONDS | cps PORT SECONDS CONC | hold PORT N"
+                    " | relay PORT TARGET\n");
     return 2;
 }
