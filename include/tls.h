@@ -52,10 +52,8 @@ std::string tls_ctx_fingerprint(const tls_ctx *c);
  * writev before the handshake is done drives it (IO_AGAIN until then). */
 transport *tls_transport_new(tls_ctx *c, int fd, bool is_server, const char *server_name);
 
-/* After a successful handshake: "TLSv1.3 TLS_AES_128_GCM_SHA256".
- * These two take only transports made by tls_transport_new(). */
-std::string tls_transport_describe(transport *t);
-/* SNI the client asked for (server side), or "" */
+/* SNI the client asked for (server side), or "". Takes only transports
+ * made by tls_transport_new(). */
 std::string tls_transport_sni(transport *t);
 
 /* ---- the engine itself, memory only (used by the transport and tests) ---- */

@@ -10,6 +10,7 @@
 #define WMPROXY_TRANSPORT_H
 
 #include <sys/types.h>
+#include <string>
 #include <sys/uio.h>
 
 enum { IO_AGAIN = -1, IO_ERR = -2 };
@@ -44,6 +45,9 @@ struct transport {
     virtual size_t buffered() const { return 0; }
     /* Why the last IO_ERR happened, for a log line. */
     virtual const char *error() const = 0;
+    /* For log lines after the handshake: "" for plain TCP, else
+     * "tls=TLSv1.3 cipher=TLS_AES_128_GCM_SHA256". */
+    virtual std::string describe() const { return ""; }
 };
 
 /* A transport over plain TCP. Takes ownership of fd (closed on delete). */

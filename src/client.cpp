@@ -223,7 +223,8 @@ static void retry_registrations(void *)
 
 void client::on_ready(tunnel *tn)
 {
-    log_info("tunnel up peer=%s", tn->peer.c_str());
+    std::string how = tn->tr->describe();
+    log_info("tunnel up peer=%s%s%s", tn->peer.c_str(), how.empty() ? "" : " ", how.c_str());
     attempts = 0;
     rejected.clear();
     reg_retry.fn = retry_registrations;

@@ -414,7 +414,8 @@ void server::on_ready(tunnel *t)
             tunnel_close(o, GA_REPLACED, "replaced by a new connection from the same client");
         }
     }
-    log_info("tunnel up peer=%s", t->peer.c_str());
+    std::string how = t->tr->describe();
+    log_info("tunnel up peer=%s%s%s", t->peer.c_str(), how.empty() ? "" : " ", how.c_str());
 }
 
 /* A udp mapping: its remote_port (in allow_ports) or map_udp_bind. */

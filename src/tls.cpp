@@ -217,6 +217,11 @@ static tls_ctx *ctx_new(bool server, std::string *err)
     SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                         | SSL_MODE_RELEASE_BUFFERS | SSL_MODE_AUTO_RETRY);
     SSL_CTX_set_default_passwd_cb(s, no_passphrase);
+    /* TLS 1.3: AES-128-GCM first (as Mozilla's guidelines and browsers
+     * order them): 10 AES rounds instead of 14 for the same 128-bit
+     * security level; both ends of a tunnel are ours, so this is what the
+     * tunnel runs */
+    SSL_CTX_set_ciphersuites(s, "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256");
     tls_ctx *c = new tls_ctx;
     c->ssl = s;
     c->server = server;
@@ -989,6 +994,12 @@ struct tls_transport : transport {
     {
         return !c->err.empty() ? c->err.c_str() : terr.c_str();
     }
+
+    std::string describe() const override
+    {
+        const char *cipher = SSL_get_cipher_name(c->ssl);
+        return std::string("tls=") + SSL_get_version(c->ssl) + " cipher=" + (cipher ? cipher : "(none)");
+    }
 };
 
 transport *tls_transport_new(tls_ctx *c, int fd, bool is_server, const char *server_name)
@@ -997,13 +1008,6 @@ transport *tls_transport_new(tls_ctx *c, int fd, bool is_server, const char *ser
     if (!t)
         return nullptr;
     return new tls_transport(t, fd);
-}
-
-std::string tls_transport_describe(transport *t)
-{
-    SSL *s = static_cast<tls_transport *>(t)->c->ssl;
-    const char *cipher = SSL_get_cipher_name(s);
-    return std::string(SSL_get_version(s)) + " " + (cipher ? cipher : "(none)");
 }
 
 std::string tls_transport_sni(transport *t)

@@ -68,12 +68,15 @@ def client(ctx, tport, keys, svc_port, name="client"):
 
 
 def works(ctx, server_keys, client_keys):
-    """The tunnel comes up with these keys and carries bytes both ways."""
+    """The tunnel comes up with these keys and carries bytes both ways;
+    both sides log that it runs TLS 1.3 with AES-128-GCM (offered first)."""
     e = TcpServer(ctx, echo_handler)
     s, tport, pub = server(ctx, server_keys)
     c = client(ctx, tport, client_keys, e.port)
     c.wait_log(r"mapping registered name=echo", timeout=15)
-    s.wait_log(r"tunnel up peer=127\.0\.0\.1:\d+")
+    up = r"(?m)tunnel up peer=127\.0\.0\.1:\d+ tls=TLSv1\.3 cipher=TLS_AES_128_GCM_SHA256$"
+    s.wait_log(up)
+    c.wait_log(up)
     assert echo_once(pub, b"through TLS") == b"through TLS"
     return s, c
 
