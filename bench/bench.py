@@ -16,6 +16,7 @@ Variants (tcp figures):
             256 KiB, nothing else: no framing, no parsing, no timers)
   relay2    two benchtool relays in a row: the floor of any two-process tunnel (a public
             side and a private side), which is what wmproxyd's server and client are
+            (both relays: throughput figures only)
   nginx     nginx stream proxy_pass, master_process off (one process)
   socat     socat TCP-LISTEN,fork TCP:... (defaults: 8 KiB buffer, fork per connection)
   ssh       ssh -N -R, aes128-gcm@openssh.com, no session: OpenSSH 9.2's ssh sets TCP_NODELAY
@@ -48,6 +49,7 @@ CLK = os.sysconf("SC_CLK_TCK")
 GIB = 1 << 30
 
 TCP_VARIANTS = ["direct", "wmp", "wmp-tls", "haproxy", "relay1", "relay2", "nginx", "socat", "ssh", "ssh-nd"]
+THROUGHPUT_ONLY = ["relay1", "relay2"]   # floors for the byte rate; not tuned for latency
 HTTP_VARIANTS = ["direct", "nginx", "wmp", "wmp-tls"]
 FIGURES = ["tput1", "tput8", "rr", "cps1", "cps50", "http", "mem", "size"]
 GROUPS = {"tput": ["tput1", "tput8"], "cps": ["cps1", "cps50"], "throughput": ["tput1", "tput8"],
@@ -678,6 +680,7 @@ class Bench:
     def measure(self):
         runs = self.a.runs
         v = [x for x in TCP_VARIANTS if x in self.a.variants]
+        v_rr = [x for x in v if x not in THROUGHPUT_ONLY]
         for rep in range(1, runs + 1):
             self.log("round %d of %d" % (rep, runs))
             for var in v:
@@ -686,13 +689,13 @@ class Bench:
             for var in v:
                 if "tput8" in self.need:
                     self.guarded(self.iperf, "tput8", var, rep, 8)
-            for var in v:
+            for var in v_rr:
                 if "rr" in self.need:
                     self.guarded(self.rr, var, rep)
-            for var in v:
+            for var in v_rr:
                 if "cps1" in self.need:
                     self.guarded(self.cps, var, rep, 1)
-            for var in v:
+            for var in v_rr:
                 if "cps50" in self.need:
                     self.guarded(self.cps, var, rep, 50)
             for var in HTTP_VARIANTS:

@@ -109,9 +109,11 @@ static void econn_close(int ep, struct econn *c, int fd)
     memset(c, 0, sizeof *c);
 }
 
-static __attribute__((noreturn)) void echo_main(int port)
+/* A nonblocking listener on 127.0.0.1:port (0: any), announced on stdout
+ * as "port N". */
+static int listen_print(int port)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     int one = 1;
     setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
     struct sockaddr_in a = addr_of(port);
@@ -123,7 +125,12 @@ static __attribute__((noreturn)) void echo_main(int port)
     getsockname(lfd, (struct sockaddr *)&a, &al);
     printf("port %d\n", ntohs(a.sin_port));
     fflush(stdout);
-    nonblock(lfd);
+    return lfd;
+}
+
+static __attribute__((noreturn)) void echo_main(int port)
+{
+    int lfd = listen_print(port);
     struct rlimit r;
     getrlimit(RLIMIT_NOFILE, &r);
     size_t maxfd = r.rlim_cur + 16;
@@ -499,18 +506,7 @@ static void rconn_close(struct rconn *c)
 
 static __attribute__((noreturn)) void relay_main(int port, int target)
 {
-    int lfd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a = addr_of(port);
-    if (bind(lfd, (struct sockaddr *)&a, sizeof a) < 0)
-        die("bind");
-    if (listen(lfd, 4096) < 0)
-        die("listen");
-    socklen_t al = sizeof a;
-    getsockname(lfd, (struct sockaddr *)&a, &al);
-    printf("port %d\n", ntohs(a.sin_port));
-    fflush(stdout);
+    int lfd = listen_print(port);
     int ep = epoll_create1(0);
     struct epoll_event ev = {.events = EPOLLIN, .data.ptr = NULL};
     epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
