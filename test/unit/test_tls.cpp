@@ -616,7 +616,8 @@ TEST_CASE("tls: transport over a nonblocking socketpair, 4 MiB each way")
     CHECK(backpressure > 0);
     CHECK(e[0].rx == e[1].tx);
     CHECK(e[1].rx == e[0].tx);
-    CHECK(tls_transport_describe(e[1].t).find("TLSv1.3 TLS_") == 0);
+    CHECK(e[1].t->describe().find("tls=TLSv1.3 cipher=TLS_") == 0);
+    CHECK(e[0].t->describe() == e[1].t->describe());
     CHECK(tls_transport_sni(e[0].t) == "wmproxyd");
     CHECK(tls_transport_sni(e[1].t) == "wmproxyd");
     delete e[0].t;
