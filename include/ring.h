@@ -29,6 +29,9 @@ void ring_free(ring *r);
 #define RING_POOL_BYTES (1024 * 1024)
 /* Bytes of freed areas kept for reuse now. */
 size_t ring_pooled(void);
+/* The process is quiet: free the pooled areas and give the heap's free
+ * pages back to the system (glibc). */
+void ring_give_back(void);
 /* Grow to newsize (> size) keeping the content. Returns 0 or -1. */
 int ring_grow(ring *r, size_t newsize);
 

@@ -551,9 +551,17 @@ static void heartbeat(void *arg)
 {
     tunnel *t = (tunnel *)arg;
     uint8_t b[8] = {};
-    /* no stream data for a whole interval: the transport's buffers go */
-    if (t->bytes_in + t->bytes_out == t->hb_bytes)
+    /* no stream data for a whole interval: the transport's buffers go,
+     * and the memory a burst left free goes back to the system (at most
+     * once an interval, however many tunnels are quiet) */
+    if (t->bytes_in + t->bytes_out == t->hb_bytes) {
+        static uint64_t last_give_back;
         t->tr->release();
+        if (now_ms() - last_give_back >= t->hb_ms) {
+            last_give_back = now_ms();
+            ring_give_back();
+        }
+    }
     t->hb_bytes = t->bytes_in + t->bytes_out;
     send_ctl(t, FT_PING, 0, 0, b, 8);
     timer_arm(&t->hb_timer, t->hb_ms);

@@ -4,6 +4,9 @@
 #include "ring.h"
 
 #include <stdlib.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <string.h>
 
 #ifdef __SANITIZE_ADDRESS__
@@ -73,6 +76,23 @@ static void area_free(char *a, size_t size)
 size_t ring_pooled(void)
 {
     return pool_bytes;
+}
+
+void ring_give_back(void)
+{
+    for (int c = 0; c < 2; c++)
+        while (pool_free[c]) {
+            pool_area *p = pool_free[c];
+            UNPOISON(p, pool_sizes[c]);
+            pool_free[c] = p->next;
+            free(p);
+        }
+    pool_bytes = 0;
+#ifdef __GLIBC__
+    /* free()d memory below the top of the heap stays in the process until
+     * trimmed: give back its whole pages too */
+    malloc_trim(0);
+#endif
 }
 
 void ring_free(ring *r)

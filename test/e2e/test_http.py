@@ -980,6 +980,44 @@ def http_slowloris_does_not_block_others(ctx):
 
 
 @test(timeout=60)
+def http_memory_given_back_after_a_burst(ctx):
+    """1000 connections (500 keep-alive after a request, 500 with half a
+    head), then all closed: once the tunnel has been quiet for a heartbeat,
+    the server gives the memory back to the system: RssAnon within 512 KiB
+    of what it was before the burst (release build)."""
+    if not os.path.exists(WMPROXYD_REL):
+        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "m.test"), binary=WMPROXYD_REL,
+                            server_extra="heartbeat = 1s\n", client_extra="heartbeat = 1s\n")
+    for _ in range(20):     # warm up: buffers the first requests allocate
+        assert one(hp, request("GET", "/dump", "m.test")).status == 200
+    base = s.status("RssAnon")
+    socks = []
+    for i in range(500):
+        x = connect(hp)
+        x.sendall(request("GET", "/dump", "m.test"))
+        assert read_response(x.makefile("rb")).status == 200
+        socks.append(x)
+    for i in range(500):
+        x = connect(hp)
+        x.sendall(b"GET /dump HTTP/1.1\r\nHost: m.test\r\n")
+        socks.append(x)
+    # the test shows something only if the burst took more than the bound
+    peak = wait_until(lambda: (lambda kb: kb if kb > base + 1024 else None)(s.status("RssAnon")), 5,
+                      "the burst to take over 1 MiB (%d kB before it)" % base)
+    for x in socks:
+        x.close()
+    t0 = time.monotonic()
+    wait_until(lambda: s.status("RssAnon") <= base + 512, 8,
+               "RssAnon back within 512 KiB of %d kB (peak %d kB)" % (base, peak))
+    print("    server RssAnon %d kB -> %d kB with 1000 connections -> %d kB %.1fs after they closed" % (
+        base, peak, s.status("RssAnon"), time.monotonic() - t0))
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def http_idle_connections_cost_little(ctx):
     """500 keep-alive connections idle after a request, and 500 with half a
     head: the server's RSS grows by a few KiB each (release build)."""

@@ -110,6 +110,17 @@ TEST_CASE("ring: areas of the common sizes are reused, within a bound")
     REQUIRE(ring_alloc(&c, 5000) == 0);
     ring_free(&c);
     CHECK(ring_pooled() == before);
+
+    /* a quiet process gives the pool back; areas are allocated anew */
+    ring_give_back();
+    CHECK(ring_pooled() == 0);
+    ring d;
+    REQUIRE(ring_alloc(&d, 4096) == 0);
+    ring_put(&d, "y", 1);
+    ring_free(&d);
+    CHECK(ring_pooled() == 4096);
+    ring_give_back();
+    CHECK(ring_pooled() == 0);
 }
 
 TEST_CASE("ring: a ring of size 0 holds nothing")
