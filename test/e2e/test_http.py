@@ -979,30 +979,45 @@ def http_slowloris_does_not_block_others(ctx):
     assert s.stop() == 0
 
 
+def warm_release_pair(ctx, host, extra=""):
+    """A release-build pair with an http mapping for host (extra in both
+    roles' configurations), warmed up by 20 requests."""
+    if not os.path.exists(WMPROXYD_REL):
+        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
+    svc = HttpService(ctx, "svc")
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, host), binary=WMPROXYD_REL,
+                            server_extra=extra, client_extra=extra)
+    for _ in range(20):     # warm up: buffers the first requests allocate
+        assert one(hp, request("GET", "/dump", host)).status == 200
+    return s, c, hp
+
+
+def idle_connections(hp, host):
+    """500 keep-alive connections idle after a request, and 500 with half a
+    head sent."""
+    socks = []
+    for i in range(500):
+        x = connect(hp)
+        x.sendall(request("GET", "/dump", host))
+        r = read_response(x.makefile("rb"))
+        assert r.status == 200, r
+        socks.append(x)
+    for i in range(500):
+        x = connect(hp)
+        x.sendall(("GET /dump HTTP/1.1\r\nHost: %s\r\n" % host).encode())
+        socks.append(x)
+    return socks
+
+
 @test(timeout=60)
 def http_memory_given_back_after_a_burst(ctx):
     """1000 connections (500 keep-alive after a request, 500 with half a
     head), then all closed: once the tunnel has been quiet for a heartbeat,
     the server gives the memory back to the system: RssAnon within 512 KiB
     of what it was before the burst (release build)."""
-    if not os.path.exists(WMPROXYD_REL):
-        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
-    svc = HttpService(ctx, "svc")
-    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "m.test"), binary=WMPROXYD_REL,
-                            server_extra="heartbeat = 1s\n", client_extra="heartbeat = 1s\n")
-    for _ in range(20):     # warm up: buffers the first requests allocate
-        assert one(hp, request("GET", "/dump", "m.test")).status == 200
+    s, c, hp = warm_release_pair(ctx, "m.test", "heartbeat = 1s\n")
     base = s.status("RssAnon")
-    socks = []
-    for i in range(500):
-        x = connect(hp)
-        x.sendall(request("GET", "/dump", "m.test"))
-        assert read_response(x.makefile("rb")).status == 200
-        socks.append(x)
-    for i in range(500):
-        x = connect(hp)
-        x.sendall(b"GET /dump HTTP/1.1\r\nHost: m.test\r\n")
-        socks.append(x)
+    socks = idle_connections(hp, "m.test")
     # the test shows something only if the burst took more than the bound
     peak = wait_until(lambda: (lambda kb: kb if kb > base + 1024 else None)(s.status("RssAnon")), 5,
                       "the burst to take over 1 MiB (%d kB before it)" % base)
@@ -1021,24 +1036,9 @@ def http_memory_given_back_after_a_burst(ctx):
 def http_idle_connections_cost_little(ctx):
     """500 keep-alive connections idle after a request, and 500 with half a
     head: the server's RSS grows by a few KiB each (release build)."""
-    if not os.path.exists(WMPROXYD_REL):
-        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
-    svc = HttpService(ctx, "svc")
-    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "i.test"), binary=WMPROXYD_REL)
-    for _ in range(20):     # warm up: buffers the first requests allocate
-        assert one(hp, request("GET", "/dump", "i.test")).status == 200
+    s, c, hp = warm_release_pair(ctx, "i.test")
     base = s.status("VmRSS")
-    socks = []
-    for i in range(500):
-        x = connect(hp)
-        x.sendall(request("GET", "/dump", "i.test"))
-        r = read_response(x.makefile("rb"))
-        assert r.status == 200, r
-        socks.append(x)
-    for i in range(500):
-        x = connect(hp)
-        x.sendall(b"GET /dump HTTP/1.1\r\nHost: i.test\r\n")
-        socks.append(x)
+    socks = idle_connections(hp, "i.test")
     time.sleep(0.5)
     grown = s.status("VmRSS") - base
     print("    1000 idle connections: server VmRSS %d kB -> +%d kB (%.1f kB each)" % (base, grown, grown / 1000))
