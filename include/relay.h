@@ -37,7 +37,7 @@ struct relay : io_handler, stream_end, deferred {
     task resume;
     timer connect_timer;
     resolve_req *rq = nullptr;
-    sockaddr_buf target;
+    addr_list *addrs = nullptr;   /* while connecting: local_addr's addresses */
     std::string prefix;           /* bytes to write before the stream's (PROXY header) */
     relay_done_fn done = nullptr;
     void *user = nullptr;

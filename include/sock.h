@@ -59,6 +59,23 @@ void acceptor_stop(acceptor *a);
 /* Start a nonblocking connect. Returns fd (connection in progress or done),
  * or -1 with errno. */
 int sock_connect(const sockaddr *sa, socklen_t len);
+
+/* The addresses of a name, in getaddrinfo()'s order (RFC 6724: the best
+ * first), and which to try next. A connect that fails goes on to the next
+ * address, as nginx and haproxy do: a name whose first address refuses
+ * (a dead server, a service bound to only one of them) still works. */
+#define ADDRS_MAX 8
+struct addr_list {
+    sockaddr_buf a[ADDRS_MAX];
+    int n = 0;
+    int next = 0;
+};
+/* Start a nonblocking connect to the next address of l (there must be
+ * one). Returns fd, or -1 with errno. */
+int addr_list_connect(addr_list *l);
+static inline bool addr_list_more(const addr_list *l) { return l && l->next < l->n; }
+/* The address tried last, for log lines. */
+std::string addr_list_last(const addr_list *l);
 /* The result of a nonblocking connect: 0 connected, else the errno. */
 int sock_connect_result(int fd);
 void sock_nodelay(int fd);
@@ -74,8 +91,9 @@ void sock_linger0(int fd);
 #define RESOLVE_THREADS 16
 
 struct resolve_req;
-/* status: 0 and the first address in *addr, or an EAI_* code with text in err */
-typedef void (*resolve_fn)(void *arg, int status, const sockaddr_buf *addr, const char *err);
+/* status: 0 and the addresses (at least one) in *addrs, or an EAI_* code
+ * with text in err */
+typedef void (*resolve_fn)(void *arg, int status, const addr_list *addrs, const char *err);
 
 /* The callback always runs later from the loop, never inside this call.
  * Returns a handle for resolve_cancel, or nullptr when out of memory. */

@@ -39,6 +39,7 @@ struct client : tunnel_owner, io_handler {
     timer retry, connect_timer;
     unsigned attempts = 0;
     std::vector<sockaddr_buf> udp_local;   /* resolved local_addr of udp mappings */
+    unsigned attempt_addr = 0;             /* which address of server this attempt takes */
     std::vector<uint32_t> rejected;        /* registrations to try again */
     timer reg_retry;
 
@@ -147,7 +148,7 @@ void client::on_io(unsigned)
     start_tunnel();
 }
 
-static void resolved(void *, int status, const sockaddr_buf *a, const char *err)
+static void resolved(void *, int status, const addr_list *l, const char *err)
 {
     cl->rq = nullptr;
     if (status != 0) {
@@ -155,6 +156,9 @@ static void resolved(void *, int status, const sockaddr_buf *a, const char *err)
         snprintf(why, sizeof why, "resolve %s: %s", cl->cf.server.host.c_str(), err);
         return schedule_retry(why);
     }
+    /* each attempt takes the next address of the name: a server with a
+     * dead address is reached on the next attempt, not never */
+    const sockaddr_buf *a = &l->a[cl->attempt_addr++ % l->n];
     cl->peer = sock_addr_text(a->sa());
     cl->fd = sock_connect(a->sa(), a->len);
     if (cl->fd < 0) {
@@ -226,6 +230,7 @@ void client::on_ready(tunnel *tn)
     std::string how = tn->tr->describe();
     log_info("tunnel up peer=%s%s%s", tn->peer.c_str(), how.empty() ? "" : " ", how.c_str());
     attempts = 0;
+    attempt_addr--;     /* the address that worked is tried first next time */
     rejected.clear();
     reg_retry.fn = retry_registrations;
     for (size_t i = 0; i < cf.mappings.size(); i++)
@@ -333,10 +338,10 @@ static void resolve_udp(size_t i)
     if (mc.mode != MODE_UDP || mc.removed)
         return;
     resolve_start(mc.local_addr.host, mc.local_addr.port,
-                  [](void *arg, int status, const sockaddr_buf *a, const char *e) {
+                  [](void *arg, int status, const addr_list *l, const char *e) {
                       size_t idx = (size_t)(uintptr_t)arg;
                       if (status == 0)
-                          cl->udp_local[idx] = *a;
+                          cl->udp_local[idx] = l->a[0];
                       else
                           log_error("mapping %s: resolve %s: %s", cl->cf.mappings[idx].name.c_str(),
                                     cl->cf.mappings[idx].local_addr.text().c_str(), e);

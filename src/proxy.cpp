@@ -185,6 +185,7 @@ struct psess : deferred {
     timer tmo;                  /* handshake/idle, connect, or linger */
     task resume;
     resolve_req *rq = nullptr;
+    addr_list *ups = nullptr;   /* while connecting: the target's addresses */
     bool socks = false, connecting = false, closing = false, dead = false, draining = false;
     bool req_keep = false, req_head = false, req_upgrade = false, keep = false, up_keep = false;
     uint8_t s5 = S5_GREET;
@@ -238,6 +239,7 @@ static void access_line(psess *s)
 
 psess::~psess()
 {
+    delete ups;
     for (pside &x : e) {
         delete x.tr;
         free(x.in.p);
@@ -324,6 +326,8 @@ static void close_up(psess *s)
     resolve_cancel(s->rq);
     s->rq = nullptr;
     s->connecting = false;
+    delete s->ups;
+    s->ups = nullptr;
     e->in.off = e->in.len = e->pass = e->seen = e->outoff = 0;
     e->out.clear();
     e->rd = e->wr = e->rdhup = e->eof = e->err = e->shut = false;
@@ -386,6 +390,8 @@ static void up_connected(psess *s)
 {
     pside *e = &s->e[1];
     s->connecting = false;
+    delete s->ups;
+    s->ups = nullptr;
     timer_cancel(&s->tmo);
     log_debug("proxy %s: connected to %s", s->peer.c_str(), s->upkey.c_str());
     if (e->mode == M_HEAD)
@@ -402,20 +408,46 @@ static void up_connected(psess *s)
     s->e[0].mode = e->mode = M_RAW;
 }
 
-static void up_resolved(void *arg, int st, const sockaddr_buf *a, const char *err)
+/* Connect to the next address of the target after err (0: the first).
+ * Returns false when none is left (up_failed was called). */
+static bool up_next(psess *s, int err)
+{
+    pside *e = &s->e[1];
+    if (e->tr) {
+        reactor_del(e->tr->fd, e);
+        delete e->tr;
+        e->tr = nullptr;
+        e->rd = e->wr = e->rdhup = false;
+    }
+    for (; addr_list_more(s->ups); err = errno) {
+        if (err)
+            plog(s, "connect %s (%s): %s; trying its next address", s->upkey.c_str(),
+                 addr_list_last(s->ups).c_str(), strerror(err));
+        int fd = addr_list_connect(s->ups);
+        if (fd < 0)
+            continue;
+        sock_nodelay(fd);
+        e->tr = plain_transport_new(fd);
+        if (reactor_add(fd, e) == 0)
+            return true;
+        int x = errno;
+        delete e->tr;
+        e->tr = nullptr;
+        errno = x;
+    }
+    up_failed(s, err, nullptr);
+    return false;
+}
+
+static void up_resolved(void *arg, int st, const addr_list *l, const char *err)
 {
     psess *s = (psess *)arg;
     s->rq = nullptr;
-    int fd;
     if (st) {
         up_failed(s, 0, err);
-    } else if ((fd = sock_connect(a->sa(), a->len)) < 0) {
-        up_failed(s, errno, nullptr);
     } else {
-        sock_nodelay(fd);
-        s->e[1].tr = plain_transport_new(fd);
-        if (reactor_add(fd, &s->e[1]) < 0)
-            up_failed(s, errno, nullptr);
+        s->ups = new addr_list(*l);
+        up_next(s, 0);
     }
     run(s);
 }
@@ -667,8 +699,9 @@ static void udp_send(pudp *u, const sockaddr *sa, socklen_t len, const void *p, 
         log_debug("socks5 udp: sendto: %s", strerror(errno));
 }
 
-static void udp_resolved(void *arg, int st, const sockaddr_buf *a, const char *err)
+static void udp_resolved(void *arg, int st, const addr_list *l, const char *err)
 {
+    const sockaddr_buf *a = st ? nullptr : &l->a[0];
     psess *s = (psess *)arg;
     pudp *u = s->u;
     u->rq = nullptr;
@@ -1094,10 +1127,13 @@ void pside::on_io(unsigned ev)
         int err = sock_connect_result(tr->fd);
         if (err == EINPROGRESS || err == EALREADY)
             return;
-        if (err)
+        if (err && addr_list_more(s->ups)) {
+            up_next(s, err);
+        } else if (err) {
             up_failed(s, err, nullptr);
-        else
+        } else {
             up_connected(s);
+        }
     }
     run(s);
 }

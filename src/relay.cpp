@@ -40,6 +40,7 @@ relay *relay_new(int fd, stream *s, const std::string &peer)
 
 relay::~relay()
 {
+    delete addrs;
     task_cancel(&resume);
     timer_cancel(&connect_timer);
 }
@@ -162,13 +163,47 @@ static void relay_run(void *arg)
         relay_close(r, RST_CANCEL);   /* both directions finished cleanly */
 }
 
+/* Connect to the next address of local_addr after err (0: the first);
+ * false when none is left (the relay is closed then). */
+static bool connect_next(relay *r, int err)
+{
+    if (r->fd >= 0) {
+        reactor_del(r->fd, r);
+        close(r->fd);
+        r->fd = -1;
+    }
+    for (; addr_list_more(r->addrs); err = errno) {
+        if (err)
+            log_info("connect %s (%s): %s; trying its next address", r->peer.c_str(),
+                     addr_list_last(r->addrs).c_str(), strerror(err));
+        r->fd = addr_list_connect(r->addrs);
+        if (r->fd < 0)
+            continue;
+        if (reactor_add(r->fd, r) == 0)
+            return true;
+        int e = errno;
+        close(r->fd);
+        r->fd = -1;
+        errno = e;
+    }
+    log_info("connect %s: %s", r->peer.c_str(), strerror(err));
+    relay_close(r, err == ECONNREFUSED ? RST_REFUSED : RST_UNREACHABLE);
+    return false;
+}
+
 static void connected(relay *r)
 {
     int err = sock_connect_result(r->fd);
     if (err == EINPROGRESS || err == EALREADY)
         return;
+    if (err && addr_list_more(r->addrs)) {
+        connect_next(r, err);
+        return;
+    }
     timer_cancel(&r->connect_timer);
     r->connecting = false;
+    delete r->addrs;
+    r->addrs = nullptr;
     if (err) {
         log_info("connect %s: %s", r->peer.c_str(), strerror(err));
         return relay_close(r, err == ECONNREFUSED ? RST_REFUSED : RST_UNREACHABLE);
@@ -242,7 +277,7 @@ static void connect_timeout(void *arg)
     relay_close(r, RST_TIMEOUT);
 }
 
-static void resolved(void *arg, int status, const sockaddr_buf *a, const char *err)
+static void resolved(void *arg, int status, const addr_list *l, const char *err)
 {
     relay *r = (relay *)arg;
     r->rq = nullptr;
@@ -250,14 +285,8 @@ static void resolved(void *arg, int status, const sockaddr_buf *a, const char *e
         log_info("resolve %s: %s", r->peer.c_str(), err);
         return relay_close(r, RST_DNS);
     }
-    r->fd = sock_connect(a->sa(), a->len);
-    if (r->fd < 0) {
-        int e = errno;
-        log_info("connect %s: %s", r->peer.c_str(), strerror(e));
-        return relay_close(r, e == ECONNREFUSED ? RST_REFUSED : RST_UNREACHABLE);
-    }
-    if (reactor_add(r->fd, r) < 0)
-        return relay_close(r, RST_UNREACHABLE);
+    r->addrs = new addr_list(*l);
+    connect_next(r, 0);
 }
 
 relay *relay_connect(const std::string &host, uint16_t port, stream *s, uint32_t timeout_ms)

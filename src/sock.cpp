@@ -190,6 +190,17 @@ int sock_connect(const sockaddr *sa, socklen_t len)
     return fd;
 }
 
+int addr_list_connect(addr_list *l)
+{
+    const sockaddr_buf *a = &l->a[l->next++];
+    return sock_connect(a->sa(), a->len);
+}
+
+std::string addr_list_last(const addr_list *l)
+{
+    return l->next > 0 ? sock_addr_text(l->a[l->next - 1].sa()) : "";
+}
+
 int sock_connect_result(int fd)
 {
     int err = 0;
@@ -220,7 +231,7 @@ struct resolve_req {
     void *arg;
     bool cancelled = false;
     int status = 0;
-    sockaddr_buf addr;
+    addr_list addrs;
     std::string err;
     resolve_req *next = nullptr;
 };
@@ -246,12 +257,19 @@ static void *resolve_thread(void *p)
     snprintf(port, sizeof port, "%u", r->port);
     r->status = getaddrinfo(r->host.c_str(), port, &hints, &res);
     if (r->status == 0) {
-        memcpy(&r->addr.ss, res->ai_addr, res->ai_addrlen);
-        r->addr.len = res->ai_addrlen;
+        for (addrinfo *ai = res; ai && r->addrs.n < ADDRS_MAX; ai = ai->ai_next) {
+            if (ai->ai_addrlen > sizeof r->addrs.a[0].ss)
+                continue;
+            sockaddr_buf *b = &r->addrs.a[r->addrs.n++];
+            memcpy(&b->ss, ai->ai_addr, ai->ai_addrlen);
+            b->len = ai->ai_addrlen;
+        }
         freeaddrinfo(res);
-    } else {
-        r->err = gai_strerror(r->status);
+        if (r->addrs.n == 0)
+            r->status = EAI_NONAME;
     }
+    if (r->status != 0)
+        r->err = gai_strerror(r->status);
     /* a pointer is smaller than PIPE_BUF: the write is atomic */
     ssize_t n = write(rp.wfd, &r, sizeof r);
     (void)n;
@@ -278,7 +296,7 @@ static void spawn(resolve_req *r)
 static void finish(resolve_req *r)
 {
     if (!r->cancelled)
-        r->fn(r->arg, r->status, r->status == 0 ? &r->addr : nullptr, r->err.c_str());
+        r->fn(r->arg, r->status, r->status == 0 ? &r->addrs : nullptr, r->err.c_str());
     delete r;
 }
 
@@ -316,7 +334,8 @@ resolve_req *resolve_start(const std::string &host, uint16_t port, resolve_fn fn
     r->port = port;
     r->fn = fn;
     r->arg = arg;
-    if (resolve_numeric(host, port, &r->addr) == 0) {
+    if (resolve_numeric(host, port, &r->addrs.a[0]) == 0) {
+        r->addrs.n = 1;
         r->next = numeric_done;
         numeric_done = r;
         numeric_task.fn = run_numeric;

@@ -6,7 +6,9 @@ client in two network namespaces (netns.py) and are skipped, with the
 reason, where namespaces cannot be made."""
 import hashlib
 import os
+import re
 import resource
+import shutil
 import socket
 import subprocess
 import threading
@@ -746,5 +748,55 @@ def faults_slowloris_gets_408(ctx):
         worst, ["%.2fs at %.1fs" % (t, at) for t, _, at in sorted(served, reverse=True)[:3]])
     print("    %d slow connections: 408 after %.1f-%.1fs; %d normal requests, slowest %.3fs" % (
         n, times[0], times[-1], len(served), worst))
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def faults_name_whose_first_address_refuses(ctx):
+    """The client's server, a local_addr and a forward-proxy target all name
+    multi.test, whose first address (127.0.0.1, first by RFC 6724) refuses
+    and whose second (127.0.0.3) serves, as a service bound to only one
+    address of its name does: the client's next attempt takes the next
+    address; the relay and the proxy each log the refusal, try the next
+    address, and the user's bytes get through. (The names come from the
+    namespace's own hosts file, /etc/netns/NAME/hosts.)"""
+    ns = Netns(ctx)
+    etc = "/etc/netns/" + ns.name
+    os.makedirs(etc)
+    ctx.closers.append(lambda: shutil.rmtree(etc, ignore_errors=True))
+    with open(etc + "/hosts", "w") as f:
+        f.write("127.0.0.1 multi.test\n127.0.0.3 multi.test\n")
+    e = ns_tcp_server(ctx, ns, echo_handler, host="127.0.0.3")   # 127.0.0.1:e.port: nothing
+    tport, pub = free_port(), free_port()
+    # the server listens on the second address only: the client's first
+    # attempt is refused, the next one takes the next address
+    s = NsDaemon(ctx, ns, "server", "[server]\nbind_addr = 127.0.0.3:%d\nallow_ports = %d\nflag = 7\n" % (
+        tport, pub)).start()
+    c = NsDaemon(ctx, ns, "client", "[client]\nserver = multi.test:%d\nreconnect_min = 200ms\nreconnect_max = 1s\n"
+                 "[mapping m]\nmode = tcp\nlocal_addr = multi.test:%d\nremote_port = %d\n"
+                 % (tport, e.port, pub)).start()
+    c.wait_log(r"mapping registered name=m", timeout=15)
+    assert re.search(r"connect 127\.0\.0\.1:%d: Connection refused" % tport, c.text()), c.text()
+    assert "tunnel up peer=127.0.0.3:%d" % tport in c.text(), c.text()
+    refused = r"connect multi\.test:%d \(127\.0\.0\.1:%d\): Connection refused; trying its next address" % (
+        e.port, e.port)
+
+    sock = ns.connect(("127.0.0.1", pub))
+    sock.sendall(b"through the second address")
+    assert sock.recv(64) == b"through the second address"
+    sock.close()
+    c.wait_log(refused, timeout=5)
+
+    sock = ns.connect(("127.0.0.3", tport))
+    sock.sendall(b"CONNECT multi.test:%d HTTP/1.1\r\nHost: multi.test:%d\r\n\r\n" % (e.port, e.port))
+    f = sock.makefile("rb")
+    assert f.readline().startswith(b"HTTP/1.1 200"), "CONNECT multi.test was not established"
+    while f.readline() not in (b"\r\n", b""):
+        pass
+    sock.sendall(b"and through the proxy")
+    assert sock.recv(64) == b"and through the proxy"
+    sock.close()
+    s.wait_log(refused, timeout=5)
     assert c.stop() == 0
     assert s.stop() == 0
