@@ -1024,8 +1024,11 @@ def http_memory_given_back_after_a_burst(ctx):
     for x in socks:
         x.close()
     t0 = time.monotonic()
-    wait_until(lambda: s.status("RssAnon") <= base + 512, 8,
-               "RssAnon back within 512 KiB of %d kB (peak %d kB)" % (base, peak))
+    try:
+        wait_until(lambda: s.status("RssAnon") <= base + 512, 8, "RssAnon back within 512 KiB of the start")
+    except AssertionError as e:
+        raise AssertionError("%s: %d kB at the start, %d kB with the connections, %d kB now" % (
+            e, base, peak, s.status("RssAnon")))
     print("    server RssAnon %d kB -> %d kB with 1000 connections -> %d kB %.1fs after they closed" % (
         base, peak, s.status("RssAnon"), time.monotonic() - t0))
     assert c.stop() == 0
