@@ -70,12 +70,13 @@ struct addr_list {
     int n = 0;
     int next = 0;
 };
-/* Start a nonblocking connect to the next address of l (there must be
- * one). Returns fd, or -1 with errno. */
-int addr_list_connect(addr_list *l);
+/* Start a nonblocking connect to the next address of l that takes one.
+ * err is the failure of the address tried before (0 at first); every
+ * failure that another address follows goes to skipped() for the log.
+ * Returns fd, or -1 with errno (the last address's failure). */
+typedef void (*addr_skip_fn)(void *arg, const std::string &addr, int err);
+int addr_list_connect(addr_list *l, int err, addr_skip_fn skipped, void *arg);
 static inline bool addr_list_more(const addr_list *l) { return l && l->next < l->n; }
-/* The address tried last, for log lines. */
-std::string addr_list_last(const addr_list *l);
 /* The result of a nonblocking connect: 0 connected, else the errno. */
 int sock_connect_result(int fd);
 void sock_nodelay(int fd);

@@ -556,9 +556,10 @@ static void heartbeat(void *arg)
      * once an interval, however many tunnels are quiet) */
     if (t->bytes_in + t->bytes_out == t->hb_bytes) {
         static uint64_t last_give_back;
+        uint64_t now = now_ms();
         t->tr->release();
-        if (now_ms() - last_give_back >= t->hb_ms) {
-            last_give_back = now_ms();
+        if (now - last_give_back >= t->hb_ms) {
+            last_give_back = now;
             ring_give_back();
         }
     }

@@ -408,9 +408,15 @@ static void up_connected(psess *s)
     s->e[0].mode = e->mode = M_RAW;
 }
 
-/* Connect to the next address of the target after err (0: the first).
- * Returns false when none is left (up_failed was called). */
-static bool up_next(psess *s, int err)
+static void up_skipped(void *arg, const std::string &addr, int err)
+{
+    psess *s = (psess *)arg;
+    plog(s, "connect %s (%s): %s; trying its next address", s->upkey.c_str(), addr.c_str(), strerror(err));
+}
+
+/* Connect to the next address of the target after err (0: the first);
+ * when none is left, up_failed(). */
+static void up_next(psess *s, int err)
 {
     pside *e = &s->e[1];
     if (e->tr) {
@@ -419,24 +425,19 @@ static bool up_next(psess *s, int err)
         e->tr = nullptr;
         e->rd = e->wr = e->rdhup = false;
     }
-    for (; addr_list_more(s->ups); err = errno) {
-        if (err)
-            plog(s, "connect %s (%s): %s; trying its next address", s->upkey.c_str(),
-                 addr_list_last(s->ups).c_str(), strerror(err));
-        int fd = addr_list_connect(s->ups);
-        if (fd < 0)
-            continue;
+    int fd = addr_list_connect(s->ups, err, up_skipped, s);
+    if (fd >= 0) {
         sock_nodelay(fd);
         e->tr = plain_transport_new(fd);
         if (reactor_add(fd, e) == 0)
-            return true;
-        int x = errno;
+            return;
+        err = errno;
         delete e->tr;
         e->tr = nullptr;
-        errno = x;
+    } else {
+        err = errno;
     }
     up_failed(s, err, nullptr);
-    return false;
 }
 
 static void up_resolved(void *arg, int st, const addr_list *l, const char *err)

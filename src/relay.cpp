@@ -163,32 +163,29 @@ static void relay_run(void *arg)
         relay_close(r, RST_CANCEL);   /* both directions finished cleanly */
 }
 
-/* Connect to the next address of local_addr after err (0: the first);
- * false when none is left (the relay is closed then). */
-static bool connect_next(relay *r, int err)
+static void relay_skipped(void *arg, const std::string &addr, int err)
+{
+    relay *r = (relay *)arg;
+    log_info("connect %s (%s): %s; trying its next address", r->peer.c_str(), addr.c_str(), strerror(err));
+}
+
+/* Connect to the next address of local_addr after err (0: the first); when
+ * none is left the relay is closed. */
+static void connect_next(relay *r, int err)
 {
     if (r->fd >= 0) {
         reactor_del(r->fd, r);
         close(r->fd);
-        r->fd = -1;
     }
-    for (; addr_list_more(r->addrs); err = errno) {
-        if (err)
-            log_info("connect %s (%s): %s; trying its next address", r->peer.c_str(),
-                     addr_list_last(r->addrs).c_str(), strerror(err));
-        r->fd = addr_list_connect(r->addrs);
-        if (r->fd < 0)
-            continue;
-        if (reactor_add(r->fd, r) == 0)
-            return true;
-        int e = errno;
+    r->fd = addr_list_connect(r->addrs, err, relay_skipped, r);
+    if (r->fd >= 0 && reactor_add(r->fd, r) == 0)
+        return;
+    err = errno;
+    if (r->fd >= 0)
         close(r->fd);
-        r->fd = -1;
-        errno = e;
-    }
+    r->fd = -1;
     log_info("connect %s: %s", r->peer.c_str(), strerror(err));
     relay_close(r, err == ECONNREFUSED ? RST_REFUSED : RST_UNREACHABLE);
-    return false;
 }
 
 static void connected(relay *r)

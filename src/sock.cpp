@@ -190,15 +190,18 @@ int sock_connect(const sockaddr *sa, socklen_t len)
     return fd;
 }
 
-int addr_list_connect(addr_list *l)
+int addr_list_connect(addr_list *l, int err, addr_skip_fn skipped, void *arg)
 {
-    const sockaddr_buf *a = &l->a[l->next++];
-    return sock_connect(a->sa(), a->len);
-}
-
-std::string addr_list_last(const addr_list *l)
-{
-    return l->next > 0 ? sock_addr_text(l->a[l->next - 1].sa()) : "";
+    for (; l->next < l->n; err = errno) {
+        if (err)
+            skipped(arg, sock_addr_text(l->a[l->next - 1].sa()), err);
+        const sockaddr_buf *a = &l->a[l->next++];
+        int fd = sock_connect(a->sa(), a->len);
+        if (fd >= 0)
+            return fd;
+    }
+    errno = err ? err : EDESTADDRREQ;
+    return -1;
 }
 
 int sock_connect_result(int fd)
