@@ -32,6 +32,10 @@ size_t ring_pooled(void);
 /* The process is quiet: free the pooled areas and give the heap's free
  * pages back to the system (glibc). */
 void ring_give_back(void);
+/* An empty ring keeps its area but gives the pages past the first back
+ * to the system (they come back zeroed when next written): a long-lived
+ * ring that once carried a burst costs one page while quiet. */
+void ring_drop_pages(ring *r);
 /* Grow to newsize (> size) keeping the content. Returns 0 or -1. */
 int ring_grow(ring *r, size_t newsize);
 

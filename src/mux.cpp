@@ -15,7 +15,7 @@
 #include <string.h>
 
 #define RX_RING (256 * 1024)
-#define TX_RING (256 * 1024)
+#define TX_RING (512 * 1024)
 #define CTL_RESERVE (16 * 1024)      /* tx room that only control frames may use */
 #define OVERFLOW_MAX (1024 * 1024)   /* a peer that never reads our control frames */
 #define PASS_MAX (256 * 1024)        /* bytes read from the tunnel per loop pass */
@@ -140,13 +140,13 @@ static void account_sent(stream *s, size_t n)
 ssize_t stream_send_from_fd(stream *s, int fd, size_t max)
 {
     tunnel *t = s->t;
-    iovec iov[2 * 8];
-    size_t plen[8];
+    iovec iov[2 * 16];
+    size_t plen[16];
     int niov = 0, nchunks = 0;
     size_t off = 0, want = max;
 
     /* header gaps between payload spans: one readv fills several frames */
-    while (want > 0 && nchunks < 8) {
+    while (want > 0 && nchunks < 16) {
         size_t l = want < FRAME_MAX_DATA ? want : FRAME_MAX_DATA;
         int c = ring_room_spans(&t->txr, off + FRAME_HDR, l, &iov[niov]);
         if (c == 0)
@@ -558,6 +558,8 @@ static void heartbeat(void *arg)
         static uint64_t last_give_back;
         uint64_t now = now_ms();
         t->tr->release();
+        ring_drop_pages(&t->rxr);
+        ring_drop_pages(&t->txr);
         if (now - last_give_back >= t->hb_ms) {
             last_give_back = now;
             ring_give_back();

@@ -9,7 +9,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define PUMP_MAX (64 * 1024)   /* bytes socket->tunnel per relay per pass */
+#define PUMP_MAX (256 * 1024)  /* bytes socket->tunnel per relay per pass */
 
 static void relay_run(void *arg);
 

@@ -8,6 +8,8 @@
 #include <malloc.h>
 #endif
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #ifdef __SANITIZE_ADDRESS__
 #include <sanitizer/asan_interface.h>
@@ -93,6 +95,23 @@ void ring_give_back(void)
      * trimmed: give back its whole pages too */
     malloc_trim(0);
 #endif
+}
+
+void ring_drop_pages(ring *r)
+{
+    static uintptr_t page;
+    if (r->data != 0 || !r->area)
+        return;
+    if (!page)
+        page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    /* whole pages inside the area, past the one small frames use */
+    uintptr_t lo = ((uintptr_t)r->area + page + page - 1) & ~(page - 1);
+    uintptr_t hi = ((uintptr_t)r->area + r->size) & ~(page - 1);
+    if (hi > lo) {
+#ifdef MADV_DONTNEED
+        madvise((void *)lo, hi - lo, MADV_DONTNEED);
+#endif
+    }
 }
 
 void ring_free(ring *r)

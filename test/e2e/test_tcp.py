@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from lib import (WMPROXYD_REL, TcpServer, closed_at_once, connect, echo_handler, free_port, http_page_handler,
+from lib import (WMPROXYD_REL, Skip, TcpServer, closed_at_once, connect, echo_handler, free_port, http_page_handler,
                  pattern_bytes, recv_all, recv_count, run, start_pair, tcp_mapping, test, wait_closed, wait_until)
 
 
@@ -321,6 +321,69 @@ def stalled_reader_stops_only_itself(ctx):
         n += k
     for sock in stalled:
         sock.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=90)
+def bulk_memory_given_back(ctx):
+    """64 MiB up and 64 MiB down through a tcp mapping fill the tunnel's
+    rings; once the tunnel has been quiet for a heartbeat, each role's
+    RssAnon is back within 256 KiB of what it was before the transfer
+    (release build)."""
+    if not os.path.exists(WMPROXYD_REL):
+        raise Skip("no release binary %s (make wmproxyd)" % WMPROXYD_REL)
+    size = 64 * MiB
+    up = TcpServer(ctx, hash_sink_handler)
+    down = TcpServer(ctx, lambda c: (send_random(c, size), c.shutdown(socket.SHUT_WR), recv_all(c)))
+    pu, pd = free_port(), free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("up", up.port, pu) + tcp_mapping("down", down.port, pd),
+                         server_extra="allow_ports = %d,%d\nheartbeat = 1s\n" % (pu, pd),
+                         client_extra="heartbeat = 1s\n", binary=WMPROXYD_REL)
+    # warm up: what the first streams allocate once
+    for _ in range(3):
+        x = connect(pu)
+        want = send_random(x, 64 * 1024)
+        x.shutdown(socket.SHUT_WR)
+        assert recv_all(x).decode() == want
+        x.close()
+    base = {d: d.status("RssAnon") for d in (s, c)}
+    peak = {d: 0 for d in (s, c)}
+    stop = threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            for d in (s, c):
+                peak[d] = max(peak[d], d.status("RssAnon"))
+            time.sleep(0.02)
+    th = threading.Thread(target=sample)
+    th.start()
+    try:
+        u = connect(pu, timeout=60)
+        want = send_random(u, size)
+        u.shutdown(socket.SHUT_WR)
+        assert recv_all(u).decode() == want, "upload corrupted"
+        u.close()
+        d = connect(pd, timeout=60)
+        _, n = recv_hash(d)
+        d.close()
+        assert n == size, "download: %d bytes of %d" % (n, size)
+    finally:
+        stop.set()
+        th.join()
+    # the test shows something only if the transfer took more than the bound
+    assert max(peak[d] - base[d] for d in (s, c)) > 256, "the transfer took no memory: %r %r" % (base, peak)
+    t0 = time.monotonic()
+    for d in (s, c):
+        try:
+            wait_until(lambda: d.status("RssAnon") <= base[d] + 256, 8,
+                       "the %s's RssAnon back within 256 KiB of the start" % d.name)
+        except AssertionError as e:
+            raise AssertionError("%s: %d kB at the start, peak %d kB, %d kB now" % (
+                e, base[d], peak[d], d.status("RssAnon")))
+    for d in (s, c):
+        print("    %s RssAnon %d kB -> peak %d kB -> %d kB %.1fs after the transfers" % (
+            d.name, base[d], peak[d], d.status("RssAnon"), time.monotonic() - t0))
     assert c.stop() == 0
     assert s.stop() == 0
 

@@ -10,6 +10,8 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <deque>
 #include <random>
@@ -598,3 +600,51 @@ TEST_CASE("ring: randomized operations match a std::deque model")
         ring_free(&r);
     }
 }
+
+#ifdef __linux__
+/* Pages of [p, p+len) in memory now, by mincore(2). */
+static size_t resident_pages(const char *p, size_t len)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t lo = ((uintptr_t)p + pg - 1) & ~(uintptr_t)(pg - 1);
+    uintptr_t hi = ((uintptr_t)p + len) & ~(uintptr_t)(pg - 1);
+    std::vector<unsigned char> v((hi - lo) / pg);
+    REQUIRE(mincore((void *)lo, hi - lo, v.data()) == 0);
+    size_t n = 0;
+    for (unsigned char c : v)
+        n += c & 1;
+    return n;
+}
+
+TEST_CASE("ring: an empty ring drops its pages past the first and stays usable")
+{
+    ring r;
+    const size_t size = 512 * 1024;
+    REQUIRE(ring_alloc(&r, size) == 0);
+    std::string fill(size, 'x');
+    REQUIRE(ring_put(&r, fill.data(), size) == 0);
+    size_t before = resident_pages(r.area, size);
+    CHECK(before >= size / 4096 - 2);
+
+    ring_drop_pages(&r);            /* holding data: nothing is dropped */
+    CHECK(resident_pages(r.area, size) == before);
+    CHECK(contents(&r) == fill);
+
+    ring_consume(&r, size);
+    ring_drop_pages(&r);
+    CHECK(resident_pages(r.area, size) <= 2);
+
+    /* and it carries bytes again, across the dropped pages and the wrap */
+    for (int round = 0; round < 3; round++) {
+        std::string msg(300 * 1024, (char)('a' + round));
+        REQUIRE(ring_put(&r, msg.data(), msg.size()) == 0);
+        CHECK(contents(&r) == msg);
+        ring_consume(&r, 100 * 1024);
+        REQUIRE(ring_put(&r, msg.data(), 250 * 1024) == 0);
+        CHECK(contents(&r) == msg.substr(100 * 1024) + msg.substr(0, 250 * 1024));
+        ring_consume(&r, r.data);
+        ring_drop_pages(&r);
+    }
+    ring_free(&r);
+}
+#endif
