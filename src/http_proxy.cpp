@@ -672,6 +672,24 @@ static void response_finished(hsess *h, bool by_fin)
     request_finished(h);
 }
 
+/* The first max bytes of b for a log line: printable ASCII as it is,
+ * the rest as \xHH. */
+static std::string printable(const std::string &b, size_t max)
+{
+    std::string out;
+    for (size_t i = 0; i < b.size() && i < max; i++) {
+        unsigned char ch = (unsigned char)b[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
+            out += (char)ch;
+        } else {
+            char x[5];
+            snprintf(x, sizeof x, "\\x%02x", ch);
+            out += x;
+        }
+    }
+    return out;
+}
+
 /* Parse the staged response head; write it rewritten. */
 static bool resp_head(hsess *h)
 {
@@ -687,7 +705,8 @@ static bool resp_head(hsess *h)
     }
     http_msg_info mi;
     if (r < 0 || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
-        log_info("http %s: malformed response from mapping %s", h->peer.c_str(), h->qmap.c_str());
+        log_info("http %s: malformed response from mapping %s: %s; it begins \"%s\"", h->peer.c_str(),
+                 h->qmap.c_str(), r < 0 ? "bad head" : mi.error, printable(h->rbuf, 48).c_str());
         drop_stream(h);
         answer(h, 502, "malformed response from the service", false);
         return true;

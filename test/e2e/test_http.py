@@ -720,11 +720,13 @@ def full_backlog_listener():
 
 @test(timeout=60)
 def http_errors_404_502_504(ctx):
-    """404 unknown host, 502 local_addr refused, 504 local_addr connect
-    timeout (a loopback listener whose queue is full)."""
+    """404 unknown host, 502 local_addr refused, 502 for a service that
+    answers what is not HTTP (logged with its first bytes), 504 local_addr
+    connect timeout (a loopback listener whose queue is full)."""
     dead = free_port()
     bl, keep = full_backlog_listener()
-    maps = http_mapping("dead", dead, "dead.test")
+    junk = TcpServer(ctx, lambda c: (c.recv(4096), c.sendall(b"SSH-2.0-OpenSSH_9.2\r\n\x01\r\n\r\n")))
+    maps = http_mapping("dead", dead, "dead.test") + http_mapping("junk", junk.port, "junk.test")
     if bl:
         maps += http_mapping("slow", bl, "slow.test")
     s, c, hp, _ = http_pair(ctx, maps, client_extra="connect_timeout = 500ms\n")
@@ -733,6 +735,9 @@ def http_errors_404_502_504(ctx):
     r = one(hp, request("GET", "/", "dead.test"))
     is_ours(r, 502)
     assert r.get("Connection") == "close", r
+    is_ours(one(hp, request("GET", "/", "junk.test")), 502)
+    s.wait_log(r'http 127\.0\.0\.1:\d+: malformed response from mapping junk: bad head; '
+               r'it begins "SSH-2\.0-OpenSSH_9\.2\\x0d\\x0a\\x01\\x0d\\x0a\\x0d\\x0a"')
     if bl:
         t0 = time.monotonic()
         r = one(hp, request("GET", "/", "slow.test"))
