@@ -616,9 +616,26 @@ static size_t resident_pages(const char *p, size_t len)
     return n;
 }
 
+/* Whether madvise(MADV_DONTNEED) takes pages out of memory here: not
+ * under qemu-user, which keeps the guest's pages. */
+static bool dontneed_works(void)
+{
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    char *p = (char *)mmap(nullptr, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    memset(p, 1, 4 * pg);
+    madvise(p, 4 * pg, MADV_DONTNEED);
+    bool works = resident_pages(p, 4 * pg) == 0;
+    munmap(p, 4 * pg);
+    return works;
+}
+
 TEST_CASE("ring: an empty ring drops its pages past the first and stays usable")
 {
     ring r;
+    bool measurable = dontneed_works();
+    if (!measurable)
+        MESSAGE("madvise(MADV_DONTNEED) keeps pages here (an emulator?): residency not checked");
     const size_t size = 512 * 1024;
     REQUIRE(ring_alloc(&r, size) == 0);
     std::string fill(size, 'x');
@@ -632,7 +649,8 @@ TEST_CASE("ring: an empty ring drops its pages past the first and stays usable")
 
     ring_consume(&r, size);
     ring_drop_pages(&r);
-    CHECK(resident_pages(r.area, size) <= 2);
+    if (measurable)
+        CHECK(resident_pages(r.area, size) <= 2);
 
     /* and it carries bytes again, across the dropped pages and the wrap */
     for (int round = 0; round < 3; round++) {
