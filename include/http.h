@@ -50,6 +50,11 @@ static inline http_str http_cstr(const char *s) { return http_str{s, strlen(s)};
 /* Exact, and ASCII case-insensitive, comparison with a C string. */
 bool http_str_eq(http_str a, const char *s);
 bool http_str_ieq(http_str a, const char *s);
+/* ASCII case-insensitive comparison of n bytes. */
+bool http_mem_ieq(const char *a, const char *b, size_t n);
+/* http_str_ieq() with a string literal: the lengths are compared first,
+ * in place, so most field names are told apart without a call. */
+#define http_ieq_lit(a, lit) ((a).n == sizeof(lit) - 1 && http_mem_ieq((a).p, lit, sizeof(lit) - 1))
 
 struct http_header {
     http_str name;      /* a token, as received (any case) */

@@ -64,7 +64,7 @@ static inline unsigned char lower(unsigned char ch)
     return (ch >= 'A' && ch <= 'Z') ? ch | 0x20 : ch;
 }
 
-static bool mem_ieq(const char *a, const char *b, size_t n)
+bool http_mem_ieq(const char *a, const char *b, size_t n)
 {
     for (size_t i = 0; i < n; i++)
         if (lower(a[i]) != lower(b[i]))
@@ -323,7 +323,7 @@ static const char *scan_fields(const http_head &m, framing *f)
         http_str n = m.headers[i].name, v = m.headers[i].value;
         size_t pos = 0;
         http_str el;
-        if (http_str_ieq(n, "content-length")) {
+        if (http_ieq_lit(n, "content-length")) {
             while (list_next(v, &pos, &el)) {
                 uint64_t x = 0;
                 bool ok = el.n > 0;
@@ -339,7 +339,7 @@ static const char *scan_fields(const http_head &m, framing *f)
                 f->has_cl = true;
                 f->cl = x;
             }
-        } else if (http_str_ieq(n, "transfer-encoding")) {
+        } else if (http_ieq_lit(n, "transfer-encoding")) {
             f->has_te = true;
             while (list_next(v, &pos, &el)) {
                 /* chunked must be the last coding, and only once */
@@ -352,19 +352,19 @@ static const char *scan_fields(const http_head &m, framing *f)
                     err = "unknown transfer coding";
                 f->te_chunked = k == 0;
             }
-        } else if (http_str_ieq(n, "connection")) {
+        } else if (http_ieq_lit(n, "connection")) {
             while (list_next(v, &pos, &el)) {
-                f->conn_close |= http_str_ieq(el, "close");
-                f->conn_keep |= http_str_ieq(el, "keep-alive");
-                f->conn_upgrade |= http_str_ieq(el, "upgrade");
+                f->conn_close |= http_ieq_lit(el, "close");
+                f->conn_keep |= http_ieq_lit(el, "keep-alive");
+                f->conn_upgrade |= http_ieq_lit(el, "upgrade");
             }
-        } else if (http_str_ieq(n, "host")) {
+        } else if (http_ieq_lit(n, "host")) {
             f->hosts++;
             f->host = v;
-        } else if (http_str_ieq(n, "upgrade")) {
+        } else if (http_ieq_lit(n, "upgrade")) {
             f->has_upgrade = true;
-        } else if (http_str_ieq(n, "expect")) {
-            f->expect_100 |= http_str_ieq(v, "100-continue");
+        } else if (http_ieq_lit(n, "expect")) {
+            f->expect_100 |= http_ieq_lit(v, "100-continue");
         }
     }
     return err;
@@ -633,10 +633,10 @@ int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16
                             http_str *path)
 {
     size_t i;
-    if (target.n >= 7 && mem_ieq(target.p, "http://", 7)) {
+    if (target.n >= 7 && http_mem_ieq(target.p, "http://", 7)) {
         *https = false;
         i = 7;
-    } else if (target.n >= 8 && mem_ieq(target.p, "https://", 8)) {
+    } else if (target.n >= 8 && http_mem_ieq(target.p, "https://", 8)) {
         *https = true;
         i = 8;
     } else {
@@ -726,7 +726,7 @@ struct conn_opts {
 static void conn_gather(const http_head &m, conn_opts *c)
 {
     for (size_t i = 0; i < m.num_headers; i++) {
-        if (!http_str_ieq(m.headers[i].name, "connection"))
+        if (!http_ieq_lit(m.headers[i].name, "connection"))
             continue;
         size_t pos = 0;
         http_str el;
@@ -742,17 +742,17 @@ static void conn_gather(const http_head &m, conn_opts *c)
 static bool named_by_connection(const http_head &m, const conn_opts &c, http_str n)
 {
     for (size_t k = 0; k < c.n; k++)
-        if (c.opt[k].n == n.n && mem_ieq(c.opt[k].p, n.p, n.n))
+        if (c.opt[k].n == n.n && http_mem_ieq(c.opt[k].p, n.p, n.n))
             return true;
     if (!c.many)
         return false;
     for (size_t i = 0; i < m.num_headers; i++) {
-        if (!http_str_ieq(m.headers[i].name, "connection"))
+        if (!http_ieq_lit(m.headers[i].name, "connection"))
             continue;
         size_t pos = 0;
         http_str el;
         while (list_next(m.headers[i].value, &pos, &el))
-            if (el.n == n.n && mem_ieq(el.p, n.p, n.n))
+            if (el.n == n.n && http_mem_ieq(el.p, n.p, n.n))
                 return true;
     }
     return false;
@@ -761,28 +761,24 @@ static bool named_by_connection(const http_head &m, const conn_opts &c, http_str
 void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
                       const char *const *skip)
 {
-    static const char *const hop[] = {
-        "connection", "keep-alive", "proxy-connection", "te", nullptr
-    };
     conn_opts conn;
     conn_gather(m, &conn);
     bool has_conn = conn.n > 0;
     for (size_t i = 0; i < m.num_headers; i++) {
         http_str n = m.headers[i].name;
-        bool drop = false;
-        for (const char *const *s = hop; *s && !drop; s++)
-            drop = http_str_ieq(n, *s);
+        bool drop = http_ieq_lit(n, "connection") || http_ieq_lit(n, "keep-alive") ||
+                    http_ieq_lit(n, "proxy-connection") || http_ieq_lit(n, "te");
         for (const char *const *s = skip; s && *s && !drop; s++)
             drop = http_str_ieq(n, *s);
-        bool te = http_str_ieq(n, "transfer-encoding");
-        bool up = http_str_ieq(n, "upgrade");
+        bool te = http_ieq_lit(n, "transfer-encoding");
+        bool up = http_ieq_lit(n, "upgrade");
         if (te)
             drop |= !(flags & HTTP_KEEP_TE);
         else if (up)
             drop |= !(flags & HTTP_KEEP_UPGRADE);
         /* never let Connection change the framing or the routing */
         bool protect = (te && (flags & HTTP_KEEP_TE)) || (up && (flags & HTTP_KEEP_UPGRADE)) ||
-                       http_str_ieq(n, "host") || http_str_ieq(n, "content-length");
+                       http_ieq_lit(n, "host") || http_ieq_lit(n, "content-length");
         if (!drop && has_conn && !protect)
             drop = named_by_connection(m, conn, n);
         if (!drop)

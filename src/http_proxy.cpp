@@ -729,7 +729,8 @@ static bool resp_head(hsess *h)
     std::string out;
     out.reserve((size_t)r + 128);
     http_write_status_line(&out, 1, resp_scratch.status, resp_scratch.reason);
-    std::vector<const char *> sk;
+    static std::vector<const char *> sk;   /* kept: no allocation per response */
+    sk.clear();
     sk.push_back("Server");
     for (auto &rule : rules)
         sk.push_back(rule.first.c_str());

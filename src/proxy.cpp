@@ -545,7 +545,7 @@ static int req_head(psess *s)
     size_t j = 0;
     for (size_t i = 0; i < q.num_headers; i++) {
         http_str nm = q.headers[i].name;
-        if (!http_str_ieq(nm, "host") && !(nm.n > 6 && strncasecmp(nm.p, "proxy-", 6) == 0))
+        if (!http_ieq_lit(nm, "host") && !(nm.n > 6 && strncasecmp(nm.p, "proxy-", 6) == 0))
             q.headers[j++] = q.headers[i];
     }
     q.num_headers = j;

@@ -863,3 +863,33 @@ TEST_CASE("http_str comparisons")
     CHECK_FALSE(http_str_ieq(http_cstr("GETS"), "GET"));
     CHECK(http_str_eq(http_str{nullptr, 0}, ""));
 }
+
+TEST_CASE("field names match in any case, and only whole")
+{
+    CHECK(http_ieq_lit(http_cstr("CONTENT-length"), "content-length"));
+    CHECK_FALSE(http_ieq_lit(http_cstr("content-lengthy"), "content-length"));
+    CHECK_FALSE(http_ieq_lit(http_cstr("content-lengt"), "content-length"));
+    http_str none{nullptr, 0};
+    CHECK_FALSE(http_ieq_lit(none, "te"));
+    CHECK(http_ieq_lit(none, ""));
+
+    /* framing from names in odd case; near-misses are ordinary fields */
+    std::string msg = "POST /u HTTP/1.1\r\nhOST: a\r\nCONTENT-length: 5\r\nContent-Lengthy: 9\r\n"
+                      "Hostx: b\r\ncONNECTION: CLOSE\r\n\r\n";
+    http_request req;
+    REQUIRE(parse(msg, &req) == (int)msg.size());
+    http_msg_info info;
+    REQUIRE(http_request_framing(req, &info) == 0);
+    CHECK(info.body == HTTP_BODY_LENGTH);
+    CHECK(info.length == 5);
+    CHECK_FALSE(info.keep_alive);
+    CHECK(std::string(info.host.p, info.host.n) == "a");
+
+    /* hop-by-hop names in any case go, look-alikes stay */
+    msg = "GET / HTTP/1.1\r\nHost: a\r\nKEEP-ALIVE: 1\r\nTe: trailers\r\nTee: 1\r\n"
+          "proxy-CONNECTION: x\r\nKeep-Alives: 2\r\n\r\n";
+    REQUIRE(parse(msg, &req) == (int)msg.size());
+    std::string out;
+    http_copy_fields(&out, req, 0, nullptr);
+    CHECK(out == "Host: a\r\nTee: 1\r\nKeep-Alives: 2\r\n");
+}
