@@ -20,6 +20,7 @@
 #define OVERFLOW_MAX (1024 * 1024)   /* a peer that never reads our control frames */
 #define PASS_MAX (256 * 1024)        /* bytes read from the tunnel per loop pass */
 #define STREAM_RX_MIN (16 * 1024)    /* first buffer of a stream whose reader lags */
+#define CALL_FRAMES 16               /* DATA frames per readv() or writev(): 256 KiB */
 
 static void tunnel_flush(void *arg);
 static void tunnel_read(tunnel *t);
@@ -140,13 +141,13 @@ static void account_sent(stream *s, size_t n)
 ssize_t stream_send_from_fd(stream *s, int fd, size_t max)
 {
     tunnel *t = s->t;
-    iovec iov[2 * 16];
-    size_t plen[16];
+    iovec iov[2 * CALL_FRAMES];
+    size_t plen[CALL_FRAMES];
     int niov = 0, nchunks = 0;
     size_t off = 0, want = max;
 
     /* header gaps between payload spans: one readv fills several frames */
-    while (want > 0 && nchunks < 16) {
+    while (want > 0 && nchunks < CALL_FRAMES) {
         size_t l = want < FRAME_MAX_DATA ? want : FRAME_MAX_DATA;
         int c = ring_room_spans(&t->txr, off + FRAME_HDR, l, &iov[niov]);
         if (c == 0)
@@ -799,18 +800,18 @@ static int dispatch(tunnel *t, const frame_hdr &h)
 }
 
 /* Consecutive DATA frames of one stream already in rx reach its end in
- * one call, so a relay writes up to 16 frames with one writev(). Returns
+ * one call, so a relay writes up to CALL_FRAMES frames with one writev(). Returns
  * 1 when the tunnel closed; *used is what the frames took of rx. */
 static int data_frames(tunnel *t, const frame_hdr &h, size_t *used)
 {
-    iovec iov[34];
+    iovec iov[2 * CALL_FRAMES];
     int n = ring_data_spans(&t->rxr, FRAME_HDR, h.len, iov);
     size_t total = h.len, off = FRAME_HDR + h.len;
     bool fin = h.flags & FL_FIN;
     bool blocked = h.flags & FL_BLOCKED;
     stream *s;
 
-    for (int frames = 1; !fin && frames < 16; frames++) {
+    for (int frames = 1; !fin && frames < CALL_FRAMES; frames++) {
         uint8_t hb[FRAME_HDR];
         frame_hdr nh;
         if (t->rxr.data < off + FRAME_HDR)
