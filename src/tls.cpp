@@ -241,7 +241,8 @@ static tls_ctx *ctx_new(bool server, std::string *err)
     SSL_CTX_set_min_proto_version(s, TLS1_2_VERSION);
     SSL_CTX_set_options(s, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
     /* partial writes let writev report what it took; RELEASE_BUFFERS frees
-     * OpenSSL's record buffers while a connection is idle */
+     * OpenSSL's record buffers whenever they are empty (a transport that
+     * moves bulk keeps them until it is quiet: tls_transport::moved) */
     SSL_CTX_set_mode(s, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER
                         | SSL_MODE_RELEASE_BUFFERS | SSL_MODE_AUTO_RETRY);
     SSL_CTX_set_default_passwd_cb(s, no_passphrase);
@@ -664,18 +665,24 @@ static void set_error(tls_conn *t, int sslerr)
     }
 }
 
-/* Map the result of an SSL_* call that did not succeed. */
+/* SSL_get_error() reads the thread's error queue, so it must be empty
+ * before an SSL_* call. Clearing walks every slot of the queue; looking
+ * is one load, and on the data path the queue is always empty. */
+static inline void err_reset(void)
+{
+    if (ERR_peek_error())
+        ERR_clear_error();
+}
+
+/* Map the result of an SSL_* call that did not succeed. SSL_get_error()
+ * says "want" or "closed" only when the error queue is empty. */
 static int fail_result(tls_conn *t, int ret)
 {
     int e = SSL_get_error(t->ssl, ret);
-    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-        ERR_clear_error();
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
         return IO_AGAIN;
-    }
-    if (e == SSL_ERROR_ZERO_RETURN && SSL_is_init_finished(t->ssl)) {
-        ERR_clear_error();
+    if (e == SSL_ERROR_ZERO_RETURN && SSL_is_init_finished(t->ssl))
         return 0;
-    }
     set_error(t, e);
     return IO_ERR;
 }
@@ -696,7 +703,7 @@ ssize_t tls_read(tls_conn *t, void *buf, size_t len)
     size_t n = 0;
     if (t->dead)
         return IO_ERR;
-    ERR_clear_error();
+    err_reset();
     int r = SSL_read_ex(t->ssl, buf, len, &n);
     if (r == 1)
         return (ssize_t)n;
@@ -710,7 +717,7 @@ ssize_t tls_write(tls_conn *t, const void *buf, size_t len)
         return IO_ERR;
     if (len == 0)
         return 0;
-    ERR_clear_error();
+    err_reset();
     int r = SSL_write_ex(t->ssl, buf, len, &n);
     if (r == 1)
         return (ssize_t)n;
@@ -759,6 +766,7 @@ struct tls_transport : transport {
     bool rd_told = false;   /* rd_end was returned once */
     int wr_state = 0;       /* 0 open, 1 close_notify queued, 2 FIN sent */
     bool wr_err = false;
+    bool bulk = false;      /* OpenSSL keeps its record buffers until release() */
 
     tls_transport(tls_conn *c_, int fd_) : transport(fd_), c(c_) {}
     ~tls_transport() override
@@ -827,6 +835,17 @@ struct tls_transport : transport {
         return 1;
     }
 
+    /* A call moved two records or more: OpenSSL keeps its record buffers
+     * rather than freeing and allocating them for every record, until the
+     * owner finds the connection quiet (release). */
+    void moved(size_t n)
+    {
+        if (!bulk && n >= 2 * (size_t)TLS_REC) {
+            SSL_clear_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+            bulk = true;
+        }
+    }
+
     /* At end of stream: fatal while handshaking, else a (noted) 0. */
     ssize_t eof()
     {
@@ -891,8 +910,10 @@ struct tls_transport : transport {
             rd_end = r;
             break;
         }
-        if (got)
+        if (got) {
+            moved(got);
             return (ssize_t)got;
+        }
         if (rd_end != 1) {
             rd_told = true;
             return rd_end;
@@ -964,6 +985,7 @@ struct tls_transport : transport {
         }
         if (push() == IO_ERR && !took)
             return IO_ERR;
+        moved(took);
         return took ? (ssize_t)took : (i == n ? 0 : IO_AGAIN);
     }
 
@@ -1003,11 +1025,17 @@ struct tls_transport : transport {
 
     size_t buffered() const override { return tls_pending_out(c); }
 
-    /* The owner found the connection quiet: empty rings go (OpenSSL's own
-     * buffers go with RELEASE_BUFFERS). Not done on every empty ring: a
-     * busy connection empties them all the time. */
+    /* The owner found the connection quiet: empty rings go, and OpenSSL's
+     * record buffers (SSL_free_buffers refuses while they hold a partial
+     * record; RELEASE_BUFFERS frees them once it is through). Not done on
+     * every empty ring: a busy connection empties them all the time. */
     void release() override
     {
+        if (bulk) {
+            SSL_set_mode(c->ssl, SSL_MODE_RELEASE_BUFFERS);
+            SSL_free_buffers(c->ssl);
+            bulk = false;
+        }
         if (c->in.data == 0)
             ring_free(&c->in);
         if (c->out.data == 0)
