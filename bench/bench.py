@@ -24,6 +24,10 @@ Variants (tcp figures):
   ssh-nd    ssh -tt -R ... 'exec sleep N': a pty session, which makes sshd set TCP_NODELAY
             on its end too (IPQoS left at its default), aes128-gcm@openssh.com
 Both ssh variants share one sshd; the forwarded sockets get TCP_NODELAY from ssh itself.
+
+HTTP figure (wrk -t2 -c50, nginx serving a 1 KiB file as the origin): direct, nginx's http
+reverse proxy, haproxy and ssh-nd relaying the bytes to the origin (the issue's table has
+both), and wmp / wmp-tls through an http mapping.
 """
 import argparse
 import csv
@@ -50,7 +54,7 @@ GIB = 1 << 30
 
 TCP_VARIANTS = ["direct", "wmp", "wmp-tls", "haproxy", "relay1", "relay2", "nginx", "socat", "ssh", "ssh-nd"]
 THROUGHPUT_ONLY = ["relay1", "relay2"]   # floors for the byte rate; not tuned for latency
-HTTP_VARIANTS = ["direct", "nginx", "wmp", "wmp-tls"]
+HTTP_VARIANTS = ["direct", "nginx", "haproxy", "ssh-nd", "wmp", "wmp-tls"]   # the issue's table has haproxy and ssh
 FIGURES = ["tput1", "tput8", "rr", "cps1", "cps50", "http", "mem", "size"]
 GROUPS = {"tput": ["tput1", "tput8"], "cps": ["cps1", "cps50"], "throughput": ["tput1", "tput8"],
           "cpu": ["tput1"], "memory": ["mem"]}
@@ -359,11 +363,15 @@ class Bench:
                "  timeout client 1h\n  timeout server 1h\n\n"
                "listen iperf\n  bind 127.0.0.1:%d\n  server s1 127.0.0.1:%d\n\n"
                "listen echo\n  bind 127.0.0.1:%d\n  server s1 127.0.0.1:%d\n" % (ip, self.iperf_port, ep, self.echo_port))
+        self.ports["haproxy"] = {"iperf": ip, "echo": ep}
+        if "http" in self.need:     # bytes relayed to the nginx origin, as in the issue's table
+            hp = free_port()
+            cfg += "\nlisten web\n  bind 127.0.0.1:%d\n  server s1 127.0.0.1:%d\n" % (hp, self.origin_port)
+            self.ports["haproxy"]["http"] = hp
         log = self.path("haproxy.log")
         p = self.procs.start("haproxy", ["haproxy", "-db", "-f", self.write("haproxy.cfg", cfg)], log)
-        for q in (ip, ep):
+        for q in self.ports["haproxy"].values():
             wait_for(lambda: listening(q), 10, "haproxy", p, log)
-        self.ports["haproxy"] = {"iperf": ip, "echo": ep}
         self.argv_used["haproxy"] = "haproxy -db -f haproxy.cfg  (global nbthread 1; mode tcp; listen/bind/server)"
         self.cpu_pids["haproxy"] = [p.pid]
 
@@ -439,25 +447,29 @@ class Bench:
         self.argv_used["sshd"] = ("/usr/sbin/sshd -D -e -f sshd_config  (ListenAddress 127.0.0.1, own HostKey and "
                                   "AuthorizedKeysFile, root by key, UsePAM no, Ciphers aes128-gcm@openssh.com)")
 
-    def ssh_argv(self, ip, ep):
+    def ssh_argv(self, ip, ep, hp):
+        fwd = ["-R", "127.0.0.1:%d:127.0.0.1:%d" % (hp, self.origin_port)] if hp else []
         return ["ssh", "-F", "/dev/null", "-i", self.path("id"), "-p", str(self.sshd_port),
                 "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                 "-o", "ExitOnForwardFailure=yes", "-o", "Ciphers=aes128-gcm@openssh.com", "-o", "LogLevel=ERROR",
                 "-R", "127.0.0.1:%d:127.0.0.1:%d" % (ip, self.iperf_port),
-                "-R", "127.0.0.1:%d:127.0.0.1:%d" % (ep, self.echo_port)]
+                "-R", "127.0.0.1:%d:127.0.0.1:%d" % (ep, self.echo_port)] + fwd
 
     def start_ssh(self, variant):
         ip, ep = free_port(), free_port()
-        argv = self.ssh_argv(ip, ep)
+        hp = free_port() if "http" in self.need else 0
+        argv = self.ssh_argv(ip, ep, hp)
         if variant == "ssh":
             argv += ["-N", "root@127.0.0.1"]
         else:   # a pty session: interactive, so TCP_NODELAY on the transport at both ends
             argv += ["-tt", "root@127.0.0.1", "exec sleep 100000"]
         log = self.path(variant + ".log")
         p = self.procs.start(variant, argv, log, stdin=subprocess.PIPE)
-        for q in (ip, ep):
-            wait_for(lambda: listening(q), 15, variant + " -R listener", p, log)
         self.ports[variant] = {"iperf": ip, "echo": ep}
+        if hp:
+            self.ports[variant]["http"] = hp
+        for q in self.ports[variant].values():
+            wait_for(lambda: listening(q), 15, variant + " -R listener", p, log)
         self.cpu_pids[variant] = [self.sshd.pid, p.pid]
         self.argv_used[variant] = " ".join(("'%s'" % x) if " " in x else x for x in argv)
 
@@ -481,9 +493,15 @@ class Bench:
                                          status_kb(p.pid, "VmRSS")))
         if "http" in self.need and "nginx" in variants:
             self.start_nginx_rproxy()
-        if tcp_figs:
+        if tcp_figs or "http" in self.need:
             if "haproxy" in variants:
                 self.start_haproxy()
+            if "ssh" in variants or "ssh-nd" in variants:
+                self.start_sshd()
+                for v in ("ssh", "ssh-nd"):
+                    if v in variants:
+                        self.start_ssh(v)
+        if tcp_figs:
             for v, hops in (("relay1", 1), ("relay2", 2)):
                 if v in variants:
                     self.start_relays(v, hops)
@@ -491,11 +509,6 @@ class Bench:
                 self.start_nginx_stream()
             if "socat" in variants:
                 self.start_socat()
-            if "ssh" in variants or "ssh-nd" in variants:
-                self.start_sshd()
-                for v in ("ssh", "ssh-nd"):
-                    if v in variants:
-                        self.start_ssh(v)
 
     def cleanup(self):
         self.procs.stop_all()
@@ -730,7 +743,8 @@ class Bench:
         print("Medians of %d run(s), interleaved; (ratio to direct). Host: %d CPUs, load %s" % (
             self.a.runs, os.cpu_count(), " ".join(open("/proc/loadavg").read().split()[:3])))
         print("%-19s" % "figure" + "".join("%-17s" % c for c in cols))
-        legend = "HTTP row: direct = nginx origin, nginx = nginx http reverse proxy; elsewhere nginx = stream proxy"
+        legend = ("HTTP row: direct = nginx origin, nginx = nginx http reverse proxy (elsewhere nginx = stream\n"
+                  "proxy); haproxy and ssh-nd relay the bytes to the origin (tcp mode, -R), as in the issue's table")
         for fig, label, fmt in rows:
             if not any(r[0] == fig for r in self.results):
                 continue
@@ -824,6 +838,11 @@ class Bench:
             print("  floors: plain tunnel 1-stream = %.2f x relay2 (two bare relays); haproxy = %.2f x relay1"
                   % (md("tput1", "wmp") / md("tput1", "relay2"), md("tput1", "haproxy") / md("tput1", "relay1"))
                   if md("tput1", "wmp") and md("tput1", "haproxy") and md("tput1", "relay1") else "")
+        d, w, h, s = (md("http", v) for v in ("direct", "wmp", "haproxy", "ssh-nd"))
+        if d and w and h and s:
+            print("  HTTP against the issue's table (direct 48,900 req/s there): haproxy = %.2f x direct here"
+                  " (there 0.69),\n      ssh-nd = %.2f (there 0.49); the http mapping = %.2f x haproxy"
+                  " (0.6 x direct there = 0.87 x haproxy)" % (h / d, s / d, w / h))
         if "rr" in self.need:
             print("  (*) rathole is not installed here: the issue's rathole figure (8,280/s vs 22,200/s direct)"
                   "\n      x 1.2 gives >= 0.45 x direct, measured against this run's direct.")
