@@ -626,12 +626,63 @@ TEST_CASE("tls: transport over a nonblocking socketpair, 4 MiB each way")
     tls_ctx_free(sctx);
 }
 
+/* A server context and a client one that does not verify it. */
+struct unverified_ctxs {
+    tls_ctx *sctx, *cctx;
+    unverified_ctxs()
+    {
+        sctx = server_ctx(tls_server_opts());
+        tls_client_opts co;
+        co.verify = false;
+        cctx = client_ctx(co);
+    }
+    ~unverified_ctxs()
+    {
+        tls_ctx_free(cctx);
+        tls_ctx_free(sctx);
+    }
+};
+
+/* Both ends through their handshakes, over a socketpair. */
+static void shake(transport *s, transport *c)
+{
+    int rs = IO_AGAIN, rc = IO_AGAIN;
+    for (int i = 0; i < 100 && (rs != 1 || rc != 1); i++) {
+        if (rs != 1)
+            rs = s->handshake();
+        if (rc != 1)
+            rc = c->handshake();
+    }
+    REQUIRE(rs == 1);
+    REQUIRE(rc == 1);
+}
+
+/* Send data from one end, read it at the other; true when all of it
+ * arrived intact and nothing failed. */
+static bool pass_bytes(transport *from, transport *to, const std::string &data)
+{
+    static char b[1 << 16];
+    std::string got;
+    for (size_t sent = 0, loop = 0; got.size() < data.size() && loop < 10000; loop++) {
+        iovec w = {(char *)data.data() + sent, data.size() - sent};
+        ssize_t k = sent < data.size() ? from->writev(&w, 1) : (ssize_t)IO_AGAIN;
+        if (k < 0 && k != IO_AGAIN)
+            return false;
+        sent += k > 0 ? (size_t)k : 0;
+        from->flush();
+        iovec r = {b, sizeof b};
+        while ((k = to->readv(&r, 1)) > 0)
+            got.append(b, (size_t)k);
+        if (k != IO_AGAIN)
+            return false;
+    }
+    return got == data;
+}
+
 TEST_CASE("tls: transport ends: closed during handshake, EOF without close_notify")
 {
-    tls_ctx *sctx = server_ctx(tls_server_opts());
-    tls_client_opts co;
-    co.verify = false;
-    tls_ctx *cctx = client_ctx(co);
+    unverified_ctxs x;
+    tls_ctx *sctx = x.sctx, *cctx = x.cctx;
     int sv[2];
 
     nonblocking_pair(sv);
@@ -647,31 +698,10 @@ TEST_CASE("tls: transport ends: closed during handshake, EOF without close_notif
     nonblocking_pair(sv);
     transport *s = tls_transport_new(sctx, sv[0], true, nullptr);
     c = tls_transport_new(cctx, sv[1], false, "127.0.0.1");
-    int rs = IO_AGAIN, rc = IO_AGAIN;
-    for (int i = 0; i < 100 && (rs != 1 || rc != 1); i++) {
-        if (rs != 1)
-            rs = s->handshake();
-        if (rc != 1)
-            rc = c->handshake();
-    }
-    REQUIRE(rs == 1);
-    REQUIRE(rc == 1);
+    shake(s, c);
     CHECK(tls_transport_sni(s) == "");      /* no SNI for an IP literal */
     /* a burst grows the buffers, the small exchange after it lets them go */
-    std::string big = random_bytes(300000, 41), got;
-    static char b2[1 << 16];
-    for (size_t sent = 0; got.size() < big.size();) {
-        iovec bw = {(char *)big.data() + sent, big.size() - sent};
-        ssize_t k = sent < big.size() ? s->writev(&bw, 1) : (ssize_t)IO_AGAIN;
-        REQUIRE((k > 0 || k == IO_AGAIN));
-        sent += k > 0 ? (size_t)k : 0;
-        s->flush();
-        iovec br = {b2, sizeof b2};
-        while ((k = c->readv(&br, 1)) > 0)
-            got.append(b2, (size_t)k);
-        REQUIRE(k == IO_AGAIN);
-    }
-    CHECK(got == big);
+    CHECK(pass_bytes(s, c, random_bytes(300000, 41)));
     iovec w = {(void *)"last words", 10};
     CHECK(s->writev(&w, 1) == 10);
     shutdown(s->fd, SHUT_WR);               /* a FIN without close_notify */
@@ -686,8 +716,6 @@ TEST_CASE("tls: transport ends: closed during handshake, EOF without close_notif
     CHECK(std::string(c->error()) == "connection closed without close_notify");
     delete s;
     delete c;
-    tls_ctx_free(cctx);
-    tls_ctx_free(sctx);
 }
 
 /* Heap bytes in use, from ASan's allocator when it owns the heap (its
@@ -702,42 +730,15 @@ static size_t heap_in_use(void) { return mallinfo2().uordblks; }
 
 TEST_CASE("tls: a transport that moved bulk gives its record buffers back when quiet")
 {
-    tls_ctx *sctx = server_ctx(tls_server_opts());
-    tls_client_opts co;
-    co.verify = false;
-    tls_ctx *cctx = client_ctx(co);
+    unverified_ctxs x;
     int sv[2];
     nonblocking_pair(sv);
-    transport *s = tls_transport_new(sctx, sv[0], true, nullptr);
-    transport *c = tls_transport_new(cctx, sv[1], false, "127.0.0.1");
-    static char b[1 << 16];
-    /* Move n bytes from one end to the other; true when all arrived. */
+    transport *s = tls_transport_new(x.sctx, sv[0], true, nullptr);
+    transport *c = tls_transport_new(x.cctx, sv[1], false, "127.0.0.1");
     auto move = [](transport *from, transport *to, size_t n) {
-        std::string data = random_bytes(n, (unsigned)n), got;
-        for (size_t sent = 0, loop = 0; got.size() < n && loop < 10000; loop++) {
-            iovec w = {(char *)data.data() + sent, n - sent};
-            ssize_t k = sent < n ? from->writev(&w, 1) : (ssize_t)IO_AGAIN;
-            if (k < 0 && k != IO_AGAIN)
-                return false;
-            sent += k > 0 ? (size_t)k : 0;
-            from->flush();
-            iovec r = {b, sizeof b};
-            while ((k = to->readv(&r, 1)) > 0)
-                got.append(b, (size_t)k);
-            if (k != IO_AGAIN)
-                return false;
-        }
-        return got == data;
+        return pass_bytes(from, to, random_bytes(n, (unsigned)n));
     };
-    int rs = IO_AGAIN, rc = IO_AGAIN;
-    for (int i = 0; i < 100 && (rs != 1 || rc != 1); i++) {
-        if (rs != 1)
-            rs = s->handshake();
-        if (rc != 1)
-            rc = c->handshake();
-    }
-    REQUIRE(rs == 1);
-    REQUIRE(rc == 1);
+    shake(s, c);
     /* small exchanges first: session tickets and the like are settled */
     REQUIRE(move(s, c, 100));
     REQUIRE(move(c, s, 100));
@@ -754,6 +755,4 @@ TEST_CASE("tls: a transport that moved bulk gives its record buffers back when q
     REQUIRE(move(s, c, 1 << 20));           /* and it works on after that */
     delete s;
     delete c;
-    tls_ctx_free(cctx);
-    tls_ctx_free(sctx);
 }
