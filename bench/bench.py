@@ -28,6 +28,10 @@ Both ssh variants share one sshd; the forwarded sockets get TCP_NODELAY from ssh
 HTTP figure (wrk -t2 -c50, nginx serving a 1 KiB file as the origin): direct, nginx's http
 reverse proxy, haproxy and ssh-nd relaying the bytes to the origin (the issue's table has
 both), and wmp / wmp-tls through an http mapping.
+
+With tput1, wmp-tls and relay2, every round also times AES-128-GCM on one core (openssl
+speed): relay2's CPU plus encrypting and decrypting a GiB is the CPU floor of a two-process
+TLS tunnel, printed under the targets.
 """
 import argparse
 import csv
@@ -683,6 +687,19 @@ class Bench:
         self.record("size", "wmp", 0, os.path.getsize(out) / 1024, "KiB",
                     "unstripped %.0f KiB" % (os.path.getsize(WMPROXYD) / 1024))
 
+    def aes(self, rep):
+        """AES-128-GCM on one core (openssl speed, 16 KiB blocks), as CPU s/GiB to encrypt and
+        to decrypt: with relay2's CPU it gives the floor of a two-process TLS tunnel."""
+        for fig, extra in (("aes_enc", []), ("aes_dec", ["-decrypt"])):
+            r = run(["openssl", "speed", "-elapsed", "-seconds", "1", "-bytes", "16384"] + extra +
+                    ["-evp", "aes-128-gcm"], 60)
+            m = re.search(r"^AES-128-GCM\s+([\d.]+)k\s*$", r.stdout, re.M)
+            if not m:
+                self.log("openssl speed: %s" % (r.stdout + r.stderr)[-200:])
+                return
+            self.record(fig, "openssl", rep, GIB / (float(m.group(1)) * 1000), "s/GiB",
+                        "%s kB/s" % m.group(1))
+
     def guarded(self, fn, *args):
         """One measurement; a failure is logged and recorded, the rest goes on."""
         try:
@@ -699,6 +716,8 @@ class Bench:
             for var in v:
                 if "tput1" in self.need:
                     self.guarded(self.iperf, "tput1", var, rep, 1)
+            if "tput1" in self.need and "wmp-tls" in v and "relay2" in v:
+                self.guarded(self.aes, rep)
             for var in v:
                 if "tput8" in self.need:
                     self.guarded(self.iperf, "tput8", var, rep, 8)
@@ -838,6 +857,12 @@ class Bench:
             print("  floors: plain tunnel 1-stream = %.2f x relay2 (two bare relays); haproxy = %.2f x relay1"
                   % (md("tput1", "wmp") / md("tput1", "relay2"), md("tput1", "haproxy") / md("tput1", "relay1"))
                   if md("tput1", "wmp") and md("tput1", "haproxy") and md("tput1", "relay1") else "")
+        enc, dec, r2 = md("aes_enc", "openssl"), md("aes_dec", "openssl"), md("cpu", "relay2")
+        if enc and dec and r2 and md("cpu", "wmp-tls"):
+            print("  TLS tunnel CPU floor = relay2 %.2f + AES-128-GCM encrypt %.2f + decrypt %.2f (openssl speed,"
+                  " one core)\n      = %.2f s/GiB; wmp-tls %.2f, ssh %s" % (
+                      r2, enc, dec, r2 + enc + dec, md("cpu", "wmp-tls"),
+                      "%.2f" % md("cpu", "ssh") if md("cpu", "ssh") else "-"))
         d, w, h, s = (md("http", v) for v in ("direct", "wmp", "haproxy", "ssh-nd"))
         if d and w and h and s:
             print("  HTTP against the issue's table (direct 48,900 req/s there): haproxy = %.2f x direct here"
