@@ -736,7 +736,7 @@ class Bench:
         for var in ("wmp", "wmp-tls"):
             if var in self.wmp:
                 for role, p in zip(("server", "client"), self.wmp[var]):
-                    self.mem.append(("%s idle after the runs" % var, role, status_kb(p.pid, "RssAnon"),
+                    self.mem.append(("%s right after the runs" % var, role, status_kb(p.pid, "RssAnon"),
                                      status_kb(p.pid, "VmRSS")))
                     self.mem.append(("%s peak VmHWM (all runs)" % var, role, 0, status_kb(p.pid, "VmHWM")))
         if "mem" in self.need:
