@@ -691,7 +691,7 @@ int tls_handshake(tls_conn *t)
 {
     if (t->dead)
         return IO_ERR;
-    ERR_clear_error();
+    err_reset();
     int r = SSL_do_handshake(t->ssl);
     if (r == 1)
         return 1;
@@ -736,7 +736,7 @@ int tls_close_notify(tls_conn *t)
     /* nothing to close before the handshake: the FIN says it all */
     if (!SSL_is_init_finished(t->ssl))
         return 0;
-    ERR_clear_error();
+    err_reset();
     int r = SSL_shutdown(t->ssl);
     if (r >= 0)
         return 0;

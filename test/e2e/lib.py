@@ -247,6 +247,16 @@ class Daemon:
                     kb -= int(w[1])
         return kb
 
+    def wait_private_back(self, base, bound, during):
+        """Waits up to 8 s for private_kb() to come back within bound kB of
+        base; the failure gives base, during (the figure under load) and
+        what it is now."""
+        try:
+            wait_until(lambda: self.private_kb() <= base + bound, 8,
+                       "the %s's RssAnon back within %d KiB of the start" % (self.name, bound))
+        except AssertionError as e:
+            raise AssertionError("%s: %d kB at the start, %s, %d kB now" % (e, base, during, self.private_kb()))
+
 
 MKCERTS = os.path.join(ROOT, "scripts", "mkcerts")
 

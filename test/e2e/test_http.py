@@ -1030,11 +1030,7 @@ def http_memory_given_back_after_a_burst(ctx):
     for x in socks:
         x.close()
     t0 = time.monotonic()
-    try:
-        wait_until(lambda: s.private_kb() <= base + 512, 8, "RssAnon back within 512 KiB of the start")
-    except AssertionError as e:
-        raise AssertionError("%s: %d kB at the start, %d kB with the connections, %d kB now" % (
-            e, base, peak, s.private_kb()))
+    s.wait_private_back(base, 512, "%d kB with the connections" % peak)
     print("    server RssAnon %d kB -> %d kB with 1000 connections -> %d kB %.1fs after they closed" % (
         base, peak, s.private_kb(), time.monotonic() - t0))
     assert c.stop() == 0

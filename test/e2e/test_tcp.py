@@ -376,12 +376,7 @@ def bulk_memory_given_back(ctx):
     assert max(peak[d] - base[d] for d in (s, c)) > 256, "the transfer took no memory: %r %r" % (base, peak)
     t0 = time.monotonic()
     for d in (s, c):
-        try:
-            wait_until(lambda: d.private_kb() <= base[d] + 256, 8,
-                       "the %s's RssAnon back within 256 KiB of the start" % d.name)
-        except AssertionError as e:
-            raise AssertionError("%s: %d kB at the start, peak %d kB, %d kB now" % (
-                e, base[d], peak[d], d.private_kb()))
+        d.wait_private_back(base[d], 256, "peak %d kB" % peak[d])
     for d in (s, c):
         print("    %s RssAnon %d kB -> peak %d kB -> %d kB %.1fs after the transfers" % (
             d.name, base[d], peak[d], d.private_kb(), time.monotonic() - t0))
