@@ -16,7 +16,7 @@ Variants (tcp figures):
             256 KiB, nothing else: no framing, no parsing, no timers)
   relay2    two benchtool relays in a row: the floor of any two-process tunnel (a public
             side and a private side), which is what wmproxyd's server and client are
-            (both relays: throughput figures only)
+            (both relays: throughput and HTTP figures only)
   nginx     nginx stream proxy_pass, master_process off (one process)
   socat     socat TCP-LISTEN,fork TCP:... (defaults: 8 KiB buffer, fork per connection)
   ssh       ssh -N -R, aes128-gcm@openssh.com, no session: OpenSSH 9.2's ssh sets TCP_NODELAY
@@ -26,8 +26,9 @@ Variants (tcp figures):
 Both ssh variants share one sshd; the forwarded sockets get TCP_NODELAY from ssh itself.
 
 HTTP figure (wrk -t2 -c50, nginx serving a 1 KiB file as the origin): direct, nginx's http
-reverse proxy, haproxy and ssh-nd relaying the bytes to the origin (the issue's table has
-both), and wmp / wmp-tls through an http mapping.
+reverse proxy, haproxy, relay1, relay2 and ssh-nd relaying the bytes to the origin (the
+issue's table has haproxy and ssh), and wmp / wmp-tls through an http mapping; with each,
+the CPU the proxy's processes spent per request (/proc/PID/stat over the wrk run).
 
 With tput1, wmp-tls and relay2, every round also times AES-128-GCM on one core (openssl
 speed): relay2's CPU plus encrypting and decrypting a GiB is the CPU floor of a two-process
@@ -58,7 +59,7 @@ GIB = 1 << 30
 
 TCP_VARIANTS = ["direct", "wmp", "wmp-tls", "haproxy", "relay1", "relay2", "nginx", "socat", "ssh", "ssh-nd"]
 THROUGHPUT_ONLY = ["relay1", "relay2"]   # floors for the byte rate; not tuned for latency
-HTTP_VARIANTS = ["direct", "nginx", "haproxy", "ssh-nd", "wmp", "wmp-tls"]   # the issue's table has haproxy and ssh
+HTTP_VARIANTS = ["direct", "nginx", "haproxy", "relay1", "relay2", "ssh-nd", "wmp", "wmp-tls"]   # the issue's table has haproxy and ssh
 FIGURES = ["tput1", "tput8", "rr", "cps1", "cps50", "http", "mem", "size"]
 GROUPS = {"tput": ["tput1", "tput8"], "cps": ["cps1", "cps50"], "throughput": ["tput1", "tput8"],
           "cpu": ["tput1"], "memory": ["mem"]}
@@ -251,6 +252,8 @@ class Bench:
         self.procs = Procs()
         self.ports = {}      # variant -> {"iperf": port, "echo": port, "http": port}
         self.cpu_pids = {}   # variant -> [pid]
+        self.http_pids = {}  # variant -> [pid] serving the HTTP figure, where not cpu_pids
+        self.origin_port = None
         self.wmp = {}        # variant -> (server Popen, client Popen)
         self.results = []    # (figure, variant, run, value, unit, extra)
         self.mem = []        # (label, role, RssAnon kB, VmRSS kB)
@@ -381,7 +384,10 @@ class Bench:
 
     def start_relays(self, variant, hops):
         ports, pids = {}, []
-        for what, target in (("iperf", self.iperf_port), ("echo", self.echo_port)):
+        targets = [("iperf", self.iperf_port), ("echo", self.echo_port)]
+        if self.origin_port:
+            targets.append(("http", self.origin_port))
+        for what, target in targets:
             for _ in range(hops):
                 p = self.procs.start(variant, [TOOL, "relay", "0", str(target)], self.path(variant + ".log"),
                                      stdout=subprocess.PIPE)
@@ -389,6 +395,8 @@ class Bench:
                 _used_ports.add(target)
                 if what == "iperf":
                     pids.append(p.pid)
+                elif what == "http":
+                    self.http_pids.setdefault(variant, []).append(p.pid)
             ports[what] = target
         self.ports[variant] = ports
         self.cpu_pids[variant] = pids
@@ -410,8 +418,9 @@ class Bench:
         body = ("upstream origin { server 127.0.0.1:%d; keepalive 64; }\n"
                 "server { listen 127.0.0.1:%d; location / { proxy_pass http://origin; proxy_http_version 1.1;"
                 " proxy_set_header Connection \"\"; } }" % (self.origin_port, port))
-        self.nginx("nginx-rproxy", body, port)
+        p = self.nginx("nginx-rproxy", body, port)
         self.ports.setdefault("nginx", {})["http"] = port
+        self.http_pids["nginx"] = [p.pid]
         self.argv_used["nginx http"] = ("nginx -p DIR -c nginx.conf  (master_process off; upstream keepalive 64; "
                                         "proxy_pass http://origin; proxy_http_version 1.1; Connection \"\")")
 
@@ -505,10 +514,11 @@ class Bench:
                 for v in ("ssh", "ssh-nd"):
                     if v in variants:
                         self.start_ssh(v)
-        if tcp_figs:
+        if tcp_figs or "http" in self.need:
             for v, hops in (("relay1", 1), ("relay2", 2)):
                 if v in variants:
                     self.start_relays(v, hops)
+        if tcp_figs:
             if "nginx" in variants:
                 self.start_nginx_stream()
             if "socat" in variants:
@@ -624,9 +634,13 @@ class Bench:
     def http(self, variant, rep):
         port = self.ports[variant]["http"]
         d = 2 if self.a.quick else 10
+        pids = self.http_pids.get(variant, self.cpu_pids.get(variant, []))
+        c0 = cpu_seconds(pids)
         r = run(["wrk", "-t2", "-c50", "-d%ds" % d, "--latency", "-H", "Host: bench.local",
                  "http://127.0.0.1:%d/bench.html" % port], d + 30)
+        c1 = cpu_seconds(pids)
         m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
+        n = re.search(r"(\d+) requests in", r.stdout)
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
         errs = re.search(r"Socket errors: (.*)", r.stdout)
         p99 = re.search(r"99%\s+(\S+)", r.stdout)
@@ -641,6 +655,9 @@ class Bench:
         if errs:
             extra += " socket_errors=" + errs.group(1).replace(",", "")
         self.record("http", variant, rep, float(m.group(1)), "req/s", extra)
+        if pids and n and int(n.group(1)):
+            self.record("http_cpu", variant, rep, (c1 - c0) / int(n.group(1)) * 1e6, "us/req",
+                        "%.2f CPU s" % (c1 - c0))
 
     def memory(self):
         """Fresh pairs (plain, TLS): idle, then holding 1,000 and 10,000 idle streams."""
@@ -756,7 +773,7 @@ class Bench:
                 ("cpu", "CPU s/GiB (1 str)", "%.2f"), ("rr", "64B round trips/s", "%.0f"),
                 ("rr_p50", "  p50 latency us", "%.1f"), ("rr_p99", "  p99 latency us", "%.1f"),
                 ("cps1", "new conn/s, 1", "%.0f"), ("cps50", "new conn/s, 50", "%.0f"),
-                ("http", "HTTP req/s (wrk)", "%.0f")]
+                ("http", "HTTP req/s (wrk)", "%.0f"), ("http_cpu", "  proxy CPU us/req", "%.1f")]
         cols = [x for x in TCP_VARIANTS if x in self.a.variants]
         print()
         print("Medians of %d run(s), interleaved; (ratio to direct). Host: %d CPUs, load %s" % (
@@ -773,7 +790,7 @@ class Bench:
                 m = self.median(fig, c)
                 if m is None:
                     cell = "-"
-                elif fig in ("cpu",) or c == "direct" or not d:
+                elif fig in ("cpu", "http_cpu") or c == "direct" or not d:
                     cell = fmt % m
                 else:
                     cell = (fmt % m) + " (%.2f)" % (m / d)
@@ -868,6 +885,12 @@ class Bench:
             print("  HTTP against the issue's table (direct 48,900 req/s there): haproxy = %.2f x direct here"
                   " (there 0.69),\n      ssh-nd = %.2f (there 0.49); the http mapping = %.2f x haproxy"
                   " (0.6 x direct there = 0.87 x haproxy)" % (h / d, s / d, w / h))
+        r1, r2 = md("http", "relay1"), md("http", "relay2")
+        if d and w and h and r1 and r2:
+            c = [md("http_cpu", v) for v in ("wmp", "relay2", "haproxy", "relay1")]
+            print("  HTTP floors: relay2 (two bare relays) = %.2f x direct; the http mapping = %.2f x relay2;"
+                  " haproxy = %.2f x relay1\n      proxy CPU us/request: wmp %s, relay2 %s, haproxy %s, relay1 %s"
+                  % ((r2 / d, w / r2, h / r1) + tuple("%.1f" % x if x else "-" for x in c)))
         if "rr" in self.need:
             print("  (*) rathole is not installed here: the issue's rathole figure (8,280/s vs 22,200/s direct)"
                   "\n      x 1.2 gives >= 0.45 x direct, measured against this run's direct.")
