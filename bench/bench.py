@@ -643,7 +643,7 @@ class Bench:
         n = re.search(r"(\d+) requests in", r.stdout)
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
         errs = re.search(r"Socket errors: (.*)", r.stdout)
-        p99 = re.search(r"99%\s+(\S+)", r.stdout)
+        p99 = re.search(r"^\s+99%\s+(\S+)", r.stdout, re.M)   # the latency distribution, not a stdev column
         if not m:
             self.log("http %s failed: %s %s" % (variant, r.stdout, r.stderr))
             self.record("http", variant, rep, float("nan"), "req/s", "failed")
