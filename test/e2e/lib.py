@@ -3,6 +3,7 @@ loopback with a config of their own, real peers (sockets, curl), and stop
 everything by PID. Every wait has a timeout; nothing sleeps and hopes."""
 import hashlib
 import os
+import random
 import re
 import signal
 import socket
@@ -87,21 +88,64 @@ class Ctx:
             p.kill()
 
 
+def _ephemeral_low():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+_EPHEMERAL_LOW = _ephemeral_low()
+_handed_out = set()
+
+
+def _candidate():
+    """A port to try. Never the same port twice in a run: one picked but not
+    yet bound is still free, and bind(0) once gave one scene the same port
+    for map_tcp_bind and a remote_port (the second bind failed, EADDRINUSE).
+    Below the kernel's ephemeral range where there is room: a port bind(0)
+    picked and let go can also be taken by an outgoing connection (a
+    client's own tunnel, a test's connect) before the daemon binds it; an
+    outgoing connection never takes a port below that range."""
+    lo = max(_EPHEMERAL_LOW - 20000, 10000)
+    if _EPHEMERAL_LOW - lo >= 2000:
+        while True:
+            port = random.randrange(lo, _EPHEMERAL_LOW)
+            if port not in _handed_out:
+                return port
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def _free(port, family, host, v6only=None):
+    """True when TCP and UDP can both bind host:port right now."""
+    socks = []
+    try:
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            k = socket.socket(family, kind)
+            socks.append(k)
+            if v6only is not None:
+                k.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            k.bind((host, port))
+        return True
+    except OSError:
+        return False
+    finally:
+        for k in socks:
+            k.close()
+
+
 def free_port():
     """A port free for both TCP and UDP on 127.0.0.1 right now."""
     while True:
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-        s.close()
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            u.bind(("127.0.0.1", port))
+        port = _candidate()
+        if _free(port, socket.AF_INET, "127.0.0.1"):
+            _handed_out.add(port)
             return port
-        except OSError:
-            continue
-        finally:
-            u.close()
 
 
 def free_port_all():
@@ -110,20 +154,10 @@ def free_port_all():
     without a host), where lib.free_port's check of 127.0.0.1 alone is not
     enough."""
     while True:
-        t = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        t.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        t.bind(("::", 0))
-        port = t.getsockname()[1]
-        u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        try:
-            u.bind(("::", port))
+        port = _candidate()
+        if _free(port, socket.AF_INET6, "::", 0):
+            _handed_out.add(port)
             return port
-        except OSError:
-            continue
-        finally:
-            u.close()
-            t.close()
 
 
 def have_ipv6():
