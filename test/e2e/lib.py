@@ -109,16 +109,16 @@ def _candidate():
     client's own tunnel, a test's connect) before the daemon binds it; an
     outgoing connection never takes a port below that range."""
     lo = max(_EPHEMERAL_LOW - 20000, 10000)
-    if _EPHEMERAL_LOW - lo >= 2000:
-        while True:
+    while True:
+        if _EPHEMERAL_LOW - lo >= 2000:
             port = random.randrange(lo, _EPHEMERAL_LOW)
-            if port not in _handed_out:
-                return port
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+        else:
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            s.close()
+        if port not in _handed_out:
+            return port
 
 
 def _free(port, family, host, v6only=None):
