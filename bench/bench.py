@@ -493,7 +493,8 @@ class Bench:
         if "http" in self.need:
             self.start_origin()
         variants = set(self.a.variants)
-        if tcp_figs or "http" in self.need:
+        paths = tcp_figs or "http" in self.need     # something goes through the proxies
+        if paths:
             if "wmp" in variants:
                 self.start_wmp("wmp", False)
             if "wmp-tls" in variants:
@@ -507,7 +508,7 @@ class Bench:
                                          status_kb(p.pid, "VmRSS")))
         if "http" in self.need and "nginx" in variants:
             self.start_nginx_rproxy()
-        if tcp_figs or "http" in self.need:
+        if paths:
             if "haproxy" in variants:
                 self.start_haproxy()
             if "ssh" in variants or "ssh-nd" in variants:
@@ -515,7 +516,6 @@ class Bench:
                 for v in ("ssh", "ssh-nd"):
                     if v in variants:
                         self.start_ssh(v)
-        if tcp_figs or "http" in self.need:
             for v, hops in (("relay1", 1), ("relay2", 2)):
                 if v in variants:
                     self.start_relays(v, hops)
@@ -886,13 +886,13 @@ class Bench:
             print("  HTTP against the issue's table (direct 48,900 req/s there): haproxy = %.2f x direct here"
                   " (there 0.69),\n      ssh-nd = %.2f (there 0.49); the http mapping = %.2f x haproxy"
                   " (0.6 x direct there = 0.87 x haproxy)" % (h / d, s / d, w / h))
-        r1, r2 = md("http", "relay1"), md("http", "relay2")
-        if d and w and h and r1 and r2:
+        hr1, hr2 = md("http", "relay1"), md("http", "relay2")
+        if d and w and h and hr1 and hr2:
             c = [md("http_cpu", v) for v in ("wmp", "relay2", "haproxy", "relay1")]
             print("  HTTP beside bare relays (not a floor: a mux batches): relay2 = %.2f x direct; the http mapping ="
                   " %.2f x relay2;"
                   " haproxy = %.2f x relay1\n      proxy CPU us/request: wmp %s, relay2 %s, haproxy %s, relay1 %s"
-                  % ((r2 / d, w / r2, h / r1) + tuple("%.1f" % x if x else "-" for x in c)))
+                  % ((hr2 / d, w / hr2, h / hr1) + tuple("%.1f" % x if x else "-" for x in c)))
         if "rr" in self.need:
             print("  (*) rathole is not installed here: the issue's rathole figure (8,280/s vs 22,200/s direct)"
                   "\n      x 1.2 gives >= 0.45 x direct, measured against this run's direct.")

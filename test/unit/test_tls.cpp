@@ -486,30 +486,41 @@ TEST_CASE("tls: CA verification, SNI and mutual TLS")
     tls_ctx_free(sctx);
 }
 
+/* A server context and a client one that does not verify it. */
+struct unverified_ctxs {
+    tls_ctx *sctx, *cctx;
+    unverified_ctxs()
+    {
+        sctx = server_ctx(tls_server_opts());
+        tls_client_opts co;
+        co.verify = false;
+        cctx = client_ctx(co);
+    }
+    ~unverified_ctxs()
+    {
+        tls_ctx_free(cctx);
+        tls_ctx_free(sctx);
+    }
+};
+
 TEST_CASE("tls: plaintext peers are told apart")
 {
-    tls_ctx *sctx = server_ctx(tls_server_opts());
-    tls_client_opts co;
-    co.verify = false;
-    tls_ctx *cctx = client_ctx(co);
+    unverified_ctxs x;
 
-    tls_conn *s = tls_conn_new(sctx, true, nullptr);
+    tls_conn *s = tls_conn_new(x.sctx, true, nullptr);
     const char get[] = "GET / HTTP/1.1\r\n\r\n";
     tls_feed(s, get, sizeof get - 1);
     CHECK(tls_handshake(s) == IO_ERR);
     CHECK(std::string(tls_error(s)) == "peer is not speaking TLS");
     tls_conn_free(s);
 
-    tls_conn *c = tls_conn_new(cctx, false, "example.com");
+    tls_conn *c = tls_conn_new(x.cctx, false, "example.com");
     CHECK(tls_handshake(c) == IO_AGAIN);
     const char resp[] = "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n";
     tls_feed(c, resp, sizeof resp - 1);
     CHECK(tls_handshake(c) == IO_ERR);
     CHECK(std::string(tls_error(c)) == "peer is not speaking TLS");
     tls_conn_free(c);
-
-    tls_ctx_free(cctx);
-    tls_ctx_free(sctx);
 }
 
 /* ---- the transport over a socketpair ---- */
@@ -625,23 +636,6 @@ TEST_CASE("tls: transport over a nonblocking socketpair, 4 MiB each way")
     tls_ctx_free(cctx);
     tls_ctx_free(sctx);
 }
-
-/* A server context and a client one that does not verify it. */
-struct unverified_ctxs {
-    tls_ctx *sctx, *cctx;
-    unverified_ctxs()
-    {
-        sctx = server_ctx(tls_server_opts());
-        tls_client_opts co;
-        co.verify = false;
-        cctx = client_ctx(co);
-    }
-    ~unverified_ctxs()
-    {
-        tls_ctx_free(cctx);
-        tls_ctx_free(sctx);
-    }
-};
 
 /* Both ends through their handshakes, over a socketpair. */
 static void shake(transport *s, transport *c)
