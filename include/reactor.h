@@ -52,7 +52,7 @@ struct deferred {
     bool doomed = false;
 };
 
-/* Monotonic milliseconds. */
+/* Monotonic milliseconds; within a loop pass, the time the pass began. */
 uint64_t now_ms(void);
 
 struct reactor;

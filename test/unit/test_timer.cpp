@@ -11,6 +11,7 @@
 #include "reactor.h"
 
 #include <stdint.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <random>
@@ -113,6 +114,33 @@ TEST_CASE("timer: many random expiries fire once each, in order; cancelled never
     }
     for (int i = 0; i < N; i++)
         timer_cancel(&m[i].t);
+}
+
+/* ---- the clock ---- */
+
+static uint64_t pass_clock[2];
+
+static void read_clock_twice(void *)
+{
+    pass_clock[0] = now_ms();
+    usleep(20 * 1000);
+    pass_clock[1] = now_ms();
+    reactor_stop();
+}
+
+TEST_CASE("clock: within a loop pass now_ms() is the time the pass began; outside, it moves")
+{
+    up();
+    uint64_t t0 = now_ms();
+    usleep(20 * 1000);
+    CHECK(now_ms() - t0 >= 20);
+    task t;
+    t.fn = read_clock_twice;
+    task_post(&t);
+    reactor_run();
+    CHECK(pass_clock[0] >= t0 + 20);
+    CHECK(pass_clock[1] == pass_clock[0]);
+    CHECK(now_ms() - pass_clock[0] >= 20);
 }
 
 TEST_CASE("timer: timer_arm fires after its delay, not before")
