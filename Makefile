@@ -37,7 +37,8 @@ SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 # files bytes flow through at -O2. CXXFLAGS comes last and may override.
 OPT      ?= -Os
 OPT_HOT  ?= -O2
-HOT_SRCS = src/mux.cpp src/relay.cpp src/ring.cpp src/reactor.cpp src/reactor_epoll.cpp src/transport_plain.cpp
+HOT_SRCS = src/mux.cpp src/relay.cpp src/ring.cpp src/reactor.cpp src/reactor_epoll.cpp src/transport_plain.cpp \
+           src/http.cpp
 SIZEFLAGS = -fno-asynchronous-unwind-tables -fno-unwind-tables -fvisibility=hidden
 CXXFLAGS ?=
 WARN     = -Wall -Wextra -Werror

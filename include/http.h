@@ -56,10 +56,29 @@ bool http_mem_ieq(const char *a, const char *b, size_t n);
  * in place, so most field names are told apart without a call. */
 #define http_ieq_lit(a, lit) ((a).n == sizeof(lit) - 1 && http_mem_ieq((a).p, lit, sizeof(lit) - 1))
 
+/* The fields the framing and the hop-by-hop rules look at, told apart once
+ * by the parser (http_header_id()) rather than by name at every use. */
+enum http_field_id {
+    HTTP_F_OTHER = 0,
+    HTTP_F_HOST,
+    HTTP_F_CONNECTION,
+    HTTP_F_KEEP_ALIVE,
+    HTTP_F_PROXY_CONNECTION,
+    HTTP_F_TE,
+    HTTP_F_TRANSFER_ENCODING,
+    HTTP_F_UPGRADE,
+    HTTP_F_CONTENT_LENGTH,
+    HTTP_F_EXPECT,
+};
+
 struct http_header {
     http_str name;      /* a token, as received (any case) */
     http_str value;     /* leading and trailing SP/HTAB removed; may be empty */
+    int id;             /* http_header_id(name): a header made by hand sets it */
 };
+
+/* The http_field_id of a field name (any case). */
+int http_header_id(http_str name);
 
 /* What requests and responses share. */
 struct http_head {
@@ -245,6 +264,8 @@ void http_write_status_line(std::string *out, int minor, int status, http_str re
 /* "name: value CRLF". Name and value must not hold CR or LF (values from a
  * parsed message or the configuration never do). */
 void http_write_field(std::string *out, http_str name, http_str value);
+/* "name: value, more CRLF": a list field with one element added. */
+void http_write_field2(std::string *out, http_str name, http_str value, http_str more);
 static inline void http_write_field(std::string *out, const char *name, const char *value)
 {
     http_write_field(out, http_cstr(name), http_cstr(value));

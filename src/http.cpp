@@ -157,7 +157,27 @@ static bool version(const char **pp, const char *end, int *minor)
     return true;
 }
 
-/* Field lines from p up to and including the empty line that ends at end. */
+int http_header_id(http_str n)
+{
+    switch (n.n) {
+    case 2: return http_ieq_lit(n, "te") ? HTTP_F_TE : HTTP_F_OTHER;
+    case 4: return http_ieq_lit(n, "host") ? HTTP_F_HOST : HTTP_F_OTHER;
+    case 6: return http_ieq_lit(n, "expect") ? HTTP_F_EXPECT : HTTP_F_OTHER;
+    case 7: return http_ieq_lit(n, "upgrade") ? HTTP_F_UPGRADE : HTTP_F_OTHER;
+    case 10:
+        if (http_ieq_lit(n, "connection"))
+            return HTTP_F_CONNECTION;
+        return http_ieq_lit(n, "keep-alive") ? HTTP_F_KEEP_ALIVE : HTTP_F_OTHER;
+    case 14: return http_ieq_lit(n, "content-length") ? HTTP_F_CONTENT_LENGTH : HTTP_F_OTHER;
+    case 16: return http_ieq_lit(n, "proxy-connection") ? HTTP_F_PROXY_CONNECTION : HTTP_F_OTHER;
+    case 17: return http_ieq_lit(n, "transfer-encoding") ? HTTP_F_TRANSFER_ENCODING : HTTP_F_OTHER;
+    default: return HTTP_F_OTHER;
+    }
+}
+
+/* Field lines from p up to and including the empty line that ends at end.
+ * The head ends in LF, which is neither a tchar nor a value byte: the scans
+ * within a line stop on it without checking for end. */
 static int fields(const char *p, const char *end, http_head *m)
 {
     m->num_headers = 0;
@@ -166,16 +186,16 @@ static int fields(const char *p, const char *end, http_head *m)
             return p == end ? 0 : HTTP_INVALID;
         /* a name: SP/HTAB first is obs-fold, before ':' it is BWS */
         const char *name = p;
-        while (p < end && is(*p, C_TCHAR))
+        while (is(*p, C_TCHAR))
             p++;
-        if (p == name || p == end || *p != ':')
+        if (p == name || *p != ':')
             return HTTP_INVALID;
         size_t nlen = p - name;
         p++;
-        while (p < end && (*p == ' ' || *p == '\t'))
+        while (*p == ' ' || *p == '\t')
             p++;
         const char *val = p;
-        while (p < end && is(*p, C_VALUE))
+        while (is(*p, C_VALUE))
             p++;
         const char *vend = p;
         if (!eol(&p, end))
@@ -187,6 +207,7 @@ static int fields(const char *p, const char *end, http_head *m)
         http_header *h = &m->headers[m->num_headers++];
         h->name = http_str{name, nlen};
         h->value = http_str{val, (size_t)(vend - val)};
+        h->id = http_header_id(h->name);
     }
 }
 
@@ -320,10 +341,11 @@ static const char *scan_fields(const http_head &m, framing *f)
     const char *err = nullptr;
     memset(f, 0, sizeof *f);
     for (size_t i = 0; i < m.num_headers; i++) {
-        http_str n = m.headers[i].name, v = m.headers[i].value;
+        http_str v = m.headers[i].value;
         size_t pos = 0;
         http_str el;
-        if (http_ieq_lit(n, "content-length")) {
+        switch (m.headers[i].id) {
+        case HTTP_F_CONTENT_LENGTH:
             while (list_next(v, &pos, &el)) {
                 uint64_t x = 0;
                 bool ok = el.n > 0;
@@ -339,7 +361,8 @@ static const char *scan_fields(const http_head &m, framing *f)
                 f->has_cl = true;
                 f->cl = x;
             }
-        } else if (http_ieq_lit(n, "transfer-encoding")) {
+            break;
+        case HTTP_F_TRANSFER_ENCODING:
             f->has_te = true;
             while (list_next(v, &pos, &el)) {
                 /* chunked must be the last coding, and only once */
@@ -352,19 +375,24 @@ static const char *scan_fields(const http_head &m, framing *f)
                     err = "unknown transfer coding";
                 f->te_chunked = k == 0;
             }
-        } else if (http_ieq_lit(n, "connection")) {
+            break;
+        case HTTP_F_CONNECTION:
             while (list_next(v, &pos, &el)) {
                 f->conn_close |= http_ieq_lit(el, "close");
                 f->conn_keep |= http_ieq_lit(el, "keep-alive");
                 f->conn_upgrade |= http_ieq_lit(el, "upgrade");
             }
-        } else if (http_ieq_lit(n, "host")) {
+            break;
+        case HTTP_F_HOST:
             f->hosts++;
             f->host = v;
-        } else if (http_ieq_lit(n, "upgrade")) {
+            break;
+        case HTTP_F_UPGRADE:
             f->has_upgrade = true;
-        } else if (http_ieq_lit(n, "expect")) {
+            break;
+        case HTTP_F_EXPECT:
             f->expect_100 |= http_ieq_lit(v, "100-continue");
+            break;
         }
     }
     return err;
@@ -703,12 +731,43 @@ void http_write_status_line(std::string *out, int minor, int status, http_str re
     out->append("\r\n", 2);
 }
 
+/* One resize per field rather than an append per piece: a rewritten head
+ * is written a field at a time for every request. */
+static char *grow(std::string *out, size_t n)
+{
+    size_t at = out->size();
+    out->resize(at + n);
+    return &(*out)[at];
+}
+
+static char *copy(char *d, http_str s)
+{
+    if (s.n)
+        memcpy(d, s.p, s.n);
+    return d + s.n;
+}
+
 void http_write_field(std::string *out, http_str name, http_str value)
 {
-    put(out, name);
-    out->append(": ", 2);
-    put(out, value);
-    out->append("\r\n", 2);
+    char *d = copy(grow(out, name.n + value.n + 4), name);
+    *d++ = ':';
+    *d++ = ' ';
+    d = copy(d, value);
+    *d++ = '\r';
+    *d = '\n';
+}
+
+void http_write_field2(std::string *out, http_str name, http_str value, http_str more)
+{
+    char *d = copy(grow(out, name.n + value.n + more.n + 6), name);
+    *d++ = ':';
+    *d++ = ' ';
+    d = copy(d, value);
+    *d++ = ',';
+    *d++ = ' ';
+    d = copy(d, more);
+    *d++ = '\r';
+    *d = '\n';
 }
 
 /* Does a Connection field of m name n? */
@@ -726,7 +785,7 @@ struct conn_opts {
 static void conn_gather(const http_head &m, conn_opts *c)
 {
     for (size_t i = 0; i < m.num_headers; i++) {
-        if (!http_ieq_lit(m.headers[i].name, "connection"))
+        if (m.headers[i].id != HTTP_F_CONNECTION)
             continue;
         size_t pos = 0;
         http_str el;
@@ -747,7 +806,7 @@ static bool named_by_connection(const http_head &m, const conn_opts &c, http_str
     if (!c.many)
         return false;
     for (size_t i = 0; i < m.num_headers; i++) {
-        if (!http_ieq_lit(m.headers[i].name, "connection"))
+        if (m.headers[i].id != HTTP_F_CONNECTION)
             continue;
         size_t pos = 0;
         http_str el;
@@ -766,19 +825,20 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
     bool has_conn = conn.n > 0;
     for (size_t i = 0; i < m.num_headers; i++) {
         http_str n = m.headers[i].name;
-        bool drop = http_ieq_lit(n, "connection") || http_ieq_lit(n, "keep-alive") ||
-                    http_ieq_lit(n, "proxy-connection") || http_ieq_lit(n, "te");
+        int id = m.headers[i].id;
+        bool drop = id == HTTP_F_CONNECTION || id == HTTP_F_KEEP_ALIVE || id == HTTP_F_PROXY_CONNECTION ||
+                    id == HTTP_F_TE;
         for (const char *const *s = skip; s && *s && !drop; s++)
             drop = http_str_ieq(n, *s);
-        bool te = http_ieq_lit(n, "transfer-encoding");
-        bool up = http_ieq_lit(n, "upgrade");
+        bool te = id == HTTP_F_TRANSFER_ENCODING;
+        bool up = id == HTTP_F_UPGRADE;
         if (te)
             drop |= !(flags & HTTP_KEEP_TE);
         else if (up)
             drop |= !(flags & HTTP_KEEP_UPGRADE);
         /* never let Connection change the framing or the routing */
         bool protect = (te && (flags & HTTP_KEEP_TE)) || (up && (flags & HTTP_KEEP_UPGRADE)) ||
-                       http_ieq_lit(n, "host") || http_ieq_lit(n, "content-length");
+                       id == HTTP_F_HOST || id == HTTP_F_CONTENT_LENGTH;
         if (!drop && has_conn && !protect)
             drop = named_by_connection(m, conn, n);
         if (!drop)

@@ -264,6 +264,15 @@ static hsess *sessions;
 static http_request req_scratch;    /* one thread: one parse at a time */
 static http_response resp_scratch;
 static char head_scratch[IN_RING];
+static std::string head_out;        /* a rewritten head, before it is queued */
+
+/* head_out keeps its capacity between heads (no allocation per request),
+ * except the room a rare big head took. */
+static void head_out_done(void)
+{
+    if (head_out.capacity() > 8192)
+        std::string().swap(head_out);
+}
 
 size_t http_sessions(void)
 {
@@ -520,12 +529,13 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     }
 
     static const char *const skip[] = {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", nullptr};
-    std::string out;
-    out.reserve(headlen + 256);
+    std::string &out = head_out;   /* kept: no allocation per request */
+    out.clear();
     /* the user's version: an HTTP/1.0 user must not get a chunked answer */
     http_write_request_line(&out, q.method, q.target, q.minor);
     /* the mapping's rules replace fields: leave those out of the copy */
-    std::vector<const char *> sk(skip, skip + 3);
+    static std::vector<const char *> sk;
+    sk.assign(skip, skip + 3);
     if (!r->host.empty())
         sk.push_back("Host");
     for (auto &rule : r->req_rules)
@@ -536,10 +546,14 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     if (!r->host.empty())
         http_write_field(&out, "Host", r->host.c_str());
     /* a rule naming one of these (to set or remove it) wins over ours */
-    const http_str *xff = http_find_header(q, "X-Forwarded-For");
-    std::string xv = xff ? std::string(xff->p, xff->n) + ", " + h->peer_ip : h->peer_ip;
-    if (!has_rule(r->req_rules, "X-Forwarded-For"))
-        http_write_field(&out, "X-Forwarded-For", xv.c_str());
+    if (!has_rule(r->req_rules, "X-Forwarded-For")) {
+        const http_str *xff = http_find_header(q, "X-Forwarded-For");
+        http_str ip = {h->peer_ip.data(), h->peer_ip.size()};
+        if (xff)
+            http_write_field2(&out, http_cstr("X-Forwarded-For"), *xff, ip);
+        else
+            http_write_field(&out, http_cstr("X-Forwarded-For"), ip);
+    }
     if (!has_rule(r->req_rules, "X-Forwarded-Proto"))
         http_write_field(&out, "X-Forwarded-Proto", h->https ? "https" : "http");
     if (!has_rule(r->req_rules, "X-Forwarded-Host"))
@@ -549,8 +563,15 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
             http_write_field(&out, rule.first.c_str(), rule.second.c_str());
     http_write_field(&out, "Connection", mi.upgrade ? "upgrade" : "keep-alive");
     http_write_end(&out);
-    /* sent by forward_body() as stream credit and tunnel room allow */
-    h->qout.swap(out);
+    /* what stream credit and tunnel room allow goes now; forward_body()
+     * sends the rest */
+    size_t now = stream_send_room(h->s);
+    if (now > out.size())
+        now = out.size();
+    if (now)
+        stream_send(h->s, out.data(), now);
+    h->qout.assign(out, now, std::string::npos);
+    head_out_done();
     h->rs = R_HEAD;
     h->rbuf.clear();
     h->rlast = 0;
@@ -674,10 +695,10 @@ static void response_finished(hsess *h, bool by_fin)
 
 /* The first max bytes of b for a log line: printable ASCII as it is,
  * the rest as \xHH. */
-static std::string printable(const std::string &b, size_t max)
+static std::string printable(const char *b, size_t len, size_t max)
 {
     std::string out;
-    for (size_t i = 0; i < b.size() && i < max; i++) {
+    for (size_t i = 0; i < len && i < max; i++) {
         unsigned char ch = (unsigned char)b[i];
         if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
             out += (char)ch;
@@ -690,26 +711,32 @@ static std::string printable(const std::string &b, size_t max)
     return out;
 }
 
-/* Parse the staged response head; write it rewritten. */
-static bool resp_head(hsess *h)
+/* resp_head() results besides a head length */
+#define RH_PARTIAL 0      /* no end of head in buf yet */
+#define RH_NO_ROOM (-1)   /* out has no room for the head yet */
+#define RH_ANSWERED (-2)  /* the response was refused: our own answer went out */
+
+/* Parse the response head at buf[0..len) (the first last bytes of it were
+ * scanned before); write it rewritten. Returns the head's length once it
+ * is queued for the user, or one of the RH_ codes. */
+static ssize_t resp_head(hsess *h, const char *buf, size_t len, size_t last)
 {
-    int r = http_parse_response(h->rbuf.data(), h->rbuf.size(), &resp_scratch, h->rlast);
+    int r = http_parse_response(buf, len, &resp_scratch, last);
     if (r == HTTP_PARTIAL) {
-        h->rlast = h->rbuf.size();
-        if (http_head_over_limit(r, h->rbuf.size())) {
+        if (http_head_over_limit(r, len)) {
             drop_stream(h);
             answer(h, 502, "response head over 64 KiB", false);
-            return true;
+            return RH_ANSWERED;
         }
-        return false;
+        return RH_PARTIAL;
     }
     http_msg_info mi;
     if (r < 0 || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
         log_info("http %s: malformed response from mapping %s: %s; it begins \"%s\"", h->peer.c_str(),
-                 h->qmap.c_str(), r < 0 ? "bad head" : mi.error, printable(h->rbuf, 48).c_str());
+                 h->qmap.c_str(), r < 0 ? "bad head" : mi.error, printable(buf, len, 48).c_str());
         drop_stream(h);
         answer(h, 502, "malformed response from the service", false);
-        return true;
+        return RH_ANSWERED;
     }
     /* the stream (and with it the route) may be gone already while its
      * whole answer waits here: send it, without rules then */
@@ -721,13 +748,13 @@ static bool resp_head(hsess *h)
         log_info("http %s: mapping %s switched protocols unasked", h->peer.c_str(), h->qmap.c_str());
         drop_stream(h);
         answer(h, 502, "the service switched protocols unasked", false);
-        return true;
+        return RH_ANSWERED;
     }
     /* HEAD and 304 describe the body a GET would get: Transfer-Encoding
      * stays, though no body follows */
     bool keep_te = mi.body == HTTP_BODY_CHUNKED || h->qhead || resp_scratch.status == 304;
-    std::string out;
-    out.reserve((size_t)r + 128);
+    std::string &out = head_out;
+    out.clear();
     http_write_status_line(&out, 1, resp_scratch.status, resp_scratch.reason);
     static std::vector<const char *> sk;   /* kept: no allocation per response */
     sk.clear();
@@ -750,14 +777,15 @@ static bool resp_head(hsess *h)
     http_write_end(&out);
     if (out.size() > ring_room(&h->out) && h->out.size < OUT_RING)
         ring_grow(&h->out, OUT_RING);   /* a head of over OUT_MIN */
-    if (out.size() > ring_room(&h->out))
-        return false;   /* wait for the user to read */
+    if (out.size() > ring_room(&h->out)) {
+        head_out_done();
+        return RH_NO_ROOM;   /* wait for the user to read */
+    }
     out_put(h, out.data(), out.size());
-    h->rbuf.erase(0, (size_t)r);
-    h->rlast = 0;
+    head_out_done();
     if (interim) {
         h->rs = R_HEAD;   /* 100 Continue and friends: the real answer follows */
-        return true;
+        return r;
     }
     h->status = resp_scratch.status;
     h->ukeep = keep;
@@ -765,13 +793,13 @@ static bool resp_head(hsess *h)
     if (upgrade) {
         h->rs = R_RAW;
         h->qs = Q_RAW;
-        return true;
+        return r;
     }
     h->rbody = mi.body;
     h->rleft = mi.length;
     h->rch = http_chunked{};
     h->rs = R_BODY;
-    return true;
+    return r;
 }
 
 /* Move what the stream delivered (staged, then buffered in the stream)
@@ -791,15 +819,36 @@ static void pump_response(hsess *h)
         if (h->rs == R_IDLE || h->closed)
             return;
         if (h->rs == R_HEAD) {
-            if (!h->rbuf.empty() && resp_head(h))
-                continue;
-            if (h->rs != R_HEAD)
-                continue;
-            /* stage more of the head */
+            if (!h->rbuf.empty()) {
+                ssize_t r = resp_head(h, h->rbuf.data(), h->rbuf.size(), h->rlast);
+                if (r > 0) {
+                    h->rbuf.erase(0, (size_t)r);
+                    h->rlast = 0;
+                }
+                if (r == RH_NO_ROOM)
+                    break;   /* again once the user read */
+                if (r != RH_PARTIAL)
+                    continue;
+                h->rlast = h->rbuf.size();
+            }
             if (!h->s || stream_rx_pending(h->s) == 0 || h->rbuf.size() >= HTTP_MAX_HEAD)
                 break;
             iovec iov[2];
             int n = stream_rx_spans(h->s, iov);
+            size_t scanned = 0;
+            if (h->rbuf.empty()) {
+                /* most heads arrive whole: read them where the stream
+                 * keeps them, and stage only one that is split */
+                ssize_t r = resp_head(h, (const char *)iov[0].iov_base, iov[0].iov_len, 0);
+                if (r > 0)
+                    stream_rx_consume(h->s, (size_t)r);
+                if (r == RH_NO_ROOM)
+                    break;
+                if (r != RH_PARTIAL)
+                    continue;
+                scanned = iov[0].iov_len;
+            }
+            /* stage more of the head */
             size_t took = 0;
             for (int i = 0; i < n && h->rbuf.size() < HTTP_MAX_HEAD; i++) {
                 size_t l = iov[i].iov_len;
@@ -809,6 +858,8 @@ static void pump_response(hsess *h)
                 took += l;
             }
             stream_rx_consume(h->s, took);
+            if (scanned)
+                h->rlast = scanned < h->rbuf.size() ? scanned : h->rbuf.size();
             continue;
         }
         /* body or raw: a response without a body (204, 304, HEAD,

@@ -534,7 +534,7 @@ static int req_head(psess *s)
     /* RFC 9112 3.2.2: the target's authority replaces any Host (1.1
      * clients must send one; be lenient with those that do not) */
     if (http_header_index(q, "host") < 0 && q.num_headers < HTTP_MAX_HEADERS)
-        q.headers[q.num_headers++] = http_header{http_cstr("Host"), auth};
+        q.headers[q.num_headers++] = http_header{http_cstr("Host"), auth, HTTP_F_HOST};
     http_msg_info f;
     if (http_request_framing(q, &f) < 0)
         return answer(s, 400, f.error);

@@ -864,6 +864,31 @@ TEST_CASE("http_str comparisons")
     CHECK(http_str_eq(http_str{nullptr, 0}, ""));
 }
 
+TEST_CASE("the parser tells the framing and hop-by-hop fields apart once, in any case")
+{
+    static const struct { const char *name; int id; } known[] = {
+        {"tE", HTTP_F_TE}, {"HOST", HTTP_F_HOST}, {"Expect", HTTP_F_EXPECT}, {"upgradE", HTTP_F_UPGRADE},
+        {"Connection", HTTP_F_CONNECTION}, {"KEEP-alive", HTTP_F_KEEP_ALIVE},
+        {"content-LENGTH", HTTP_F_CONTENT_LENGTH}, {"Proxy-Connection", HTTP_F_PROXY_CONNECTION},
+        {"Transfer-Encoding", HTTP_F_TRANSFER_ENCODING},
+        /* same lengths, other names */
+        {"Tx", HTTP_F_OTHER}, {"Date", HTTP_F_OTHER}, {"Server", HTTP_F_OTHER}, {"Referer", HTTP_F_OTHER},
+        {"Connectiom", HTTP_F_OTHER}, {"Content-Lengtj", HTTP_F_OTHER}, {"X-Forwarded-For", HTTP_F_OTHER},
+        {"Proxy-Connectiom", HTTP_F_OTHER}, {"Transfer-Encodinf", HTTP_F_OTHER}, {"X", HTTP_F_OTHER},
+    };
+    std::string msg = "GET / HTTP/1.1\r\n";
+    for (auto &k : known) {
+        CHECK_MESSAGE(http_header_id(http_cstr(k.name)) == k.id, k.name);
+        msg += std::string(k.name) + ": v\r\n";
+    }
+    msg += "\r\n";
+    http_request req;
+    REQUIRE(parse(msg, &req) == (int)msg.size());
+    REQUIRE(req.num_headers == sizeof known / sizeof known[0]);
+    for (size_t i = 0; i < req.num_headers; i++)
+        CHECK_MESSAGE(req.headers[i].id == known[i].id, known[i].name);
+}
+
 TEST_CASE("field names match in any case, and only whole")
 {
     CHECK(http_ieq_lit(http_cstr("CONTENT-length"), "content-length"));
