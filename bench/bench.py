@@ -34,6 +34,11 @@ the relays are reference points, not floors: a mux can batch what they cannot.
 With tput1, wmp-tls and relay2, every round also times AES-128-GCM on one core (openssl
 speed): relay2's CPU plus encrypting and decrypting a GiB is the CPU floor of a two-process
 TLS tunnel, printed under the targets.
+
+Each one-stream run also records the CPU of the two iperf3 ends (the server's /proc/PID/stat,
+the client's rusage) and the cores the machine kept busy. rate x (proxy + ends CPU s/GiB) is
+the cores the pipeline keeps busy, at most all of them: under the targets, the most CPU per
+GiB "1 stream >= k x a baseline" leaves the tunnel, beside what it spends.
 """
 import argparse
 import csv
@@ -167,6 +172,13 @@ def cpu_seconds(pids):
     return total / CLK
 
 
+def machine_busy():
+    """(busy CPU seconds of all cores, wall seconds) now, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / CLK, time.monotonic()
+
+
 def status_kb(pid, key):
     try:
         with open("/proc/%d/status" % pid) as f:
@@ -281,8 +293,8 @@ class Bench:
         self.echo_port = int(line.split()[1])
         _used_ports.add(self.echo_port)
         self.iperf_port = free_port()
-        self.procs.start("iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(self.iperf_port)],
-                         self.path("iperf3-s.log"))
+        self.iperf_srv = self.procs.start("iperf3", ["iperf3", "-s", "-B", "127.0.0.1", "-p", str(self.iperf_port)],
+                                          self.path("iperf3-s.log"))
         wait_for(lambda: listening(self.iperf_port), 10, "iperf3 -s")
         self.ports["direct"] = {"iperf": self.iperf_port, "echo": self.echo_port}
         self.cpu_pids["direct"] = []
@@ -582,12 +594,14 @@ class Bench:
         else:
             argv += ["-P", str(streams), "-t", "2" if q else "5"]
         smp = self.sampler(variant, fig)
+        e0, m0 = self.ends_cpu(), machine_busy()
         c0, t0 = cpu_seconds(self.cpu_pids[variant]), time.monotonic()
         try:
             r = run(argv, 120)
         except subprocess.TimeoutExpired:
             r = None
         c1, t1 = cpu_seconds(self.cpu_pids[variant]), time.monotonic()
+        e1, m1 = self.ends_cpu(), machine_busy()
         if smp:
             smp[0].set()
             smp[1].join()
@@ -602,7 +616,17 @@ class Bench:
         self.record(fig, variant, rep, gbps, "Gbit/s", "%d bytes in %.1fs" % (nbytes, t1 - t0))
         if streams == 1 and self.cpu_pids[variant]:
             self.record("cpu", variant, rep, (c1 - c0) / (nbytes / GIB), "s/GiB", "%.2f CPU s" % (c1 - c0))
+        if streams == 1:
+            # what the two iperf3 ends spend, and how many cores the machine kept busy: with
+            # the proxies' CPU they say what a throughput target asks of the tunnel's CPU
+            self.record("ends_cpu", variant, rep, (e1 - e0) / (nbytes / GIB), "s/GiB", "%.2f CPU s" % (e1 - e0))
+            self.record("busy", variant, rep, (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9), "cores", "")
         return None
+
+    def ends_cpu(self):
+        """CPU seconds of the iperf3 server and of the iperf3 clients run and reaped so far."""
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cpu_seconds([self.iperf_srv.pid]) + ru.ru_utime + ru.ru_stime
 
     def rr(self, variant, rep):
         secs = 1 if self.a.quick else 3
@@ -771,7 +795,8 @@ class Bench:
 
     def report(self):
         rows = [("tput1", "1 stream Gbit/s", "%.2f"), ("tput8", "8 streams Gbit/s", "%.2f"),
-                ("cpu", "CPU s/GiB (1 str)", "%.2f"), ("rr", "64B round trips/s", "%.0f"),
+                ("cpu", "CPU s/GiB (1 str)", "%.2f"), ("ends_cpu", "  iperf3 CPU s/GiB", "%.2f"),
+                ("busy", "  busy cores", "%.2f"), ("rr", "64B round trips/s", "%.0f"),
                 ("rr_p50", "  p50 latency us", "%.1f"), ("rr_p99", "  p99 latency us", "%.1f"),
                 ("cps1", "new conn/s, 1", "%.0f"), ("cps50", "new conn/s, 50", "%.0f"),
                 ("http", "HTTP req/s (wrk)", "%.0f"), ("http_cpu", "  proxy CPU us/req", "%.1f")]
@@ -791,7 +816,7 @@ class Bench:
                 m = self.median(fig, c)
                 if m is None:
                     cell = "-"
-                elif fig in ("cpu", "http_cpu") or c == "direct" or not d:
+                elif fig in ("cpu", "http_cpu", "ends_cpu", "busy") or c == "direct" or not d:
                     cell = fmt % m
                 else:
                     cell = (fmt % m) + " (%.2f)" % (m / d)
@@ -881,6 +906,20 @@ class Bench:
                   " one core)\n      = %.2f s/GiB; wmp-tls %.2f, ssh %s" % (
                       r2, enc, dec, r2 + enc + dec, md("cpu", "wmp-tls"),
                       "%.2f" % md("cpu", "ssh") if md("cpu", "ssh") else "-"))
+        # rate x (proxies' + iperf3 ends' CPU s/GiB) = cores busy for the pipeline, at most all of
+        # them: so 1 stream >= k x a baseline's rate leaves the tunnel at most
+        # cores / (k x baseline rate) - its iperf3 ends' CPU per GiB, for cores = every core (a
+        # hard bound) and for the cores this run kept busy
+        ncpu = os.cpu_count() or 1
+        for w, b, k, floor in (("wmp", "haproxy", 1.0, r2),
+                               ("wmp-tls", "ssh", 1.3, r2 + enc + dec if enc and dec and r2 else None)):
+            cw, ew, bw, tb = md("cpu", w), md("ends_cpu", w), md("busy", w), md("tput1", b)
+            if cw and ew and bw and tb:
+                rate = k * tb * 1e9 / 8 / GIB
+                print("  %s 1-stream >= %.1f x %s (%.2f GiB/s) leaves its CPU <= %.2f s/GiB on all %d cores,"
+                      "\n      <= %.2f on the %.2f busy (iperf3 ends %.2f s/GiB); it spends %.2f%s" % (
+                          w, k, b, rate, ncpu / rate - ew, ncpu, bw / rate - ew, bw, ew, cw,
+                          ", its floor is %.2f" % floor if floor else ""))
         d, w, h, s = (md("http", v) for v in ("direct", "wmp", "haproxy", "ssh-nd"))
         if d and w and h and s:
             print("  HTTP against the issue's table (direct 48,900 req/s there): haproxy = %.2f x direct here"
