@@ -16,10 +16,11 @@ static bool stopping;
 static uint64_t pass_no;
 
 /*
- * Inside reactor_run() the clock is read once when the loop wakes and once
- * before the timers run, as nginx does: a busy HTTP mapping asks for the
- * time several times per request, and every answer within one pass may be
- * the same. Outside the loop (start-up, tests) each call reads the clock.
+ * Inside reactor_run() the clock is read before the timers run and when
+ * the backend's wait returns, before it dispatches (reactor_woke()), as
+ * nginx does: a busy HTTP mapping asks for the time several times per
+ * request, and every answer within one pass may be the same. Outside the
+ * loop (start-up, tests) each call reads the clock.
  */
 static uint64_t clock_now;
 static bool clock_cached;
@@ -34,6 +35,11 @@ static uint64_t clock_read(void)
 uint64_t now_ms(void)
 {
     return clock_cached ? clock_now : clock_read();
+}
+
+void reactor_woke(void)
+{
+    clock_now = clock_read();
 }
 
 /* Timers compare by signed difference so a wrapped clock still orders. */
@@ -240,7 +246,6 @@ int reactor_run(void)
         if (tasks_head)
             timeout = 0;
         backend_poll(timeout);
-        clock_now = clock_read();
         reap();
         run_tasks();
         reap();

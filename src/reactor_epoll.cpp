@@ -61,6 +61,7 @@ void backend_del(int fd, io_handler *h)
 int backend_poll(int timeout)
 {
     nevents = epoll_wait(epfd, events, MAX_EVENTS, timeout);
+    reactor_woke();
     if (nevents < 0)
         return errno == EINTR ? 0 : -1;
     for (cur = 0; cur < nevents; cur++) {

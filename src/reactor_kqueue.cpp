@@ -62,6 +62,7 @@ int backend_poll(int timeout)
         tp = &ts;
     }
     nevents = kevent(kq, nullptr, 0, events, MAX_EVENTS, tp);
+    reactor_woke();
     if (nevents < 0)
         return errno == EINTR ? 0 : -1;
     for (cur = 0; cur < nevents; cur++) {

@@ -10,12 +10,15 @@
 
 #include "reactor.h"
 
+#include <fcntl.h>
 #include <stdint.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 static void up()
@@ -141,6 +144,46 @@ TEST_CASE("clock: within a loop pass now_ms() is the time the pass began; outsid
     CHECK(pass_clock[0] >= t0 + 20);
     CHECK(pass_clock[1] == pass_clock[0]);
     CHECK(now_ms() - pass_clock[0] >= 20);
+}
+
+/* A handler dispatched after a long wait reads the time it was woken, not
+ * the time the pass began: a timer it arms must not be due at once. */
+struct clock_reader : io_handler {
+    int fd = -1;
+    uint64_t seen = 0, real = 0;
+    void on_io(unsigned) override
+    {
+        char b;
+        while (read(fd, &b, 1) == 1) {
+        }
+        seen = now_ms();
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        real = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+        reactor_stop();
+    }
+};
+
+TEST_CASE("clock: a handler woken after a long wait sees the time it was woken")
+{
+    up();
+    int p[2];
+    REQUIRE(pipe2(p, O_NONBLOCK | O_CLOEXEC) == 0);
+    clock_reader r;
+    r.fd = p[0];
+    REQUIRE(reactor_add(p[0], &r) == 0);
+    uint64_t t0 = now_ms();
+    std::thread writer([&] {
+        usleep(60 * 1000);
+        CHECK(write(p[1], "x", 1) == 1);
+    });
+    reactor_run();   /* waits in the backend for the byte */
+    writer.join();
+    reactor_del(p[0], &r);
+    close(p[0]);
+    close(p[1]);
+    CHECK(r.seen - t0 >= 60);
+    CHECK(r.real - r.seen <= 5);
 }
 
 TEST_CASE("timer: timer_arm fires after its delay, not before")
