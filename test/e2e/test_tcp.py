@@ -385,6 +385,28 @@ def bulk_memory_given_back(ctx):
 
 
 @test(timeout=30)
+def connect_after_idle_longer_than_connect_timeout(ctx):
+    """Both roles sit idle in their wait for longer than connect_timeout,
+    then a visitor comes: the client's connect to the local service gets its
+    whole connect_timeout, and the bytes go through (a clock read only when
+    the pass began timed it out at once)."""
+    e = TcpServer(ctx, echo_handler)
+    pub = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("echo", e.port), server_extra="map_tcp_bind = 127.0.0.1:%d\n" % pub,
+                         client_extra="connect_timeout = 1s\n")
+    for i in range(2):
+        time.sleep(1.5)   # the idle time under test, not a wait for readiness
+        k = socket.create_connection(("127.0.0.1", pub), timeout=10)
+        k.sendall(b"after idle %d" % i)
+        k.shutdown(socket.SHUT_WR)
+        assert recv_all(k) == b"after idle %d" % i
+        k.close()
+    assert "timed out" not in c.text(), c.text()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=30)
 def local_service_refused(ctx):
     """local_addr refuses: the public connection closes promptly, and the
     next one too; the tunnel stays up."""
