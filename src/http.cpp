@@ -747,27 +747,33 @@ static char *copy(char *d, http_str s)
     return d + s.n;
 }
 
-void http_write_field(std::string *out, http_str name, http_str value)
+/* "name: " with room for rest more bytes and the CRLF; returns where the
+ * value goes. */
+static char *field_open(std::string *out, http_str name, size_t rest)
 {
-    char *d = copy(grow(out, name.n + value.n + 4), name);
+    char *d = copy(grow(out, name.n + 2 + rest + 2), name);
     *d++ = ':';
     *d++ = ' ';
-    d = copy(d, value);
-    *d++ = '\r';
-    *d = '\n';
+    return d;
+}
+
+static void field_close(char *d)
+{
+    d[0] = '\r';
+    d[1] = '\n';
+}
+
+void http_write_field(std::string *out, http_str name, http_str value)
+{
+    field_close(copy(field_open(out, name, value.n), value));
 }
 
 void http_write_field2(std::string *out, http_str name, http_str value, http_str more)
 {
-    char *d = copy(grow(out, name.n + value.n + more.n + 6), name);
-    *d++ = ':';
-    *d++ = ' ';
-    d = copy(d, value);
+    char *d = copy(field_open(out, name, value.n + 2 + more.n), value);
     *d++ = ',';
     *d++ = ' ';
-    d = copy(d, more);
-    *d++ = '\r';
-    *d = '\n';
+    field_close(copy(d, more));
 }
 
 /* Does a Connection field of m name n? */

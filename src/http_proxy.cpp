@@ -411,17 +411,24 @@ static void answer(hsess *h, int status, const char *detail, bool keep)
     }
 }
 
+/* Send what stream credit and tunnel room allow of a rewritten head;
+ * returns the bytes sent. */
+static size_t send_head(hsess *h, const char *p, size_t n)
+{
+    size_t room = stream_send_room(h->s);
+    if (n > room)
+        n = room;
+    if (n)
+        stream_send(h->s, p, n);
+    return n;
+}
+
 /* Forward request body bytes from in to the stream, as far as credit and
  * framing allow. */
 static void forward_body(hsess *h)
 {
     if (!h->qout.empty() && h->s) {
-        size_t room = stream_send_room(h->s);
-        size_t l = h->qout.size() < room ? h->qout.size() : room;
-        if (l) {
-            stream_send(h->s, h->qout.data(), l);
-            h->qout.erase(0, l);
-        }
+        h->qout.erase(0, send_head(h, h->qout.data(), h->qout.size()));
         if (!h->qout.empty())
             return;
     }
@@ -565,12 +572,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     http_write_end(&out);
     /* what stream credit and tunnel room allow goes now; forward_body()
      * sends the rest */
-    size_t now = stream_send_room(h->s);
-    if (now > out.size())
-        now = out.size();
-    if (now)
-        stream_send(h->s, out.data(), now);
-    h->qout.assign(out, now, std::string::npos);
+    h->qout.assign(out, send_head(h, out.data(), out.size()), std::string::npos);
     head_out_done();
     h->rs = R_HEAD;
     h->rbuf.clear();
