@@ -368,13 +368,40 @@ def tcp_mapping(name, local_port, remote_port=None, extra=""):
     return s + extra
 
 
+def serve_in_thread(ctx, sock, loop):
+    """Run loop() (which blocks on sock) in a thread until the test ends.
+    The end shuts sock down first, which wakes the thread (accept() fails,
+    recvfrom() returns nothing), waits for the thread, and only then closes
+    sock. Closing a descriptor a thread is blocked on does not wake it:
+    the socket would live on with the thread (a closed service went on
+    answering on its port), and a thread about to enter its call could
+    meet the number reused by a later test's socket."""
+    t = threading.Thread(target=loop, daemon=True)
+
+    def stop():
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass   # ENOTCONN for UDP: its receivers are woken all the same
+        t.join(5)
+        if t.is_alive():
+            print("    warning: a service thread did not stop; its socket is left open")
+        else:
+            sock.close()
+    ctx.closers.append(stop)
+    t.start()
+    return t
+
+
 class TcpServer:
     """A threaded TCP service on loopback; handler(conn) per connection."""
 
-    def __init__(self, ctx, handler, port=None, host="127.0.0.1", family=socket.AF_INET):
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, port or 0))
+    def __init__(self, ctx, handler, port=None, host="127.0.0.1", family=socket.AF_INET, sock=None):
+        if sock is None:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port or 0))
+        self.sock = sock
         self.sock.listen(512)
         self.port = self.sock.getsockname()[1]
         self.handler = handler
@@ -382,7 +409,7 @@ class TcpServer:
         self.accepted = 0
         self.closed = False
         ctx.closers.append(self.close)
-        threading.Thread(target=self._loop, daemon=True).start()
+        serve_in_thread(ctx, self.sock, self._loop)
 
     def _loop(self):
         while not self.closed:
@@ -406,8 +433,7 @@ class TcpServer:
                 pass
 
     def close(self):
-        self.closed = True
-        self.sock.close()
+        self.closed = True   # serve_in_thread() stops the thread and closes the socket
 
 
 def echo_handler(c):

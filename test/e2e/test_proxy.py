@@ -12,7 +12,7 @@ import threading
 import time
 
 from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, connect, echo_handler, free_port, mkcerts,
-                 pattern_bytes, run, server_ini, start_pair, test, wait_closed, wait_until)
+                 pattern_bytes, serve_in_thread, run, server_ini, start_pair, test, wait_closed, wait_until)
 
 CURL = ["curl", "-sS", "--max-time", "20", "--noproxy", ""]
 
@@ -167,16 +167,17 @@ class Origin:
 def udp_echo(ctx, host="127.0.0.1"):
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind((host, 0))
-    ctx.closers.append(u.close)
 
     def loop():
         while True:
             try:
                 d, a = u.recvfrom(65536)
+                if a is None:
+                    return   # shut down: the test is over
                 u.sendto(d, a)
             except OSError:
                 return
-    threading.Thread(target=loop, daemon=True).start()
+    serve_in_thread(ctx, u, loop)
     return u.getsockname()[1]
 
 
@@ -644,8 +645,13 @@ def dead_resolver_stalls_nobody_else(ctx):
         sink.bind(("127.83.84.85", 53))
     except OSError as e:
         raise Skip("cannot bind the silent DNS server: %s" % e)
-    ctx.closers.append(sink.close)
-    threading.Thread(target=lambda: [sink.recvfrom(4096) for _ in iter(int, 1)], daemon=True).start()
+    def drop():
+        try:
+            while sink.recvfrom(4096)[1] is not None:
+                pass
+        except OSError:
+            pass
+    serve_in_thread(ctx, sink, drop)
     wrapper = ctx.write("wrap.sh", "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/resolv.conf "
                                    "&& exec \"$@\"' %s %s \"$@\"\n" % (rc, WMPROXYD))
     os.chmod(wrapper, 0o755)

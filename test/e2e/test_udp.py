@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 
-from lib import (WMPROXYD_REL, Skip, TcpServer, free_port, free_port_all, have_ipv6, log_lines, start_pair, tcp_mapping, test,
+from lib import (WMPROXYD_REL, Skip, TcpServer, serve_in_thread, free_port, free_port_all, have_ipv6, log_lines, start_pair, tcp_mapping, test,
                  wait_until)
 
 MiB = 1 << 20
@@ -35,13 +35,14 @@ class UdpEcho:
         self.port = self.sock.getsockname()[1]
         self.peers = set()
         self.count = 0
-        ctx.closers.append(self.sock.close)
-        threading.Thread(target=self._loop, daemon=True).start()
+        serve_in_thread(ctx, self.sock, self._loop)
 
     def _loop(self):
         while True:
             try:
                 d, a = self.sock.recvfrom(65536)
+                if a is None:
+                    return   # shut down: the test is over
                 self.peers.add(a)
                 self.count += 1
                 self.sock.sendto(d, a)
