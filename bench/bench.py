@@ -304,8 +304,8 @@ class Bench:
         with open(self.path("www", "bench.html"), "w") as f:
             f.write("<html><body>" + "wmproxyd bench " * 64 + "</body></html>\n")   # ~1 KiB
         self.origin_port = free_port()
-        self.nginx("origin", "server { listen 127.0.0.1:%d; root %s; }" % (self.origin_port, self.path("www")),
-                   self.origin_port)
+        self.origin = self.nginx("origin", "server { listen 127.0.0.1:%d; root %s; }" % (
+            self.origin_port, self.path("www")), self.origin_port)
         self.ports["direct"]["http"] = self.origin_port
 
     def nginx(self, name, body, port, stream=False):
@@ -660,10 +660,10 @@ class Bench:
         port = self.ports[variant]["http"]
         d = 2 if self.a.quick else 10
         pids = self.http_pids.get(variant, self.cpu_pids.get(variant, []))
-        c0 = cpu_seconds(pids)
+        c0, e0, m0 = cpu_seconds(pids), self.http_ends_cpu(), machine_busy()
         r = run(["wrk", "-t2", "-c50", "-d%ds" % d, "--latency", "-H", "Host: bench.local",
                  "http://127.0.0.1:%d/bench.html" % port], d + 30)
-        c1 = cpu_seconds(pids)
+        c1, e1, m1 = cpu_seconds(pids), self.http_ends_cpu(), machine_busy()
         m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
         n = re.search(r"(\d+) requests in", r.stdout)
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
@@ -683,6 +683,17 @@ class Bench:
         if pids and n and int(n.group(1)):
             self.record("http_cpu", variant, rep, (c1 - c0) / int(n.group(1)) * 1e6, "us/req",
                         "%.2f CPU s" % (c1 - c0))
+        if n and int(n.group(1)):
+            # what wrk and the nginx origin spend, and the cores the machine kept busy: with the
+            # proxies' CPU they say what the HTTP target asks of the tunnel's CPU
+            self.record("http_ends", variant, rep, (e1 - e0) / int(n.group(1)) * 1e6, "us/req",
+                        "%.2f CPU s" % (e1 - e0))
+            self.record("http_busy", variant, rep, (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9), "cores", "")
+
+    def http_ends_cpu(self):
+        """CPU seconds of the nginx origin and of the wrk runs reaped so far."""
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return cpu_seconds([self.origin.pid]) + ru.ru_utime + ru.ru_stime
 
     def memory(self):
         """Fresh pairs (plain, TLS): idle, then holding 1,000 and 10,000 idle streams."""
@@ -799,7 +810,8 @@ class Bench:
                 ("busy", "  busy cores", "%.2f"), ("rr", "64B round trips/s", "%.0f"),
                 ("rr_p50", "  p50 latency us", "%.1f"), ("rr_p99", "  p99 latency us", "%.1f"),
                 ("cps1", "new conn/s, 1", "%.0f"), ("cps50", "new conn/s, 50", "%.0f"),
-                ("http", "HTTP req/s (wrk)", "%.0f"), ("http_cpu", "  proxy CPU us/req", "%.1f")]
+                ("http", "HTTP req/s (wrk)", "%.0f"), ("http_cpu", "  proxy CPU us/req", "%.1f"),
+                ("http_ends", "  wrk + origin us/req", "%.1f"), ("http_busy", "  busy cores", "%.2f")]
         cols = [x for x in TCP_VARIANTS if x in self.a.variants]
         print()
         print("Medians of %d run(s), interleaved; (ratio to direct). Host: %d CPUs, load %s" % (
@@ -816,7 +828,7 @@ class Bench:
                 m = self.median(fig, c)
                 if m is None:
                     cell = "-"
-                elif fig in ("cpu", "http_cpu", "ends_cpu", "busy") or c == "direct" or not d:
+                elif fig in ("cpu", "http_cpu", "ends_cpu", "busy", "http_ends", "http_busy") or c == "direct" or not d:
                     cell = fmt % m
                 else:
                     cell = (fmt % m) + " (%.2f)" % (m / d)
@@ -925,6 +937,16 @@ class Bench:
             print("  HTTP against the issue's table (direct 48,900 req/s there): haproxy = %.2f x direct here"
                   " (there 0.69),\n      ssh-nd = %.2f (there 0.49); the http mapping = %.2f x haproxy"
                   " (0.6 x direct there = 0.87 x haproxy)" % (h / d, s / d, w / h))
+        # the same identity per request: rate x (proxies' + wrk's + origin's CPU per request) = cores busy
+        dw, cw, ew, bw = md("http", "direct"), md("http_cpu", "wmp"), md("http_ends", "wmp"), md("http_busy", "wmp")
+        if dw and cw and ew and bw:
+            rate = 0.6 * dw
+            print("  wmp HTTP >= 0.6 x direct (%.0f req/s) leaves its CPU <= %.1f us/req on all %d cores,"
+                  "\n      <= %.1f on the %.2f busy (wrk + origin %.1f us/req; direct: %s us/req on %s cores);"
+                  " it spends %.1f" % (
+                      rate, ncpu / rate * 1e6 - ew, ncpu, bw / rate * 1e6 - ew, bw, ew,
+                      "%.1f" % md("http_ends", "direct") if md("http_ends", "direct") else "-",
+                      "%.2f" % md("http_busy", "direct") if md("http_busy", "direct") else "-", cw))
         hr1, hr2 = md("http", "relay1"), md("http", "relay2")
         if d and w and h and hr1 and hr2:
             c = [md("http_cpu", v) for v in ("wmp", "relay2", "haproxy", "relay1")]
