@@ -375,10 +375,13 @@ def serve_in_thread(ctx, sock, loop):
     sock. Closing a descriptor a thread is blocked on does not wake it:
     the socket would live on with the thread (a closed service went on
     answering on its port), and a thread about to enter its call could
-    meet the number reused by a later test's socket."""
+    meet the number reused by a later test's socket. Returns that stop
+    function, for a test that stops the service early."""
     t = threading.Thread(target=loop, daemon=True)
 
     def stop():
+        if sock.fileno() < 0:
+            return
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -390,7 +393,7 @@ def serve_in_thread(ctx, sock, loop):
             sock.close()
     ctx.closers.append(stop)
     t.start()
-    return t
+    return stop
 
 
 class TcpServer:
@@ -408,8 +411,7 @@ class TcpServer:
         self.conns = []
         self.accepted = 0
         self.closed = False
-        ctx.closers.append(self.close)
-        serve_in_thread(ctx, self.sock, self._loop)
+        self._stop = serve_in_thread(ctx, self.sock, self._loop)
 
     def _loop(self):
         while not self.closed:
@@ -433,7 +435,8 @@ class TcpServer:
                 pass
 
     def close(self):
-        self.closed = True   # serve_in_thread() stops the thread and closes the socket
+        self.closed = True
+        self._stop()
 
 
 def echo_handler(c):
