@@ -66,6 +66,7 @@ struct stream : deferred {
     uint32_t rx_consumed = 0;    /* consumed since the last WINDOW */
     bool rx_starved = false;     /* the peer ran out of credit since the last WINDOW */
     ring rx;                     /* what the end could not take yet; allocated on demand */
+    size_t rx_last = 0;          /* the size rx had when it was last drained and freed */
 
     bool fin_sent = false, fin_recv = false;
     bool waiting_tx = false;     /* on t->tx_waiters */

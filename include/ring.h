@@ -27,6 +27,10 @@ void ring_free(ring *r);
 /* Freed areas of 4 KiB and 16 KiB are kept for reuse, up to this many
  * bytes in all. */
 #define RING_POOL_BYTES (1024 * 1024)
+/* And the last larger area freed, up to this size (the default
+ * max_window): the next ring of exactly its size takes it, a ring of
+ * another size frees it. */
+#define RING_SPARE_MAX (4 * 1024 * 1024)
 /* Bytes of freed areas kept for reuse now. */
 size_t ring_pooled(void);
 /* The process is quiet: free the pooled areas and give the heap's free

@@ -280,8 +280,10 @@ void stream_rx_consume(stream *s, size_t n)
     ring_consume(&s->rx, n);
     t->rx_buffered -= n;
     s->rx_consumed += (uint32_t)n;
-    if (s->rx.data == 0)
+    if (s->rx.data == 0) {
+        s->rx_last = s->rx.size;
         ring_free(&s->rx);   /* idle streams hold no buffers */
+    }
     give_credit(s, false);
     if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
         t->rx_paused = false;
@@ -307,10 +309,12 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
     }
     if (took < len) {
         /* the buffer grows with what it holds, not with the window: a
-         * large window costs memory only while its reader lags */
+         * large window costs memory only while its reader lags. A reader
+         * that lags again gets the size its last lag reached at once
+         * (likely the spare area ring.cpp kept): no copy per doubling. */
         size_t need = s->rx.data + (len - took);
         if (s->rx.size < need) {
-            size_t sz = s->rx.size ? s->rx.size * 2 : STREAM_RX_MIN;
+            size_t sz = s->rx.size ? s->rx.size * 2 : s->rx_last > STREAM_RX_MIN ? s->rx_last : STREAM_RX_MIN;
             while (sz < need)
                 sz *= 2;
             if (sz > s->rx_window)

@@ -34,6 +34,19 @@ static const size_t pool_sizes[] = {4096, 16 * 1024};
 static pool_area *pool_free[2];
 static size_t pool_bytes;
 
+/*
+ * One larger area is kept too, the last one freed (up to RING_SPARE_MAX),
+ * until a ring of another size is allocated: a stream whose reader lags in
+ * bursts takes a buffer of the same size again and again, and a freshly
+ * mapped area costs a page fault on the first write of each of its pages
+ * (a one-stream transfer through a client whose local reader lagged: 22,000
+ * faults a second). Several lagging streams ask for several sizes, and
+ * then no spare is kept beside their buffers.
+ */
+static char *spare;
+static size_t spare_size;
+#define SPARE_MIN (16 * 1024)   /* larger than the pool's sizes */
+
 static int pool_class(size_t size)
 {
     for (int i = 0; i < 2; i++)
@@ -51,8 +64,22 @@ int ring_alloc(ring *r, size_t size)
         UNPOISON(a, size);
         pool_free[c] = pool_free[c]->next;
         pool_bytes -= size;
-    } else if (!(a = (char *)malloc(size))) {
-        return -1;
+    } else if (spare && size == spare_size) {
+        a = spare;
+        UNPOISON(a, size);
+        spare = nullptr;
+        spare_size = 0;
+    } else {
+        if (spare && size > SPARE_MIN) {
+            /* another size is wanted now: several buffers are in use,
+             * and the spare would only add to them */
+            UNPOISON(spare, spare_size);
+            free(spare);
+            spare = nullptr;
+            spare_size = 0;
+        }
+        if (!(a = (char *)malloc(size)))
+            return -1;
     }
     r->area = a;
     r->size = size;
@@ -72,12 +99,22 @@ static void area_free(char *a, size_t size)
         POISON(a + sizeof *p, size - sizeof *p);
         return;
     }
+    if (a && size > SPARE_MIN && size <= RING_SPARE_MAX) {
+        if (spare) {
+            UNPOISON(spare, spare_size);
+            free(spare);
+        }
+        spare = a;
+        spare_size = size;
+        POISON(a, size);
+        return;
+    }
     free(a);
 }
 
 size_t ring_pooled(void)
 {
-    return pool_bytes;
+    return pool_bytes + spare_size;
 }
 
 void ring_give_back(void)
@@ -90,6 +127,12 @@ void ring_give_back(void)
             free(p);
         }
     pool_bytes = 0;
+    if (spare) {
+        UNPOISON(spare, spare_size);
+        free(spare);
+        spare = nullptr;
+        spare_size = 0;
+    }
 #ifdef __GLIBC__
     /* free()d memory below the top of the heap stays in the process until
      * trimmed: give back its whole pages too */

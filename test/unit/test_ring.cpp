@@ -82,6 +82,7 @@ TEST_CASE("ring: alloc and free")
 
 TEST_CASE("ring: areas of the common sizes are reused, within a bound")
 {
+    ring_give_back();   /* no spare left by another test (see below) */
     size_t base = ring_pooled();
     ring a;
     REQUIRE(ring_alloc(&a, 16 * 1024) == 0);
@@ -121,6 +122,47 @@ TEST_CASE("ring: areas of the common sizes are reused, within a bound")
     ring_put(&d, "y", 1);
     ring_free(&d);
     CHECK(ring_pooled() == 4096);
+    ring_give_back();
+    CHECK(ring_pooled() == 0);
+}
+
+TEST_CASE("ring: the last larger area freed is kept for the next ring of its size, until another size is wanted")
+{
+    ring_give_back();
+    ring a;
+    REQUIRE(ring_alloc(&a, 256 * 1024) == 0);
+    char *area = a.area;
+    ring_put(&a, "x", 1);
+    ring_free(&a);
+    CHECK(ring_pooled() == 256 * 1024);
+    ring b;
+    REQUIRE(ring_alloc(&b, 256 * 1024) == 0);
+    CHECK(b.area == area);              /* the very area: its pages are in place */
+    CHECK(b.data == 0);
+    CHECK(ring_room(&b) == 256 * 1024);
+    CHECK(ring_pooled() == 0);
+    ring_free(&b);
+    /* only one is kept: the last freed */
+    ring c, d;
+    REQUIRE(ring_alloc(&c, 64 * 1024) == 0);
+    CHECK(ring_pooled() == 0);          /* another size wanted: the spare went */
+    REQUIRE(ring_alloc(&d, 128 * 1024) == 0);
+    ring_free(&c);
+    ring_free(&d);
+    CHECK(ring_pooled() == 128 * 1024);
+    /* a pool size or a small odd size leaves it alone */
+    ring e, f;
+    REQUIRE(ring_alloc(&e, 16 * 1024) == 0);
+    REQUIRE(ring_alloc(&f, 5000) == 0);
+    CHECK(ring_pooled() == 128 * 1024);
+    ring_free(&e);
+    ring_free(&f);
+    /* over RING_SPARE_MAX: straight back to malloc */
+    ring g;
+    REQUIRE(ring_alloc(&g, RING_SPARE_MAX + 4096) == 0);
+    CHECK(ring_pooled() == 16 * 1024);  /* the 128 KiB spare went for it; the pooled 16 KiB stays */
+    ring_free(&g);
+    CHECK(ring_pooled() == 16 * 1024);
     ring_give_back();
     CHECK(ring_pooled() == 0);
 }

@@ -1,14 +1,17 @@
 /*
- * test_dgram.cpp - DGRAM frames: the header limits for a whole UDP
- * datagram, and the payload layout (u32 mapping index, big-endian, then
- * the datagram; sid = flow id) through a real pair of tunnels (server and
- * client role) over a socketpair: round trips of every size up to
- * FRAME_MAX_PAYLOAD - 4 both ways, the over-size datagram refused, drops
- * (never queueing) when tx is full, hand-made frames decoded as documented,
- * a short DGRAM and a DGRAM before authentication are protocol errors.
+ * test_mux.cpp - the mux through a real pair of tunnels (server and client
+ * role) over a socketpair.
  *
- * test_frame.cpp covers every type's header limit generically; this file
- * is about what rides in the DGRAM payload, which is framed by the mux.
+ * DGRAM frames: the header limits for a whole UDP datagram, and the payload
+ * layout (u32 mapping index, big-endian, then the datagram; sid = flow id):
+ * round trips of every size up to FRAME_MAX_PAYLOAD - 4 both ways, the
+ * over-size datagram refused, drops (never queueing) when tx is full,
+ * hand-made frames decoded as documented, a short DGRAM and a DGRAM before
+ * authentication are protocol errors. test_frame.cpp covers every type's
+ * header limit generically; this file is about what rides in the payload.
+ *
+ * Stream buffers: what a lagging end does not take is held in a buffer that
+ * grows with it, is freed once drained, and comes back at its last size.
  *
  * The reactor is initialised once for the process here (as test_timer.cpp
  * does for itself); every test closes its tunnels and lets the loop reap
@@ -79,10 +82,18 @@ struct test_owner : tunnel_owner {
     bool ready = false, down = false;
     std::string why;
     std::vector<dgram_rec> got;
+    stream_end *accept = nullptr;   /* streams the peer opens get this end; else reset */
+    stream *opened = nullptr;
     void on_ready(tunnel *) override { ready = true; }
     int on_register(tunnel *, uint32_t, const register_msg &, std::string *) override { return 0; }
     void on_registered(tunnel *, uint32_t, uint8_t, const std::string &) override {}
-    void on_open(tunnel *, stream *s, const open_msg &) override { stream_reset(s, RST_NOMAPPING); }
+    void on_open(tunnel *, stream *s, const open_msg &) override
+    {
+        if (!accept)
+            return stream_reset(s, RST_NOMAPPING);
+        s->end = accept;
+        opened = s;
+    }
     void on_dgram(tunnel *, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len) override
     {
         got.push_back({flow, idx, std::string((const char *)p, len)});
@@ -319,4 +330,74 @@ TEST_CASE("dgram: a DGRAM before the handshake completed is a protocol error")
     CHECK(so.got.empty());
     one_pass();
     close(fds[1]);
+}
+
+/* ---- stream buffers ---- */
+
+/* An end that takes nothing while it lags: the stream holds the bytes. */
+struct lagging_end : stream_end {
+    bool reset = false;
+    size_t on_data(const iovec *, int, size_t) override { return 0; }
+    void on_rx_ready() override {}
+    void on_writable() override {}
+    void on_reset(uint8_t, const char *) override { reset = true; }
+};
+
+/* Send n pattern bytes on s as credit allows, until the peer's stream
+ * holds `held` bytes in all. */
+static void send_until_held(stream *s, stream *const &peer, size_t n, size_t held)
+{
+    std::string d = pattern(n, 7);
+    size_t off = 0;
+    while (off < n) {
+        size_t room = stream_send_room(s);
+        if (room == 0) {
+            REQUIRE(run_until([&] { return stream_send_room(s) > 0; }));
+            continue;
+        }
+        size_t k = n - off < room ? n - off : room;
+        REQUIRE(stream_send(s, d.data() + off, k) == 0);
+        off += k;
+    }
+    REQUIRE(run_until([&] { return peer && peer->rx.data == held; }));
+}
+
+TEST_CASE("mux: a lagging end's buffer grows with what it holds, is freed when drained, and comes back at its last size")
+{
+    pair p;
+    lagging_end sink, src;
+    p.co.accept = &sink;
+    open_msg m;
+    stream *s = tunnel_open(p.srv, m, &src);
+    REQUIRE(s);
+    /* the first lag: the buffer doubles from 16 KiB with what it holds */
+    send_until_held(s, p.co.opened, 20 * 1024, 20 * 1024);
+    stream *c = p.co.opened;
+    CHECK(c->rx.size == 32 * 1024);
+    send_until_held(s, p.co.opened, 150 * 1024, 170 * 1024);
+    CHECK(c->rx.size == 256 * 1024);
+    /* drained: no buffer while idle; its area is kept aside for reuse */
+    char *area = c->rx.area;
+    ring_give_back();   /* the areas the doublings left */
+    stream_rx_consume(c, c->rx.data);
+    CHECK(c->rx.area == nullptr);
+    CHECK(c->rx.size == 0);
+    CHECK(ring_pooled() == 256 * 1024);
+    /* the next lag, of 20 KiB, gets 256 KiB at once (no copy per doubling),
+     * and the very area (no page faults on fresh memory) */
+    send_until_held(s, p.co.opened, 20 * 1024, 20 * 1024);
+    CHECK(c->rx.size == 256 * 1024);
+    CHECK(c->rx.area == area);
+    CHECK(ring_pooled() == 0);
+    /* every byte is there, in order */
+    std::string want = pattern(20 * 1024, 7), got(want.size(), '\0');
+    ring_peek(&c->rx, 0, &got[0], got.size());
+    CHECK(got == want);
+    stream_rx_consume(c, c->rx.data);
+    CHECK(!sink.reset);
+    CHECK(!src.reset);
+    stream_reset(s, RST_CANCEL);
+    REQUIRE(run_until([&] { return sink.reset; }));
+    ring_give_back();
+    CHECK(ring_pooled() == 0);
 }
