@@ -47,6 +47,16 @@ static char *spare;
 static size_t spare_size;
 #define SPARE_MIN (16 * 1024)   /* larger than the pool's sizes */
 
+static void spare_drop(void)
+{
+    if (!spare)
+        return;
+    UNPOISON(spare, spare_size);
+    free(spare);
+    spare = nullptr;
+    spare_size = 0;
+}
+
 static int pool_class(size_t size)
 {
     for (int i = 0; i < 2; i++)
@@ -70,14 +80,10 @@ int ring_alloc(ring *r, size_t size)
         spare = nullptr;
         spare_size = 0;
     } else {
-        if (spare && size > SPARE_MIN) {
-            /* another size is wanted now: several buffers are in use,
-             * and the spare would only add to them */
-            UNPOISON(spare, spare_size);
-            free(spare);
-            spare = nullptr;
-            spare_size = 0;
-        }
+        /* another size is wanted now: several buffers are in use, and
+         * the spare would only add to them */
+        if (size > SPARE_MIN)
+            spare_drop();
         if (!(a = (char *)malloc(size)))
             return -1;
     }
@@ -100,10 +106,7 @@ static void area_free(char *a, size_t size)
         return;
     }
     if (a && size > SPARE_MIN && size <= RING_SPARE_MAX) {
-        if (spare) {
-            UNPOISON(spare, spare_size);
-            free(spare);
-        }
+        spare_drop();
         spare = a;
         spare_size = size;
         POISON(a, size);
@@ -127,12 +130,7 @@ void ring_give_back(void)
             free(p);
         }
     pool_bytes = 0;
-    if (spare) {
-        UNPOISON(spare, spare_size);
-        free(spare);
-        spare = nullptr;
-        spare_size = 0;
-    }
+    spare_drop();
 #ifdef __GLIBC__
     /* free()d memory below the top of the heap stays in the process until
      * trimmed: give back its whole pages too */
