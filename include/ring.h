@@ -24,6 +24,10 @@ struct ring {
 int ring_alloc(ring *r, size_t size);
 /* Release the area; the ring becomes empty with size 0. */
 void ring_free(ring *r);
+/* The same for a ring freed while others of its kind are in use: a larger
+ * area goes straight back to malloc rather than stay as the spare below,
+ * which would only add to them. */
+void ring_free_beside(ring *r);
 /* Freed areas of 4 KiB and 16 KiB are kept for reuse, up to this many
  * bytes in all. */
 #define RING_POOL_BYTES (1024 * 1024)

@@ -281,8 +281,13 @@ void stream_rx_consume(stream *s, size_t n)
     t->rx_buffered -= n;
     s->rx_consumed += (uint32_t)n;
     if (s->rx.data == 0) {
+        /* idle streams hold no buffers; the last one to drain may leave
+         * its area as ring.cpp's spare, for its next burst */
         s->rx_last = s->rx.size;
-        ring_free(&s->rx);   /* idle streams hold no buffers */
+        if (t->rx_buffered)
+            ring_free_beside(&s->rx);
+        else
+            ring_free(&s->rx);
     }
     give_credit(s, false);
     if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {

@@ -40,8 +40,9 @@ static size_t pool_bytes;
  * bursts takes a buffer of the same size again and again, and a freshly
  * mapped area costs a page fault on the first write of each of its pages
  * (a one-stream transfer through a client whose local reader lagged: 22,000
- * faults a second). Several lagging streams ask for several sizes, and
- * then no spare is kept beside their buffers.
+ * faults a second). A ring freed while others of its kind hold data goes
+ * back at once (ring_free_beside), so the spare never adds to several
+ * buffers in use.
  */
 static char *spare;
 static size_t spare_size;
@@ -160,6 +161,15 @@ void ring_free(ring *r)
     area_free(r->area, r->size);
     r->area = nullptr;
     r->size = r->data = r->head = 0;
+}
+
+void ring_free_beside(ring *r)
+{
+    if (r->size > SPARE_MIN) {
+        free(r->area);
+        r->area = nullptr;
+    }
+    ring_free(r);
 }
 
 int ring_grow(ring *r, size_t newsize)

@@ -401,3 +401,41 @@ TEST_CASE("mux: a lagging end's buffer grows with what it holds, is freed when d
     ring_give_back();
     CHECK(ring_pooled() == 0);
 }
+
+TEST_CASE("mux: a buffer drained while another stream's holds data leaves no spare beside it")
+{
+    pair p;
+    lagging_end sink, src;
+    p.co.accept = &sink;
+    open_msg m;
+    stream *s1 = tunnel_open(p.srv, m, &src);
+    REQUIRE(s1);
+    send_until_held(s1, p.co.opened, 100 * 1024, 100 * 1024);
+    stream *c1 = p.co.opened;
+    stream *s2 = tunnel_open(p.srv, m, &src);
+    REQUIRE(s2);
+    REQUIRE(run_until([&] { return p.co.opened != c1; }));
+    send_until_held(s2, p.co.opened, 100 * 1024, 100 * 1024);
+    stream *c2 = p.co.opened;
+    CHECK(c1->rx.size == 128 * 1024);
+    CHECK(c2->rx.size == 128 * 1024);
+    ring_give_back();
+    /* c2 still holds data: c1's area goes back to the system */
+    stream_rx_consume(c1, c1->rx.data);
+    CHECK(c1->rx.area == nullptr);
+    CHECK(ring_pooled() == 0);
+    /* the last to drain keeps its area as the spare */
+    char *area = c2->rx.area;
+    stream_rx_consume(c2, c2->rx.data);
+    CHECK(ring_pooled() == 128 * 1024);
+    /* and c1's next lag, of the same size, takes it */
+    send_until_held(s1, c1, 20 * 1024, 20 * 1024);
+    CHECK(c1->rx.size == 128 * 1024);
+    CHECK(c1->rx.area == area);
+    CHECK(ring_pooled() == 0);
+    stream_rx_consume(c1, c1->rx.data);
+    stream_reset(s1, RST_CANCEL);
+    stream_reset(s2, RST_CANCEL);
+    REQUIRE(run_until([&] { return p.co.opened && tunnel_stream_count(p.cli) == 0; }));
+    ring_give_back();
+}
