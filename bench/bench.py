@@ -594,14 +594,14 @@ class Bench:
         else:
             argv += ["-P", str(streams), "-t", "2" if q else "5"]
         smp = self.sampler(variant, fig)
-        e0, m0 = self.ends_cpu(), machine_busy()
+        e0, m0 = self.ends_cpu(self.iperf_srv), machine_busy()
         c0, t0 = cpu_seconds(self.cpu_pids[variant]), time.monotonic()
         try:
             r = run(argv, 120)
         except subprocess.TimeoutExpired:
             r = None
         c1, t1 = cpu_seconds(self.cpu_pids[variant]), time.monotonic()
-        e1, m1 = self.ends_cpu(), machine_busy()
+        e1, m1 = self.ends_cpu(self.iperf_srv), machine_busy()
         if smp:
             smp[0].set()
             smp[1].join()
@@ -623,10 +623,11 @@ class Bench:
             self.record("busy", variant, rep, (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9), "cores", "")
         return None
 
-    def ends_cpu(self):
-        """CPU seconds of the iperf3 server and of the iperf3 clients run and reaped so far."""
+    def ends_cpu(self, server):
+        """CPU seconds of the load's ends: server (the iperf3 server, the nginx origin) and the
+        clients run and reaped so far (iperf3 -c, wrk)."""
         ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cpu_seconds([self.iperf_srv.pid]) + ru.ru_utime + ru.ru_stime
+        return cpu_seconds([server.pid]) + ru.ru_utime + ru.ru_stime
 
     def rr(self, variant, rep):
         secs = 1 if self.a.quick else 3
@@ -660,10 +661,10 @@ class Bench:
         port = self.ports[variant]["http"]
         d = 2 if self.a.quick else 10
         pids = self.http_pids.get(variant, self.cpu_pids.get(variant, []))
-        c0, e0, m0 = cpu_seconds(pids), self.http_ends_cpu(), machine_busy()
+        c0, e0, m0 = cpu_seconds(pids), self.ends_cpu(self.origin), machine_busy()
         r = run(["wrk", "-t2", "-c50", "-d%ds" % d, "--latency", "-H", "Host: bench.local",
                  "http://127.0.0.1:%d/bench.html" % port], d + 30)
-        c1, e1, m1 = cpu_seconds(pids), self.http_ends_cpu(), machine_busy()
+        c1, e1, m1 = cpu_seconds(pids), self.ends_cpu(self.origin), machine_busy()
         m = re.search(r"Requests/sec:\s+([\d.]+)", r.stdout)
         n = re.search(r"(\d+) requests in", r.stdout)
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", r.stdout)
@@ -690,10 +691,6 @@ class Bench:
                         "%.2f CPU s" % (e1 - e0))
             self.record("http_busy", variant, rep, (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9), "cores", "")
 
-    def http_ends_cpu(self):
-        """CPU seconds of the nginx origin and of the wrk runs reaped so far."""
-        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return cpu_seconds([self.origin.pid]) + ru.ru_utime + ru.ru_stime
 
     def memory(self):
         """Fresh pairs (plain, TLS): idle, then holding 1,000 and 10,000 idle streams."""

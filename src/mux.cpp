@@ -204,6 +204,17 @@ int stream_send(stream *s, const void *buf, size_t len)
     return 0;
 }
 
+/* A stream's buffer goes: the last of its tunnel to hold data may leave
+ * its area as ring.cpp's spare, for its next burst; one freed beside
+ * others' goes back at once (the spare would only add to them). */
+static void rx_release(stream *s)
+{
+    if (s->t->rx_buffered)
+        ring_free_beside(&s->rx);
+    else
+        ring_free(&s->rx);
+}
+
 static void stream_free(stream *s)
 {
     tunnel *t = s->t;
@@ -213,7 +224,7 @@ static void stream_free(stream *s)
     t->streams.erase(s->sid);
     t->rx_buffered -= s->rx.data;
     t->windows_sum -= s->rx_window;
-    ring_free(&s->rx);
+    rx_release(s);
     s->end = nullptr;
     defer_delete(s);
     if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
@@ -281,13 +292,8 @@ void stream_rx_consume(stream *s, size_t n)
     t->rx_buffered -= n;
     s->rx_consumed += (uint32_t)n;
     if (s->rx.data == 0) {
-        /* idle streams hold no buffers; the last one to drain may leave
-         * its area as ring.cpp's spare, for its next burst */
         s->rx_last = s->rx.size;
-        if (t->rx_buffered)
-            ring_free_beside(&s->rx);
-        else
-            ring_free(&s->rx);
+        rx_release(s);   /* idle streams hold no buffers */
     }
     give_credit(s, false);
     if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
@@ -319,7 +325,8 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
          * (likely the spare area ring.cpp kept): no copy per doubling. */
         size_t need = s->rx.data + (len - took);
         if (s->rx.size < need) {
-            size_t sz = s->rx.size ? s->rx.size * 2 : s->rx_last > STREAM_RX_MIN ? s->rx_last : STREAM_RX_MIN;
+            size_t first = s->rx_last > STREAM_RX_MIN ? s->rx_last : STREAM_RX_MIN;
+            size_t sz = s->rx.size ? s->rx.size * 2 : first;
             while (sz < need)
                 sz *= 2;
             if (sz > s->rx_window)

@@ -238,7 +238,7 @@ int reactor_run(void)
     stopping = false;
     clock_cached = true;
     while (!stopping) {
-        clock_now = clock_read();
+        reactor_woke();   /* the timers run at the time the pass begins */
         int timeout = run_timers();
         reap();   /* what a timer closed goes now, not after the next event */
         if (stopping)
