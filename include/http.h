@@ -52,9 +52,12 @@ bool http_str_eq(http_str a, const char *s);
 bool http_str_ieq(http_str a, const char *s);
 /* ASCII case-insensitive comparison of n bytes. */
 bool http_mem_ieq(const char *a, const char *b, size_t n);
-/* http_str_ieq() with a string literal: the lengths are compared first,
- * in place, so most field names are told apart without a call. */
-#define http_ieq_lit(a, lit) ((a).n == sizeof(lit) - 1 && http_mem_ieq((a).p, lit, sizeof(lit) - 1))
+/* http_str_ieq() with a string literal: the lengths and the first bytes
+ * (bit 0x20 aside: a filter, exact for letters) are compared in place, so
+ * most field names are told apart without a call. */
+#define http_ieq_lit(a, lit)                                                              \
+    ((a).n == sizeof(lit) - 1 && (sizeof(lit) == 1 || (((a).p[0] ^ (lit)[0]) & ~0x20) == 0) && \
+     http_mem_ieq((a).p, lit, sizeof(lit) - 1))
 
 /* The fields the framing and the hop-by-hop rules look at, told apart once
  * by the parser (http_header_id()) rather than by name at every use. */
@@ -264,8 +267,9 @@ void http_write_status_line(std::string *out, int minor, int status, http_str re
 /* "name: value CRLF". Name and value must not hold CR or LF (values from a
  * parsed message or the configuration never do). */
 void http_write_field(std::string *out, http_str name, http_str value);
-/* "name: value, more CRLF": a list field with one element added. */
-void http_write_field2(std::string *out, http_str name, http_str value, http_str more);
+/* n fields "name: value CRLF" from the pairs nv[0], nv[1], ... nv[2n-1],
+ * with one resize of *out (a head gets its added fields in one call). */
+void http_write_fields(std::string *out, const http_str *nv, size_t n);
 static inline void http_write_field(std::string *out, const char *name, const char *value)
 {
     http_write_field(out, http_cstr(name), http_cstr(value));

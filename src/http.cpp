@@ -15,6 +15,7 @@ enum { C_TCHAR = 1, C_VALUE = 2, C_TARGET = 4, C_NAME = 8, C_V6 = 16 };
 
 struct ctab {
     uint8_t c[256];
+    uint8_t lc[256];    /* ASCII lower case */
 };
 
 static constexpr ctab make_ctab()
@@ -41,6 +42,7 @@ static constexpr ctab make_ctab()
         if (hex || i == ':' || i == '.')
             v |= C_V6;
         t.c[i] = v;
+        t.lc[i] = (uint8_t)(i >= 'A' && i <= 'Z' ? i | 0x20 : i);
     }
     return t;
 }
@@ -59,10 +61,7 @@ static inline int hexval(unsigned char ch)
     return -1;
 }
 
-static inline unsigned char lower(unsigned char ch)
-{
-    return (ch >= 'A' && ch <= 'Z') ? ch | 0x20 : ch;
-}
+static inline unsigned char lower(unsigned char ch) { return ct.lc[ch]; }
 
 bool http_mem_ieq(const char *a, const char *b, size_t n)
 {
@@ -175,6 +174,26 @@ int http_header_id(http_str n)
     }
 }
 
+/* Where the value bytes from p stop (at the line end, or a byte that is
+ * not allowed). Eight at a time while none is a CTL or DEL: a word whose
+ * bytes are all 0x20 or over (or obs-text) and none is 0x7f needs no
+ * table; HTAB, the one CTL allowed, is left to the byte loop. */
+static inline const char *value_end(const char *p, const char *end)
+{
+    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+    while (end - p >= 8) {
+        uint64_t x, y;
+        memcpy(&x, p, 8);
+        y = x ^ (0x7f * ones);
+        if (((x - 0x20 * ones) & ~x & highs) | ((y - ones) & ~y & highs))
+            break;
+        p += 8;
+    }
+    while (is(*p, C_VALUE))
+        p++;
+    return p;
+}
+
 /* Field lines from p up to and including the empty line that ends at end.
  * The head ends in LF, which is neither a tchar nor a value byte: the scans
  * within a line stop on it without checking for end. */
@@ -195,8 +214,7 @@ static int fields(const char *p, const char *end, http_head *m)
         while (*p == ' ' || *p == '\t')
             p++;
         const char *val = p;
-        while (is(*p, C_VALUE))
-            p++;
+        p = value_end(p, end);
         const char *vend = p;
         if (!eol(&p, end))
             return HTTP_INVALID;
@@ -709,30 +727,8 @@ const char *http_reason(int status)
 
 /* ---- head writer ---- */
 
-static void put(std::string *out, http_str s) { out->append(s.p, s.n); }
-
-void http_write_request_line(std::string *out, http_str method, http_str target, int minor)
-{
-    put(out, method);
-    out->push_back(' ');
-    put(out, target);
-    out->append(minor ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n", 11);
-}
-
-void http_write_status_line(std::string *out, int minor, int status, http_str reason)
-{
-    char b[14] = "HTTP/1.x 000 ";
-    b[7] = minor ? '1' : '0';
-    b[9] = '0' + status / 100 % 10;
-    b[10] = '0' + status / 10 % 10;
-    b[11] = '0' + status % 10;
-    out->append(b, 13);
-    put(out, reason.n ? reason : http_cstr(http_reason(status)));
-    out->append("\r\n", 2);
-}
-
-/* One resize per field rather than an append per piece: a rewritten head
- * is written a field at a time for every request. */
+/* One resize per line or group of fields rather than an append per piece:
+ * a rewritten head is written for every request. */
 static char *grow(std::string *out, size_t n)
 {
     size_t at = out->size();
@@ -747,33 +743,61 @@ static char *copy(char *d, http_str s)
     return d + s.n;
 }
 
-/* "name: " with room for rest more bytes and the CRLF; returns where the
- * value goes. */
-static char *field_open(std::string *out, http_str name, size_t rest)
+void http_write_request_line(std::string *out, http_str method, http_str target, int minor)
 {
-    char *d = copy(grow(out, name.n + 2 + rest + 2), name);
+    char *d = grow(out, method.n + target.n + 12);
+    d = copy(d, method);
+    *d++ = ' ';
+    d = copy(d, target);
+    memcpy(d, minor ? " HTTP/1.1\r\n" : " HTTP/1.0\r\n", 11);
+}
+
+void http_write_status_line(std::string *out, int minor, int status, http_str reason)
+{
+    if (!reason.n)
+        reason = http_cstr(http_reason(status));
+    char *d = grow(out, 13 + reason.n + 2);
+    memcpy(d, "HTTP/1.x 000 ", 13);
+    d[7] = minor ? '1' : '0';
+    d[9] = (char)('0' + status / 100 % 10);
+    d[10] = (char)('0' + status / 10 % 10);
+    d[11] = (char)('0' + status % 10);
+    d = copy(d + 13, reason);
+    memcpy(d, "\r\n", 2);
+}
+
+/* "name: " at d; returns where the value goes */
+static char *field_open(char *d, http_str name)
+{
+    d = copy(d, name);
     *d++ = ':';
     *d++ = ' ';
     return d;
 }
 
-static void field_close(char *d)
+static char *field_close(char *d)
 {
     d[0] = '\r';
     d[1] = '\n';
+    return d + 2;
+}
+
+void http_write_fields(std::string *out, const http_str *nv, size_t n)
+{
+    size_t bytes = 0;
+    for (size_t i = 0; i < 2 * n; i += 2)
+        bytes += nv[i].n + nv[i + 1].n + 4;
+    char *d = grow(out, bytes);
+    for (size_t i = 0; i < 2 * n; i += 2) {
+        d = copy(field_open(d, nv[i]), nv[i + 1]);
+        d = field_close(d);
+    }
 }
 
 void http_write_field(std::string *out, http_str name, http_str value)
 {
-    field_close(copy(field_open(out, name, value.n), value));
-}
-
-void http_write_field2(std::string *out, http_str name, http_str value, http_str more)
-{
-    char *d = copy(field_open(out, name, value.n + 2 + more.n), value);
-    *d++ = ',';
-    *d++ = ' ';
-    field_close(copy(d, more));
+    const http_str nv[2] = {name, value};
+    http_write_fields(out, nv, 1);
 }
 
 /* Does a Connection field of m name n? */
@@ -829,6 +853,8 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
     conn_opts conn;
     conn_gather(m, &conn);
     bool has_conn = conn.n > 0;
+    uint16_t keep[HTTP_MAX_HEADERS];
+    size_t nkeep = 0, bytes = 0;
     for (size_t i = 0; i < m.num_headers; i++) {
         http_str n = m.headers[i].name;
         int id = m.headers[i].id;
@@ -847,7 +873,15 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
                        id == HTTP_F_HOST || id == HTTP_F_CONTENT_LENGTH;
         if (!drop && has_conn && !protect)
             drop = named_by_connection(m, conn, n);
-        if (!drop)
-            http_write_field(out, n, m.headers[i].value);
+        if (!drop) {
+            keep[nkeep++] = (uint16_t)i;
+            bytes += n.n + m.headers[i].value.n + 4;
+        }
+    }
+    /* the kept fields in one piece: one resize, not one per field */
+    char *d = grow(out, bytes);
+    for (size_t k = 0; k < nkeep; k++) {
+        const http_header &h = m.headers[keep[k]];
+        d = field_close(copy(field_open(d, h.name), h.value));
     }
 }

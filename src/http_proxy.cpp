@@ -265,13 +265,17 @@ static http_request req_scratch;    /* one thread: one parse at a time */
 static http_response resp_scratch;
 static char head_scratch[IN_RING];
 static std::string head_out;        /* a rewritten head, before it is queued */
+static std::vector<http_str> added; /* the fields we add to it */
+static std::string xff_list;        /* an X-Forwarded-For list with the peer added */
 
-/* head_out keeps its capacity between heads (no allocation per request),
+/* These keep their capacity between heads (no allocation per request),
  * except the room a rare big head took. */
 static void head_out_done(void)
 {
     if (head_out.capacity() > 8192)
         std::string().swap(head_out);
+    if (xff_list.capacity() > 8192)
+        std::string().swap(xff_list);
 }
 
 size_t http_sessions(void)
@@ -474,6 +478,24 @@ static void forward_body(hsess *h)
     }
 }
 
+static http_str str_of(const std::string &s) { return http_str{s.data(), s.size()}; }
+
+/* The fields a rewritten head gets besides the copied ones, as name/value
+ * pairs for http_write_fields() */
+static void add_field(http_str name, http_str value)
+{
+    added.push_back(name);
+    added.push_back(value);
+}
+
+/* The rules' fields, but those that only remove one */
+static void add_rules(const std::vector<std::pair<std::string, std::string>> &rules)
+{
+    for (auto &rule : rules)
+        if (!rule.second.empty())
+            add_field(str_of(rule.first), str_of(rule.second));
+}
+
 static bool has_rule(const std::vector<std::pair<std::string, std::string>> &rules, const char *name)
 {
     for (auto &rule : rules)
@@ -550,25 +572,28 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     sk.push_back(nullptr);
     http_copy_fields(&out, q, (mi.body == HTTP_BODY_CHUNKED ? HTTP_KEEP_TE : 0) | (mi.upgrade ? HTTP_KEEP_UPGRADE : 0),
                      sk.data());
+    added.clear();
     if (!r->host.empty())
-        http_write_field(&out, "Host", r->host.c_str());
+        add_field(http_cstr("Host"), str_of(r->host));
     /* a rule naming one of these (to set or remove it) wins over ours */
     if (!has_rule(r->req_rules, "X-Forwarded-For")) {
         const http_str *xff = http_find_header(q, "X-Forwarded-For");
-        http_str ip = {h->peer_ip.data(), h->peer_ip.size()};
-        if (xff)
-            http_write_field2(&out, http_cstr("X-Forwarded-For"), *xff, ip);
-        else
-            http_write_field(&out, http_cstr("X-Forwarded-For"), ip);
+        http_str ip = str_of(h->peer_ip);
+        if (xff) {
+            xff_list.assign(xff->p, xff->n);
+            xff_list += ", ";
+            xff_list += h->peer_ip;
+            ip = str_of(xff_list);
+        }
+        add_field(http_cstr("X-Forwarded-For"), ip);
     }
     if (!has_rule(r->req_rules, "X-Forwarded-Proto"))
-        http_write_field(&out, "X-Forwarded-Proto", h->https ? "https" : "http");
+        add_field(http_cstr("X-Forwarded-Proto"), h->https ? http_cstr("https") : http_cstr("http"));
     if (!has_rule(r->req_rules, "X-Forwarded-Host"))
-        http_write_field(&out, http_cstr("X-Forwarded-Host"), mi.host.p ? mi.host : http_cstr(""));
-    for (auto &rule : r->req_rules)
-        if (!rule.second.empty())
-            http_write_field(&out, rule.first.c_str(), rule.second.c_str());
-    http_write_field(&out, "Connection", mi.upgrade ? "upgrade" : "keep-alive");
+        add_field(http_cstr("X-Forwarded-Host"), mi.host.p ? mi.host : http_cstr(""));
+    add_rules(r->req_rules);
+    add_field(http_cstr("Connection"), mi.upgrade ? http_cstr("upgrade") : http_cstr("keep-alive"));
+    http_write_fields(&out, added.data(), added.size() / 2);
     http_write_end(&out);
     /* what stream credit and tunnel room allow goes now; forward_body()
      * sends the rest */
@@ -765,17 +790,17 @@ static ssize_t resp_head(hsess *h, const char *buf, size_t len, size_t last)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
     http_copy_fields(&out, resp_scratch, (keep_te ? HTTP_KEEP_TE : 0) | (upgrade ? HTTP_KEEP_UPGRADE : 0), sk.data());
+    added.clear();
     if (!has_rule(rules, "Server"))
-        http_write_field(&out, "Server", "wmproxy");
-    for (auto &rule : rules)
-        if (!rule.second.empty())
-            http_write_field(&out, rule.first.c_str(), rule.second.c_str());
+        add_field(http_cstr("Server"), http_cstr("wmproxy"));
+    add_rules(rules);
     /* a body ended by the close can only end the user's connection too */
     bool keep = h->qkeep && mi.body != HTTP_BODY_CLOSE && !h->draining;
     if (upgrade)
-        http_write_field(&out, "Connection", "upgrade");
+        add_field(http_cstr("Connection"), http_cstr("upgrade"));
     else if (!interim)
-        http_write_field(&out, "Connection", keep ? "keep-alive" : "close");
+        add_field(http_cstr("Connection"), keep ? http_cstr("keep-alive") : http_cstr("close"));
+    http_write_fields(&out, added.data(), added.size() / 2);
     http_write_end(&out);
     if (out.size() > ring_room(&h->out) && h->out.size < OUT_RING)
         ring_grow(&h->out, OUT_RING);   /* a head of over OUT_MIN */

@@ -269,6 +269,33 @@ TEST_CASE("malformed requests are rejected, whole and in pieces")
     CHECK(check_pieces(nul, &req) == HTTP_INVALID);
 }
 
+TEST_CASE("every byte at every place of a long value: CTLs and DEL rejected, HTAB and obs-text kept")
+{
+    /* the value scan takes eight bytes at a time: put each byte before,
+     * inside and after such a word, in values up to 40 bytes long */
+    for (int ch = 0; ch < 256; ch++) {
+        if (ch == '\r' || ch == '\n')
+            continue;
+        bool ok = ch == '\t' || (ch >= 0x20 && ch != 0x7f);
+        for (size_t at = 1; at < 39; at++) {
+            std::string value(40, 'v');
+            value[at] = (char)ch;
+            std::string msg = "GET / HTTP/1.1\r\nHost: a\r\nX: " + value + "\r\nY: w\r\n\r\n";
+            http_request req;
+            int r = parse(msg, &req);
+            INFO("byte ", ch, " at ", at);
+            if (!ok) {
+                CHECK(r == HTTP_INVALID);
+                continue;
+            }
+            REQUIRE(r == (int)msg.size());
+            REQUIRE(req.num_headers == 3);
+            CHECK(S(req.headers[1].value) == value);
+            CHECK(S(req.headers[2].value) == "w");
+        }
+    }
+}
+
 TEST_CASE("request smuggling and framing errors are rejected")
 {
     const char *bad[] = {
@@ -842,6 +869,18 @@ TEST_CASE("head writer")
                  "Upgrade: websocket\r\n"
                  "X-Forwarded-For: 1.2.3.4\r\n"
                  "Accept: */*\r\n");
+
+    /* fields added in one call: the bytes of one call each */
+    out.clear();
+    const http_str nv[] = {http_cstr("X-A"), http_cstr("1"), http_cstr("X-Empty"), http_str{nullptr, 0},
+                           http_cstr("Connection"), http_cstr("close")};
+    http_write_fields(&out, nv, 3);
+    http_write_fields(&out, nv, 0);
+    std::string one = "GET / HTTP/1.1\r\n";
+    for (size_t i = 0; i < 6; i += 2)
+        http_write_field(&one, nv[i], nv[i + 1]);
+    CHECK(out == "X-A: 1\r\nX-Empty: \r\nConnection: close\r\n");
+    CHECK(one == "GET / HTTP/1.1\r\n" + out);
 
     out.clear();
     http_write_status_line(&out, 1, 502, http_str{nullptr, 0});
