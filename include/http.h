@@ -59,6 +59,11 @@ bool http_mem_ieq(const char *a, const char *b, size_t n);
     ((a).n == sizeof(lit) - 1 && (sizeof(lit) == 1 || (((a).p[0] ^ (lit)[0]) & ~0x20) == 0) && \
      http_mem_ieq((a).p, lit, sizeof(lit) - 1))
 
+/* Whether s is a token (a valid field name), and a valid field value
+ * (no CTL but HTAB, no DEL), as the parser judges them. */
+bool http_is_token(http_str s);
+bool http_is_field_value(http_str s);
+
 /* The fields the framing and the hop-by-hop rules look at, told apart once
  * by the parser (http_header_id()) rather than by name at every use. */
 enum http_field_id {

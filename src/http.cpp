@@ -89,6 +89,22 @@ bool http_str_ieq(http_str a, const char *s)
     return !s[a.n];
 }
 
+bool http_is_token(http_str s)
+{
+    for (size_t i = 0; i < s.n; i++)
+        if (!is(s.p[i], C_TCHAR))
+            return false;
+    return s.n > 0;
+}
+
+bool http_is_field_value(http_str s)
+{
+    for (size_t i = 0; i < s.n; i++)
+        if (!is(s.p[i], C_VALUE))
+            return false;
+    return true;
+}
+
 /* ---- head parser ---- */
 
 /*

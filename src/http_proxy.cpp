@@ -35,6 +35,7 @@
 #include "log.h"
 #include "ring.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,6 +47,8 @@
 #define IN_RING (HTTP_MAX_HEAD + 16 * 1024)
 #define OUT_RING (128 * 1024)
 #define OUT_MIN (16 * 1024)       /* first size of out; a big response grows it to OUT_RING */
+
+static http_str str_of(const std::string &s) { return http_str{s.data(), s.size()}; }
 
 /* ---- routes ---- */
 
@@ -78,7 +81,11 @@ static route_ref route_find(bool https, const char *key)
     return route_ref();
 }
 
-static void parse_rules(route *r, const std::string &rules)
+/* The client's rewriting rules, one a line: "H host", "Q Name: value",
+ * "S Name: value". Its configuration checked them; a client that sends
+ * what no configuration allows is refused: a rule is written into heads
+ * as it is. Returns false with *why. */
+static bool parse_rules(route *r, const std::string &rules, std::string *why)
 {
     size_t pos = 0;
     while (pos < rules.size()) {
@@ -91,20 +98,29 @@ static void parse_rules(route *r, const std::string &rules)
             continue;
         std::string rest = line.substr(2);
         if (line[0] == 'H') {
+            for (char ch : rest)
+                if (!isalnum((unsigned char)ch) && !strchr("-._:[]", ch)) {
+                    *why = "bad host rule";
+                    return false;
+                }
             r->host = rest;
             continue;
         }
+        if (line[0] != 'Q' && line[0] != 'S')
+            continue;
         size_t colon = rest.find(':');
         if (colon == std::string::npos)
             continue;
         std::string name = rest.substr(0, colon), value = rest.substr(colon + 1);
         while (!value.empty() && (value[0] == ' ' || value[0] == '\t'))
             value.erase(0, 1);
-        if (line[0] == 'Q')
-            r->req_rules.push_back({name, value});
-        else if (line[0] == 'S')
-            r->resp_rules.push_back({name, value});
+        if (!http_is_token(str_of(name)) || !http_is_field_value(str_of(value))) {
+            *why = "bad header rule";
+            return false;
+        }
+        (line[0] == 'Q' ? r->req_rules : r->resp_rules).push_back({name, value});
     }
+    return true;
 }
 
 static std::vector<std::string> split_domains(const std::string &s)
@@ -155,7 +171,8 @@ int http_routes_add(bool https, tunnel *t, uint32_t idx, const register_msg &m, 
     r->t = t;
     r->idx = idx;
     r->name = m.name;
-    parse_rules(r.get(), m.rules);
+    if (!parse_rules(r.get(), m.rules, why))
+        return -1;
     for (const std::string &d : names) {
         if (d.compare(0, 2, "*.") == 0)
             wild[https].push_back({d.substr(1), r});
@@ -272,10 +289,13 @@ static std::string xff_list;        /* an X-Forwarded-For list with the peer add
  * except the room a rare big head took. */
 static void head_out_done(void)
 {
+    added.clear();
     if (head_out.capacity() > 8192)
         std::string().swap(head_out);
     if (xff_list.capacity() > 8192)
         std::string().swap(xff_list);
+    if (added.capacity() > 64)
+        std::vector<http_str>().swap(added);
 }
 
 size_t http_sessions(void)
@@ -477,8 +497,6 @@ static void forward_body(hsess *h)
             return;
     }
 }
-
-static http_str str_of(const std::string &s) { return http_str{s.data(), s.size()}; }
 
 /* The fields a rewritten head gets besides the copied ones, as name/value
  * pairs for http_write_fields() */

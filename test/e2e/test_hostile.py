@@ -420,6 +420,26 @@ def hostile_tunnel_frames(ctx):
          after_handshake=True)
     case("REGISTER with a bad mode", frame(REGISTER, register(mode=9)), 1, "bad REGISTER", after_handshake=True)
 
+    # http rules no configuration allows (they would go into heads as they
+    # are): that mapping is refused, the tunnel and a good mapping carry on
+    p = Peer(sc.tport)
+    p.handshake()
+    bad = (b"S X-A: v\rInjected: 1\n", b"Q X\0Y: 1\n", b"Q Bad Name: 1\n", b"S X-B: \x7f\n", b"H evil.test\r\n",
+           b"H a b\n")
+    for i, rules in enumerate(bad + (b"H ok.test:8080\nQ X-Ok: 1\nS X-Good: yes, \tall\n",)):
+        p.send(frame(REGISTER, register(mode=1, name=b"rules%d" % i, domains=b"rules%d.test" % i, rules=rules)))
+        _, _, _, pl = p.expect(REGISTERED, sid=0)
+        if i < len(bad):
+            assert pl[:1] != b"\0", (rules, pl)
+            sc.s.wait_log(r'mapping rejected name=rules%d peer=\S+ reason="bad (header|host) rule"' % i)
+        else:
+            assert pl[:1] == b"\0", (rules, pl)
+            sc.s.wait_log(r"mapping registered name=rules%d " % i)
+    p.send(frame(PING, b"\0" * 8))
+    p.expect(PING)
+    p.close()
+    sc.check()
+
     # a stream the server opened for us: window overflow, DATA over the window
     def stream_peer():
         p = Peer(sc.tport)

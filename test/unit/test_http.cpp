@@ -894,6 +894,22 @@ TEST_CASE("head writer")
     CHECK(strcmp(http_reason(299), "") == 0);
 }
 
+TEST_CASE("tokens and field values, as the parser judges them")
+{
+    CHECK(http_is_token(http_cstr("X-Forwarded-For")));
+    CHECK(http_is_token(http_cstr("!#$%&'*+-.^_`|~09azAZ")));
+    CHECK_FALSE(http_is_token(http_cstr("")));
+    CHECK_FALSE(http_is_token(http_cstr("Bad Name")));
+    CHECK_FALSE(http_is_token(http_cstr("a:b")));
+    CHECK_FALSE(http_is_token(http_str{"a\0b", 3}));
+    CHECK(http_is_field_value(http_cstr("")));
+    CHECK(http_is_field_value(http_cstr("v, \tw \x80\xff")));
+    CHECK_FALSE(http_is_field_value(http_cstr("v\rInjected: 1")));
+    CHECK_FALSE(http_is_field_value(http_cstr("v\n")));
+    CHECK_FALSE(http_is_field_value(http_cstr("\x7f")));
+    CHECK_FALSE(http_is_field_value(http_str{"a\0b", 3}));
+}
+
 TEST_CASE("http_str comparisons")
 {
     CHECK(http_str_eq(http_cstr("GET"), "GET"));
