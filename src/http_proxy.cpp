@@ -99,7 +99,7 @@ static bool parse_rules(route *r, const std::string &rules, std::string *why)
         std::string rest = line.substr(2);
         if (line[0] == 'H') {
             for (char ch : rest)
-                if (!isalnum((unsigned char)ch) && !strchr("-._:[]", ch)) {
+                if (!isalnum((unsigned char)ch) && !memchr("-._:[]", ch, 6)) {
                     *why = "bad host rule";
                     return false;
                 }
