@@ -214,7 +214,7 @@ $(FB)/fuzz_http: $(FB)/fuzz/fuzz_http.o $(FB)/src/http.o
 	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^
 $(FB)/fuzz_socks5: $(FB)/fuzz/fuzz_socks5.o $(FB)/src/socks5.o $(FB)/src/proxyproto.o
 	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^
-$(FB)/fuzz_conf: $(FB)/fuzz/fuzz_conf.o $(FB)/src/conf.o
+$(FB)/fuzz_conf: $(FB)/fuzz/fuzz_conf.o $(FB)/src/conf.o $(FB)/src/http.o
 	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^ -linih
 
 .PHONY: fuzz fuzz-build

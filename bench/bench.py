@@ -691,7 +691,6 @@ class Bench:
                         "%.2f CPU s" % (e1 - e0))
             self.record("http_busy", variant, rep, (m1[0] - m0[0]) / max(m1[1] - m0[1], 1e-9), "cores", "")
 
-
     def memory(self):
         """Fresh pairs (plain, TLS): idle, then holding 1,000 and 10,000 idle streams."""
         for tls in (False, True):

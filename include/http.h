@@ -47,6 +47,7 @@ struct http_str {
 };
 
 static inline http_str http_cstr(const char *s) { return http_str{s, strlen(s)}; }
+static inline http_str http_sstr(const std::string &s) { return http_str{s.data(), s.size()}; }
 /* Exact, and ASCII case-insensitive, comparison with a C string. */
 bool http_str_eq(http_str a, const char *s);
 bool http_str_ieq(http_str a, const char *s);
@@ -63,6 +64,10 @@ bool http_mem_ieq(const char *a, const char *b, size_t n);
  * (no CTL but HTAB, no DEL), as the parser judges them. */
 bool http_is_token(http_str s);
 bool http_is_field_value(http_str s);
+/* Whether s may be a mapping's Host rewrite (host[:port] or [v6]:port):
+ * letters, digits and -._:[] only. The configuration and the server, when
+ * a client registers the mapping, judge with these same three. */
+bool http_is_host_rule(http_str s);
 
 /* The fields the framing and the hop-by-hop rules look at, told apart once
  * by the parser (http_header_id()) rather than by name at every use. */

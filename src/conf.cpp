@@ -10,6 +10,7 @@
  * the file ends, so the error reported is the first one met reading down.
  */
 #include "conf.h"
+#include "http.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -631,12 +632,6 @@ static int set_domains(parse_state *ps, const char *k, const char *v,
     return SET_OK;
 }
 
-/* RFC 9110 token characters, the only ones a header name may use. */
-static bool is_tchar(unsigned char ch)
-{
-    return isalnum(ch) || (ch && strchr("!#$%&'*+-.^_`|~", ch));
-}
-
 /* "Name: value", value possibly empty (the rule then removes the header). */
 static int set_header_rule(parse_state *ps, const char *k, const char *v,
                            std::vector<header_rule> *out)
@@ -646,18 +641,13 @@ static int set_header_rule(parse_state *ps, const char *k, const char *v,
 
     if (colon) {
         std::string name = trim(v, colon), value = trim(colon + 1, colon + strlen(colon));
-        bool ok = !name.empty();
-        for (size_t i = 0; ok && i < name.size(); i++)
-            ok = is_tchar(name[i]);
+        bool ok = http_is_token(http_sstr(name));
         if (!ok)
             why = "a header name is letters, digits and !#$%&'*+-.^_`|~";
         /* a control byte in a value could split the header in two */
-        for (size_t i = 0; ok && i < value.size(); i++) {
-            unsigned char ch = value[i];
-            if ((ch < 0x20 && ch != '\t') || ch == 0x7f) {
-                why = "control characters are not allowed";
-                ok = false;
-            }
+        if (ok && !http_is_field_value(http_sstr(value))) {
+            why = "control characters are not allowed";
+            ok = false;
         }
         if (ok) {
             out->push_back(header_rule(name, value));
@@ -838,10 +828,9 @@ static int set_mapping(parse_state *ps, const char *k, const char *v)
     if (KEY("udp_timeout"))
         return set_duration(ps, k, v, &m->udp_timeout_ms);
     if (KEY("host")) {
-        /* goes out verbatim as the Host header: host[:port] or [v6]:port */
-        for (const char *p = v; *p; p++)
-            if (!isalnum((unsigned char)*p) && !strchr("-._:[]", *p))
-                return bad_value(ps, "host", k, v, NULL);
+        /* goes out verbatim as the Host header */
+        if (!http_is_host_rule(http_cstr(v)))
+            return bad_value(ps, "host", k, v, NULL);
         m->host = v;
         return SET_OK;
     }

@@ -7,6 +7,7 @@
  */
 #include "http.h"
 
+#include <ctype.h>
 #include <strings.h>
 
 /* ---- character classes ---- */
@@ -102,6 +103,16 @@ bool http_is_field_value(http_str s)
     for (size_t i = 0; i < s.n; i++)
         if (!is(s.p[i], C_VALUE))
             return false;
+    return true;
+}
+
+bool http_is_host_rule(http_str s)
+{
+    for (size_t i = 0; i < s.n; i++) {
+        unsigned char ch = (unsigned char)s.p[i];
+        if (!isalnum(ch) && !memchr("-._:[]", ch, 6))
+            return false;
+    }
     return true;
 }
 

@@ -35,7 +35,6 @@
 #include "log.h"
 #include "ring.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -47,8 +46,6 @@
 #define IN_RING (HTTP_MAX_HEAD + 16 * 1024)
 #define OUT_RING (128 * 1024)
 #define OUT_MIN (16 * 1024)       /* first size of out; a big response grows it to OUT_RING */
-
-static http_str str_of(const std::string &s) { return http_str{s.data(), s.size()}; }
 
 /* ---- routes ---- */
 
@@ -98,11 +95,10 @@ static bool parse_rules(route *r, const std::string &rules, std::string *why)
             continue;
         std::string rest = line.substr(2);
         if (line[0] == 'H') {
-            for (char ch : rest)
-                if (!isalnum((unsigned char)ch) && !memchr("-._:[]", ch, 6)) {
-                    *why = "bad host rule";
-                    return false;
-                }
+            if (!http_is_host_rule(http_sstr(rest))) {
+                *why = "bad host rule";
+                return false;
+            }
             r->host = rest;
             continue;
         }
@@ -114,7 +110,7 @@ static bool parse_rules(route *r, const std::string &rules, std::string *why)
         std::string name = rest.substr(0, colon), value = rest.substr(colon + 1);
         while (!value.empty() && (value[0] == ' ' || value[0] == '\t'))
             value.erase(0, 1);
-        if (!http_is_token(str_of(name)) || !http_is_field_value(str_of(value))) {
+        if (!http_is_token(http_sstr(name)) || !http_is_field_value(http_sstr(value))) {
             *why = "bad header rule";
             return false;
         }
@@ -289,7 +285,6 @@ static std::string xff_list;        /* an X-Forwarded-For list with the peer add
  * except the room a rare big head took. */
 static void head_out_done(void)
 {
-    added.clear();
     if (head_out.capacity() > 8192)
         std::string().swap(head_out);
     if (xff_list.capacity() > 8192)
@@ -511,13 +506,13 @@ static void add_rules(const std::vector<std::pair<std::string, std::string>> &ru
 {
     for (auto &rule : rules)
         if (!rule.second.empty())
-            add_field(str_of(rule.first), str_of(rule.second));
+            add_field(http_sstr(rule.first), http_sstr(rule.second));
 }
 
 static bool has_rule(const std::vector<std::pair<std::string, std::string>> &rules, const char *name)
 {
     for (auto &rule : rules)
-        if (http_str_ieq(http_str{rule.first.data(), rule.first.size()}, name))
+        if (http_str_ieq(http_sstr(rule.first), name))
             return true;
     return false;
 }
@@ -592,16 +587,16 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
                      sk.data());
     added.clear();
     if (!r->host.empty())
-        add_field(http_cstr("Host"), str_of(r->host));
+        add_field(http_cstr("Host"), http_sstr(r->host));
     /* a rule naming one of these (to set or remove it) wins over ours */
     if (!has_rule(r->req_rules, "X-Forwarded-For")) {
         const http_str *xff = http_find_header(q, "X-Forwarded-For");
-        http_str ip = str_of(h->peer_ip);
+        http_str ip = http_sstr(h->peer_ip);
         if (xff) {
             xff_list.assign(xff->p, xff->n);
             xff_list += ", ";
             xff_list += h->peer_ip;
-            ip = str_of(xff_list);
+            ip = http_sstr(xff_list);
         }
         add_field(http_cstr("X-Forwarded-For"), ip);
     }
