@@ -156,6 +156,9 @@ struct http_msg_info {
     bool upgrade;           /* request: asks to upgrade; response: 101 */
     bool expect_continue;   /* request: Expect: 100-continue (HTTP/1.1 only) */
     http_str host;          /* request: the Host value; p == NULL if absent */
+    bool cl_several;        /* Content-Length came as more than one value (all
+                             * equal): a proxy writes it once, as cl */
+    uint64_t cl;            /* the Content-Length value, if any */
     const char *error;      /* after -1: why, for the log line */
 };
 
@@ -254,12 +257,13 @@ int http_parse_authority(http_str s, http_str *host, uint16_t *port);
  * case-insensitive; "https" is accepted too and sets *https). *host has no
  * brackets, *port defaults to 80 (443), *path is the origin-form target to
  * forward: a view from the first '/', or "/" when the path is empty.
+ * *authority (when not NULL) is host[:port] as written, for a Host field.
  * Returns 0, or -1 for another scheme, userinfo ("user@"), a bad host or
  * port, or a query with an empty path ("http://h?q" - no client sends it,
  * and it has no view form).
  */
 int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16_t *port,
-                            http_str *path);
+                            http_str *path, http_str *authority = nullptr);
 
 /* Standard reason phrase of status for the codes the proxies use, else "". */
 const char *http_reason(int status);

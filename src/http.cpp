@@ -370,7 +370,7 @@ const http_str *http_find_header(const http_head &m, const char *name)
 struct framing {
     bool has_cl, has_te, te_chunked, conn_close, conn_keep, conn_upgrade, has_upgrade;
     bool expect_100;
-    int hosts;
+    int hosts, cls;
     uint64_t cl;
     http_str host;
 };
@@ -404,6 +404,7 @@ static const char *scan_fields(const http_head &m, framing *f)
                 else if (ok && f->has_cl && x != f->cl && !err)
                     err = "conflicting Content-Length";
                 f->has_cl = true;
+                f->cls++;
                 f->cl = x;
             }
             break;
@@ -474,6 +475,8 @@ int http_request_framing(const http_request &req, http_msg_info *info)
         info->length = f.cl;
     }
     info->keep_alive = keep_alive(req, f);
+    info->cl_several = f.cls > 1;
+    info->cl = f.cl;
     /* RFC 9110 7.8 and 10.1.1: HTTP/1.0 Upgrade and Expect are ignored */
     info->upgrade = req.minor == 1 && f.conn_upgrade && f.has_upgrade;
     info->expect_continue = req.minor == 1 && f.expect_100;
@@ -489,6 +492,8 @@ int http_response_framing(int status, bool request_was_head, const http_response
     memset(info, 0, sizeof *info);
     info->error = scan_fields(resp, &f);
     info->keep_alive = keep_alive(resp, f);
+    info->cl_several = f.cls > 1;
+    info->cl = f.cl;
     if (status < 200 || status == 204 || status == 304 || request_was_head) {
         info->error = nullptr;      /* its framing fields describe no body here */
         info->upgrade = status == 101;
@@ -703,7 +708,7 @@ int http_parse_authority(http_str s, http_str *host, uint16_t *port)
 }
 
 int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16_t *port,
-                            http_str *path)
+                            http_str *path, http_str *authority)
 {
     size_t i;
     if (target.n >= 7 && http_mem_ieq(target.p, "http://", 7)) {
@@ -722,6 +727,8 @@ int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16
     if (split_host(http_str{target.p + a, i - a}, host, &v) < 0 || v == 0)
         return -1;
     *port = v < 0 ? (*https ? 443 : 80) : (uint16_t)v;
+    if (authority)
+        *authority = http_str{target.p + a, i - a};
     if (i == target.n)
         *path = http_str{"/", 1};
     else if (target.p[i] == '/')

@@ -227,6 +227,7 @@ struct hsess : io_handler, stream_end, deferred {
     uint64_t qleft = 0;
     http_chunked qch = {};
     bool qkeep = false, qhead = false, qupgrade = false;
+    int qminor = 1;                  /* the user's HTTP/1.minor */
     std::string qline;           /* "GET /x" for the access log */
     std::string qhost;
     std::string qmap = "-";      /* mapping name for the access log */
@@ -411,6 +412,8 @@ static void answer(hsess *h, int status, const char *detail, bool keep)
                       "Content-Length: %d\r\nConnection: %s\r\n\r\n",
                       status, http_reason(status), bl, keep ? "keep-alive" : "close");
     h->status = status;
+    if (h->qhead)
+        bl = 0;     /* RFC 9110 9.3.2: the head alone, Content-Length as for GET */
     if (out_reserve(h, (size_t)(hl + bl))) {
         out_put(h, head, (size_t)hl);
         out_put(h, body, (size_t)bl);
@@ -532,6 +535,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->qlogged = false;
     h->qkeep = mi.keep_alive;
     h->qhead = http_str_eq(q.method, "HEAD");
+    h->qminor = q.minor;
     h->qupgrade = mi.upgrade;
     h->qbody = mi.body;
     h->qleft = mi.length;
@@ -539,10 +543,29 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->qs = mi.body == HTTP_BODY_NONE ? Q_WAIT : Q_BODY;
     bool has_body = mi.body != HTTP_BODY_NONE;
 
+    if (http_str_eq(q.method, "CONNECT")) {
+        drop_stream(h);
+        answer(h, 501, "CONNECT is not served on mappings", false);
+        return;
+    }
+    /* RFC 9112 3.2.2: an absolute-form target's authority names the host,
+     * not the Host field; the service gets the origin form */
+    http_str host = mi.host, target = q.target, authority = {};
+    if (target.n && target.p[0] != '/' && !http_str_eq(target, "*")) {
+        bool https;
+        http_str name;
+        uint16_t port;
+        if (http_parse_absolute_uri(q.target, &https, &name, &port, &target, &authority) < 0) {
+            drop_stream(h);
+            answer(h, 400, "bad absolute-form target", false);
+            return;
+        }
+        host = authority;
+    }
     route_ref r;
-    if (mi.host.p && http_host_key(mi.host, key) > 0)
+    if (host.p && http_host_key(host, key) > 0)
         r = route_find(h->https, key);
-    h->qhost = mi.host.p ? std::string(mi.host.p, mi.host.n) : "";
+    h->qhost = host.p ? std::string(host.p, host.n) : "";
     if (!r) {
         drop_stream(h);
         std::string d = "no mapping for host " + (h->qhost.empty() ? std::string("(none)") : h->qhost);
@@ -574,12 +597,14 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     std::string &out = head_out;   /* kept: no allocation per request */
     out.clear();
     /* the user's version: an HTTP/1.0 user must not get a chunked answer */
-    http_write_request_line(&out, q.method, q.target, q.minor);
+    http_write_request_line(&out, q.method, target, q.minor);
     /* the mapping's rules replace fields: leave those out of the copy */
     static std::vector<const char *> sk;
     sk.assign(skip, skip + 3);
-    if (!r->host.empty())
+    if (!r->host.empty() || authority.p)
         sk.push_back("Host");
+    if (mi.cl_several)
+        sk.push_back("Content-Length");
     for (auto &rule : r->req_rules)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
@@ -588,22 +613,28 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     added.clear();
     if (!r->host.empty())
         add_field(http_cstr("Host"), http_sstr(r->host));
+    else if (authority.p)
+        add_field(http_cstr("Host"), authority);
+    char cl[24];
+    if (mi.cl_several)
+        add_field(http_cstr("Content-Length"), http_str{cl, (size_t)snprintf(cl, sizeof cl, "%llu",
+                                                                            (unsigned long long)mi.cl)});
     /* a rule naming one of these (to set or remove it) wins over ours */
     if (!has_rule(r->req_rules, "X-Forwarded-For")) {
-        const http_str *xff = http_find_header(q, "X-Forwarded-For");
-        http_str ip = http_sstr(h->peer_ip);
-        if (xff) {
-            xff_list.assign(xff->p, xff->n);
-            xff_list += ", ";
-            xff_list += h->peer_ip;
-            ip = http_sstr(xff_list);
+        /* every field line of the list, in order (RFC 9110 5.3), then us */
+        xff_list.clear();
+        for (size_t i = 0; i < q.num_headers; i++) {
+            const http_header &f = q.headers[i];
+            if (f.value.n && http_ieq_lit(f.name, "X-Forwarded-For"))
+                xff_list.append(f.value.p, f.value.n).append(", ");
         }
-        add_field(http_cstr("X-Forwarded-For"), ip);
+        xff_list += h->peer_ip;
+        add_field(http_cstr("X-Forwarded-For"), http_sstr(xff_list));
     }
     if (!has_rule(r->req_rules, "X-Forwarded-Proto"))
         add_field(http_cstr("X-Forwarded-Proto"), h->https ? http_cstr("https") : http_cstr("http"));
     if (!has_rule(r->req_rules, "X-Forwarded-Host"))
-        add_field(http_cstr("X-Forwarded-Host"), mi.host.p ? mi.host : http_cstr(""));
+        add_field(http_cstr("X-Forwarded-Host"), host.p ? host : http_cstr(""));
     add_rules(r->req_rules);
     add_field(http_cstr("Connection"), mi.upgrade ? http_cstr("upgrade") : http_cstr("keep-alive"));
     http_write_fields(&out, added.data(), added.size() / 2);
@@ -719,7 +750,7 @@ static void response_finished(hsess *h, bool by_fin)
     access_line(h);
     h->rs = R_IDLE;
     /* anything the service sent past its response makes the stream unfit */
-    bool reuse = !by_fin && h->rkeep && h->qs == Q_WAIT && h->rbuf.empty() && h->s &&
+    bool reuse = !by_fin && h->rkeep && h->qs == Q_WAIT && h->qout.empty() && h->rbuf.empty() && h->s &&
                  stream_rx_pending(h->s) == 0 && !h->s->fin_recv;
     if (!reuse)
         drop_stream(h);
@@ -790,20 +821,30 @@ static ssize_t resp_head(hsess *h, const char *buf, size_t len, size_t last)
         answer(h, 502, "the service switched protocols unasked", false);
         return RH_ANSWERED;
     }
-    /* HEAD and 304 describe the body a GET would get: Transfer-Encoding
-     * stays, though no body follows */
-    bool keep_te = mi.body == HTTP_BODY_CHUNKED || h->qhead || resp_scratch.status == 304;
+    /* RFC 9110 15.2: no 1xx goes to an HTTP/1.0 user */
+    if (interim && h->qminor == 0) {
+        h->rs = R_HEAD;
+        return r;
+    }
+    /* the body goes as the service coded it: Transfer-Encoding stays (for
+     * HEAD and 304 it describes the body a GET would get) */
     std::string &out = head_out;
     out.clear();
     http_write_status_line(&out, 1, resp_scratch.status, resp_scratch.reason);
     static std::vector<const char *> sk;   /* kept: no allocation per response */
     sk.clear();
     sk.push_back("Server");
+    if (mi.cl_several)
+        sk.push_back("Content-Length");
     for (auto &rule : rules)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
-    http_copy_fields(&out, resp_scratch, (keep_te ? HTTP_KEEP_TE : 0) | (upgrade ? HTTP_KEEP_UPGRADE : 0), sk.data());
+    http_copy_fields(&out, resp_scratch, HTTP_KEEP_TE | (upgrade ? HTTP_KEEP_UPGRADE : 0), sk.data());
     added.clear();
+    char cl[24];
+    if (mi.cl_several)
+        add_field(http_cstr("Content-Length"), http_str{cl, (size_t)snprintf(cl, sizeof cl, "%llu",
+                                                                            (unsigned long long)mi.cl)});
     if (!has_rule(rules, "Server"))
         add_field(http_cstr("Server"), http_cstr("wmproxy"));
     add_rules(rules);
@@ -959,6 +1000,7 @@ static void request_finished(hsess *h)
         return;
     }
     h->qs = Q_HEAD;
+    h->qhead = false;
     h->qline.clear();
     h->qout.clear();
     h->idle_since = now_ms();

@@ -188,6 +188,7 @@ struct psess : deferred {
     addr_list *ups = nullptr;   /* while connecting: the target's addresses */
     bool socks = false, connecting = false, closing = false, dead = false, draining = false;
     bool req_keep = false, req_head = false, req_upgrade = false, keep = false, up_keep = false;
+    int req_minor = 1;
     uint8_t s5 = S5_GREET;
     unsigned nreq = 0;
     int status = 0;
@@ -512,7 +513,7 @@ static int req_head(psess *s)
         if (!v || !proxy_auth_basic(v->p, v->n, s->pc.username, s->pc.password))
             return answer(s, 407, v ? "wrong credentials" : "no credentials");
     }
-    http_str host, path;
+    http_str host, path, auth;
     uint16_t port;
     bool https;
     if (conn) {
@@ -523,14 +524,11 @@ static int req_head(psess *s)
         up_connect(s, std::string(host.p, host.n), port);
         return 1;
     }
-    if (http_parse_absolute_uri(q.target, &https, &host, &port, &path) < 0)
+    /* auth: the authority as the user wrote it, port included */
+    if (http_parse_absolute_uri(q.target, &https, &host, &port, &path, &auth) < 0)
         return answer(s, 400, "not an absolute http:// URI");
     if (https)
         return answer(s, 501, "https:// URI without CONNECT");
-    /* the authority as the user wrote it, port included */
-    const char *a = q.target.p + 7, *end = q.target.p + q.target.n;
-    const char *slash = (const char *)memchr(a, '/', (size_t)(end - a));
-    http_str auth = {a, (size_t)((slash ? slash : end) - a)};
     /* RFC 9112 3.2.2: the target's authority replaces any Host (1.1
      * clients must send one; be lenient with those that do not) */
     if (http_header_index(q, "host") < 0 && q.num_headers < HTTP_MAX_HEADERS)
@@ -542,10 +540,13 @@ static int req_head(psess *s)
     std::string h;
     http_write_request_line(&h, q.method, path, q.minor);
     http_write_field(&h, http_cstr("Host"), auth);
+    if (f.cl_several)
+        http_write_field(&h, http_cstr("Content-Length"), http_sstr(std::to_string(f.cl)));
     size_t j = 0;
     for (size_t i = 0; i < q.num_headers; i++) {
         http_str nm = q.headers[i].name;
-        if (!http_ieq_lit(nm, "host") && !(nm.n > 6 && strncasecmp(nm.p, "proxy-", 6) == 0))
+        if (!http_ieq_lit(nm, "host") && !(nm.n > 6 && strncasecmp(nm.p, "proxy-", 6) == 0) &&
+            !(f.cl_several && q.headers[i].id == HTTP_F_CONTENT_LENGTH))
             q.headers[j++] = q.headers[i];
     }
     q.num_headers = j;
@@ -554,6 +555,7 @@ static int req_head(psess *s)
     http_write_end(&h);
     s->req_keep = f.keep_alive;
     s->req_head = http_str_eq(q.method, "HEAD");
+    s->req_minor = q.minor;
     s->req_upgrade = f.upgrade;
     body_init(e, f.body, f.length);
     std::string hs(host.p, host.n);
@@ -596,8 +598,16 @@ static int resp_head(psess *s)
     }
     std::string &o = s->e[0].out;
     bool up = r.status == 101;
+    /* RFC 9110 15.2: no 1xx goes to an HTTP/1.0 user */
+    if (r.status < 200 && !up && s->req_minor == 0) {
+        pb_consume(&e->in, (size_t)n);
+        return 1;
+    }
+    static const char *const cl_skip[] = {"Content-Length", nullptr};
     http_write_status_line(&o, 1, r.status, r.reason);
-    http_copy_fields(&o, r, HTTP_KEEP_TE | (up ? HTTP_KEEP_UPGRADE : 0), nullptr);
+    if (f.cl_several)
+        http_write_field(&o, http_cstr("Content-Length"), http_sstr(std::to_string(f.cl)));
+    http_copy_fields(&o, r, HTTP_KEEP_TE | (up ? HTTP_KEEP_UPGRADE : 0), f.cl_several ? cl_skip : nullptr);
     pb_consume(&e->in, (size_t)n);
     s->status = r.status;
     if (up) {

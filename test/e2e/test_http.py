@@ -5,6 +5,7 @@ every request, header rewriting, framing (Content-Length, chunked, close),
 keep-alive, pipelining, 100-continue, WebSocket, every error page and its
 trigger, SNI, the access log, big transfers in bounded memory."""
 import base64
+import gzip
 import hashlib
 import json
 import os
@@ -35,7 +36,8 @@ class HttpService:
     /close (body ended by closing), /svc-close (Connection: close, then
     closes), /then-close (closes after a keep-alive answer), /chunked
     (chunked with a trailer), /empty (Content-Length: 0), /ws (WebSocket
-    echo).
+    echo), /te-gzip (Transfer-Encoding: gzip, ended by closing), /cl-twice
+    (Content-Length: 3 twice).
     Every answer carries X-Service, X-Remove-Me, Server: local and the
     hop-by-hop Keep-Alive, Connection: keep-alive, X-Hop and X-Hop."""
 
@@ -151,6 +153,12 @@ class HttpService:
                 c.sendall(b"HTTP/1.1 200 OK\r\nX-Service: %s\r\n%sContent-Length: 3\r\n\r\nbye"
                           % (self.name.encode(), say))
                 return
+            elif u.path == "/te-gzip":
+                c.sendall(b"HTTP/1.1 200 OK\r\nX-Service: %s\r\nTransfer-Encoding: gzip\r\n\r\n"
+                          % self.name.encode() + gzip.compress(PAGE))
+                return
+            elif u.path == "/cl-twice":
+                c.sendall(b"HTTP/1.1 200 OK\r\n" + common + b"Content-Length: 3\r\nContent-Length: 3\r\n\r\nabc")
             elif u.path == "/empty":
                 c.sendall(b"HTTP/1.1 200 OK\r\n" + common + b"Content-Length: 0\r\n\r\n")
             elif u.path == "/":
@@ -716,6 +724,76 @@ def full_backlog_listener():
     finally:
         probe.close()
     return (port if ok else None), keep
+
+
+def read_until_close(s):
+    data = b""
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return data
+        data += d
+
+
+@test(timeout=60)
+def http_rfc_edges(ctx):
+    """RFC 9110/9112 corners, as nginx treats them: our own 404 to HEAD has
+    no body and the connection carries on; an absolute-form target is
+    routed by its authority and forwarded in origin form with that Host;
+    X-Forwarded-For lists every field line; a Content-Length sent twice
+    goes on once, both ways; a Transfer-Encoding other than chunked reaches
+    the user as the service sent it; CONNECT gets 501; an HTTP/1.0 user
+    gets no 100 Continue."""
+    a, b = HttpService(ctx, "a"), HttpService(ctx, "b")
+    s, c, hp, _ = http_pair(ctx, http_mapping("a", a.port, "a.test") + http_mapping("b", b.port, "b.test"))
+    # HEAD to an unknown host: the head alone, then the next answer whole
+    rs, sk, f = exchange(hp, request("HEAD", "/", "nobody.test") + request("GET", "/", "a.test"), 1, head=True)
+    is_ours_head = rs[0]
+    assert is_ours_head.status == 404 and is_ours_head.all("Server") == ["wmproxy"], is_ours_head
+    assert int(is_ours_head.get("Content-Length")) > 0, is_ours_head
+    r = read_response(f)
+    assert r.status == 200 and r.body == PAGE and r.get("X-Service") == "a", r
+    f.close()
+    sk.close()
+    # absolute form: the authority routes, not Host; the service sees origin form
+    got = one(hp, request("GET", "http://a.test/dump?q=1", "b.test")).json()
+    h = lambda n: [v for k, v in got["headers"] if k.lower() == n.lower()]  # noqa: E731
+    assert got["service"] == "a" and got["target"] == "/dump?q=1", got
+    assert h("Host") == ["a.test"] and h("X-Forwarded-Host") == ["a.test"], got
+    is_ours(one(hp, request("GET", "http://nobody.test/", "a.test")), 404)
+    is_ours(one(hp, request("GET", "ftp://a.test/", "a.test")), 400)
+    # every X-Forwarded-For line, in order, then the user's address
+    got = one(hp, request("GET", "/dump", "a.test", [("X-Forwarded-For", "6.6.6.6"),
+                                                     ("X-Forwarded-For", "10.0.0.9")])).json()
+    assert [v for k, v in got["headers"] if k == "X-Forwarded-For"] == ["6.6.6.6, 10.0.0.9, 127.0.0.1"], got
+    # Content-Length twice (equal): once to the service, once to the user
+    got = one(hp, request("POST", "/dump", "a.test", [("Content-Length", "3"), ("Content-Length", "003")],
+                          body=b"abc")).json()
+    assert [v for k, v in got["headers"] if k.lower() == "content-length"] == ["3"], got
+    assert got["body_len"] == 3, got
+    r = one(hp, request("GET", "/cl-twice", "a.test"))
+    assert r.all("Content-Length") == ["3"] and r.body == b"abc", r
+    # Transfer-Encoding: gzip, ended by the close: the user decodes it
+    sk = connect(hp, 10)
+    sk.sendall(request("GET", "/te-gzip", "a.test"))
+    raw = read_until_close(sk)
+    sk.close()
+    head, body = raw.split(b"\r\n\r\n", 1)
+    assert b"\r\nTransfer-Encoding: gzip\r\n" in head + b"\r\n" and b"Connection: close" in head, raw
+    assert gzip.decompress(body) == PAGE, raw
+    # CONNECT is not served on mappings
+    r = one(hp, request("CONNECT", "a.test:443", "a.test"))
+    is_ours(r, 501)
+    assert r.get("Connection") == "close", r
+    # an HTTP/1.0 user asking 100-continue gets the answer without a 1xx
+    sk = connect(hp, 10)
+    sk.sendall(request("POST", "/dump", "a.test", [("Expect", "100-continue")], body=b"xyz", version="HTTP/1.0"))
+    raw = read_until_close(sk)
+    sk.close()
+    assert raw.startswith(b"HTTP/1.1 200 ") and b" 100 " not in raw.split(b"\r\n", 1)[0], raw[:200]
+    assert b"100 Continue" not in raw, raw[:300]
+    assert c.stop() == 0
+    assert s.stop() == 0
 
 
 @test(timeout=60)

@@ -280,6 +280,37 @@ def http_proxy_page_and_rewrite(ctx):
 
 
 @test(timeout=60)
+def http_proxy_rfc_edges(ctx):
+    """A Content-Length sent twice (equal) reaches the origin once (RFC 9110
+    8.6); an HTTP/1.0 user gets the answer without the origin's 100
+    Continue (RFC 9110 15.2)."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx)
+    base = "http://127.0.0.1:%d" % o.port
+    s = connect(p)
+    s.sendall(("POST %s/headers HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc"
+               % base).encode())
+    f = s.makefile("rb")
+    lines = read_head(f)
+    head = read_body(f, parse_fields(lines)).decode("latin-1")
+    s.close()
+    assert head.startswith("POST /headers HTTP/1.1\r\n"), head
+    assert head.lower().count("content-length:") == 1 and "Content-Length: 3\r\n" in head, head
+    s = connect(p)
+    s.sendall(("POST %s/ HTTP/1.0\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\nabc"
+               % base).encode())
+    raw = b""
+    while True:
+        x = s.recv(65536)
+        if not x:
+            break
+        raw += x
+    s.close()
+    assert raw.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in raw, raw
+    assert raw.endswith(b"hello from A /\n"), raw
+
+
+@test(timeout=60)
 def http_proxy_upgrade(ctx):
     """An Upgrade request through the HTTP proxy: 101 passes, then the
     connection is a raw relay with half-close."""

@@ -773,23 +773,25 @@ TEST_CASE("http_parse_absolute_uri")
         const char *host;
         uint16_t port;
         const char *path;
+        const char *authority;
     } good[] = {
-        {"http://example.com:8080/a?b", false, "example.com", 8080, "/a?b"},
-        {"http://example.com", false, "example.com", 80, "/"},
-        {"http://example.com:/x", false, "example.com", 80, "/x"},
-        {"HTTP://Example.com/", false, "Example.com", 80, "/"},
-        {"https://secure.example/p", true, "secure.example", 443, "/p"},
-        {"http://[::1]:81/x/y?z=1#", false, "::1", 81, "/x/y?z=1#"},
-        {"http://10.1.2.3", false, "10.1.2.3", 80, "/"},
+        {"http://example.com:8080/a?b", false, "example.com", 8080, "/a?b", "example.com:8080"},
+        {"http://example.com", false, "example.com", 80, "/", "example.com"},
+        {"http://example.com:/x", false, "example.com", 80, "/x", "example.com:"},
+        {"HTTP://Example.com/", false, "Example.com", 80, "/", "Example.com"},
+        {"https://secure.example/p", true, "secure.example", 443, "/p", "secure.example"},
+        {"http://[::1]:81/x/y?z=1#", false, "::1", 81, "/x/y?z=1#", "[::1]:81"},
+        {"http://10.1.2.3", false, "10.1.2.3", 80, "/", "10.1.2.3"},
     };
     for (auto &g : good) {
         INFO(g.uri);
         std::string s = g.uri;
         bool https = !g.https;
-        http_str host, path;
+        http_str host, path, authority;
         uint16_t port = 0;
         REQUIRE(http_parse_absolute_uri(http_str{gbuf().put(s.data(), s.size()), s.size()}, &https,
-                                        &host, &port, &path) == 0);
+                                        &host, &port, &path, &authority) == 0);
+        CHECK(S(authority) == g.authority);
         CHECK(https == g.https);
         CHECK(S(host) == g.host);
         CHECK(port == g.port);
@@ -972,4 +974,28 @@ TEST_CASE("field names match in any case, and only whole")
     std::string out;
     http_copy_fields(&out, req, 0, nullptr);
     CHECK(out == "Host: a\r\nTee: 1\r\nKeep-Alives: 2\r\n");
+}
+
+TEST_CASE("framing: a Content-Length given more than once is reported, for a proxy to write it once")
+{
+    http_request req;
+    http_msg_info info;
+    REQUIRE(parse("POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 7\r\n\r\n", &req) > 0);
+    REQUIRE(http_request_framing(req, &info) == 0);
+    CHECK_FALSE(info.cl_several);
+    CHECK(info.cl == 7);
+    for (const char *f : {"Content-Length: 7\r\ncontent-length: 007\r\n", "Content-Length: 7, 7\r\n"}) {
+        INFO(f);
+        REQUIRE(parse(std::string("POST / HTTP/1.1\r\nHost: a\r\n") + f + "\r\n", &req) > 0);
+        REQUIRE(http_request_framing(req, &info) == 0);
+        CHECK(info.cl_several);
+        CHECK(info.cl == 7);
+        CHECK(info.length == 7);
+    }
+    /* a HEAD's answer describes a GET's body: the value is still reported */
+    http_response resp;
+    REQUIRE(parse("HTTP/1.1 200 OK\r\nContent-Length: 12\r\nContent-Length: 12\r\n\r\n", &resp) > 0);
+    REQUIRE(http_response_framing(200, true, resp, &info) == 0);
+    CHECK(info.cl_several);
+    CHECK(info.cl == 12);
 }
