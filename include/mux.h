@@ -128,6 +128,8 @@ struct tunnel : io_handler, deferred {
     std::string tx_overflow;     /* control frames that found tx full */
     stream *tx_waiters = nullptr, *tx_waiters_tail = nullptr;
     task flush_task, read_task;
+    task overflow_task;          /* closes the tunnel once control frames overflowed */
+    bool overflowed = false;     /* tx_overflow passed its cap: no more frames, closing */
 
     std::unordered_map<uint32_t, stream *> streams;
     uint32_t next_sid = 0;       /* ours: server even, client odd */

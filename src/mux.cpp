@@ -39,7 +39,7 @@ static void schedule_flush(tunnel *t)
 static void send_ctl(tunnel *t, uint8_t type, uint8_t flags, uint32_t sid, const void *p, size_t len)
 {
     uint8_t h[FRAME_HDR];
-    if (t->state == TS_CLOSED)
+    if (t->state == TS_CLOSED || t->overflowed)
         return;
     frame_hdr_encode(h, (uint32_t)len, type, flags, sid);
     if (t->tx_overflow.empty() && ring_room(&t->txr) >= FRAME_HDR + len) {
@@ -49,7 +49,10 @@ static void send_ctl(tunnel *t, uint8_t type, uint8_t flags, uint32_t sid, const
         t->tx_overflow.append((const char *)h, FRAME_HDR);
         t->tx_overflow.append((const char *)p, len);
         if (t->tx_overflow.size() > OVERFLOW_MAX) {
-            tunnel_close(t, GA_PROTOCOL, "peer does not read: control frames overflow");
+            /* closed from a task, not here: the caller may be setting up
+             * or draining a stream that the close would free under it */
+            t->overflowed = true;
+            task_post(&t->overflow_task);
             return;
         }
     }
@@ -502,6 +505,7 @@ tunnel::~tunnel()
     timer_cancel(&dead_timer);
     task_cancel(&flush_task);
     task_cancel(&read_task);
+    task_cancel(&overflow_task);
     delete tr;
     ring_free(&rxr);
     ring_free(&txr);
@@ -984,6 +988,11 @@ static void hs_timeout(void *arg)
 
 static void read_task_cb(void *arg) { read_task_fn(arg); }
 
+static void overflow_close(void *arg)
+{
+    tunnel_close((tunnel *)arg, GA_PROTOCOL, "peer does not read: control frames overflow");
+}
+
 tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer,
                    const uint8_t *initial, size_t len)
 {
@@ -996,6 +1005,8 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
     t->flush_task.fn = tunnel_flush;
     t->flush_task.arg = t;
     t->read_task.fn = read_task_cb;
+    t->overflow_task.fn = overflow_close;
+    t->overflow_task.arg = t;
     t->read_task.arg = t;
     t->hb_timer.fn = heartbeat;
     t->hb_timer.arg = t;

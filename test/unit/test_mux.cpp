@@ -13,6 +13,10 @@
  * Stream buffers: what a lagging end does not take is held in a buffer that
  * grows with it, is freed once drained, and comes back at its last size.
  *
+ * A peer that stops reading: when our control frames overflow, the tunnel
+ * closes at the end of the loop pass, never under a caller that is setting
+ * up or draining a stream (tunnel_open, an OPEN's handler, a relay).
+ *
  * The reactor is initialised once for the process here (as test_timer.cpp
  * does for itself); every test closes its tunnels and lets the loop reap
  * them, leaving no timer armed and no descriptor registered.
@@ -22,6 +26,7 @@
 #include "frame.h"
 #include "mux.h"
 #include "reactor.h"
+#include "relay.h"
 #include "transport.h"
 
 #include <errno.h>
@@ -84,11 +89,13 @@ struct test_owner : tunnel_owner {
     std::vector<dgram_rec> got;
     stream_end *accept = nullptr;   /* streams the peer opens get this end; else reset */
     stream *opened = nullptr;
+    bool opened_live = false;       /* the stream and its tunnel were alive in on_open */
     void on_ready(tunnel *) override { ready = true; }
     int on_register(tunnel *, uint32_t, const register_msg &, std::string *) override { return 0; }
     void on_registered(tunnel *, uint32_t, uint8_t, const std::string &) override {}
-    void on_open(tunnel *, stream *s, const open_msg &) override
+    void on_open(tunnel *t, stream *s, const open_msg &) override
     {
+        opened_live = !s->dead && t->state != TS_CLOSED;
         if (!accept)
             return stream_reset(s, RST_NOMAPPING);
         s->end = accept;
@@ -444,4 +451,188 @@ TEST_CASE("mux: a buffer drained while another stream's holds data leaves no spa
     stream_reset(s2, RST_CANCEL);
     REQUIRE(run_until([&] { return tunnel_stream_count(p.cli) == 0; }));
     ring_give_back();
+}
+
+/* ---- a peer that never reads ---- */
+
+static std::string frame(uint8_t type, uint8_t flags, uint32_t sid, const std::string &p)
+{
+    uint8_t h[FRAME_HDR];
+    frame_hdr_encode(h, (uint32_t)p.size(), type, flags, sid);
+    return std::string((const char *)h, FRAME_HDR) + p;
+}
+
+static void settle(uint64_t ms)
+{
+    run_until([] { return false; }, ms);
+}
+
+static void write_all(int fd, const std::string &b)
+{
+    for (size_t off = 0; off < b.size();) {
+        ssize_t w = write(fd, b.data() + off, b.size() - off);
+        if (w > 0)
+            off += (size_t)w;
+        else
+            settle(2);
+    }
+}
+
+struct null_end : stream_end {
+    int resets = 0;
+    size_t on_data(const iovec *, int, size_t len) override { return len; }
+    void on_rx_ready() override {}
+    void on_writable() override {}
+    void on_reset(uint8_t, const char *) override { resets++; }
+};
+
+/* Our tunnel (server or client role) against a raw socket that sends a
+ * preface and HELLO, then only what a test writes, and never reads. */
+struct deaf_peer {
+    int fds[2] = {-1, -1};
+    test_owner o;
+    tunnel *t = nullptr;
+    explicit deaf_peer(bool server)
+    {
+        up();
+        REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
+        int small = 4096;
+        setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+        tunnel_conf c;
+        c.is_server = server;
+        t = tunnel_new(plain_transport_new(fds[0]), c, &o, "deaf");
+        REQUIRE(t);
+        uint8_t pre[PREFACE_LEN];
+        preface_encode(pre);
+        hello_msg h;
+        h.heartbeat_ms = 15000;
+        h.window = 1u << 30;
+        h.name = "deaf";
+        std::string hp;
+        hello_encode(h, &hp);
+        write_all(fds[1], std::string((const char *)pre, PREFACE_LEN) + frame(FT_HELLO, 0, 0, hp) +
+                              (server ? std::string() : frame(FT_READY, 0, 0, "")));
+        REQUIRE(run_until([&] { return o.ready; }));
+    }
+    ~deaf_peer()
+    {
+        if (!o.down)
+            tunnel_close(t, GA_NORMAL, "test over");
+        one_pass();
+        close(fds[1]);
+    }
+    /* Fill tx with stream data (s sends, nobody reads). */
+    void fill_tx(stream *s)
+    {
+        static char buf[512 * 1024];
+        for (int i = 0; i < 200 && ring_room(&t->txr) >= FRAME_HDR + 8; i++) {
+            size_t room = stream_send_room(s);
+            if (room)
+                REQUIRE(stream_send(s, buf, room) == 0);
+            settle(2);
+        }
+    }
+    /* PINGs we answer until the control overflow holds at least target
+     * bytes (at most target + 8). */
+    void pad_overflow(size_t target)
+    {
+        while (t->tx_overflow.size() + 20000 < target) {
+            std::string b;
+            for (int i = 0; i < 500; i++)
+                b += frame(FT_PING, 0, 0, std::string(8, '\0'));
+            write_all(fds[1], b);
+            settle(3);
+            REQUIRE(!o.down);
+        }
+        while (t->tx_overflow.size() < target) {
+            size_t gap = target - t->tx_overflow.size();
+            size_t l = gap >= 17 ? 8 : gap >= 9 ? gap - 9 : 0;
+            size_t before = t->tx_overflow.size();
+            write_all(fds[1], frame(FT_PING, 0, 0, std::string(l, '\0')));
+            REQUIRE(run_until([&] { return t->tx_overflow.size() != before || o.down; }));
+            REQUIRE(!o.down);
+        }
+    }
+};
+
+TEST_CASE("mux: an OPEN that overflows the control frames returns a live stream; the tunnel closes after")
+{
+    deaf_peer p(true);
+    null_end e0, e;
+    open_msg m;
+    stream *s0 = tunnel_open(p.t, m, &e0);
+    REQUIRE(s0);
+    p.fill_tx(s0);
+    p.pad_overflow(1024 * 1024 - 50);
+    stream *s = tunnel_open(p.t, m, &e);
+    REQUIRE(s);
+    CHECK_FALSE(s->dead);       /* a caller (accept_public, http) may use it now */
+    CHECK_FALSE(p.o.down);
+    REQUIRE(run_until([&] { return p.o.down; }));
+    CHECK(p.o.why == "peer does not read: control frames overflow");
+    CHECK(e.resets == 1);
+    CHECK(e0.resets == 1);
+}
+
+TEST_CASE("mux: an OPEN from the peer whose WINDOW overflows reaches the owner live; the tunnel closes after")
+{
+    deaf_peer p(false);
+    null_end e0;
+    open_msg m;
+    stream *s0 = tunnel_open(p.t, m, &e0);   /* the client opens odd ids */
+    REQUIRE(s0);
+    p.fill_tx(s0);
+    p.pad_overflow(1024 * 1024 - 12);
+    null_end e;
+    std::string om;
+    open_encode(m, &om);
+    p.o.accept = &e;
+    write_all(p.fds[1], frame(FT_OPEN, 0, 2, om));
+    REQUIRE(run_until([&] { return p.o.down; }));
+    REQUIRE(p.o.opened);
+    CHECK(p.o.opened_live);
+    CHECK(e.resets == 1);
+}
+
+TEST_CASE("mux: a relay whose drain sends the WINDOW that overflows goes on, then hears the reset")
+{
+    deaf_peer p(true);
+    open_msg m;
+    stream *s = tunnel_open(p.t, m, nullptr);
+    REQUIRE(s);
+    uint32_t sid = s->sid;
+    int u[2];
+    REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, u) == 0);
+    int small = 4096;
+    setsockopt(u[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    REQUIRE(relay_new(u[0], s, "user"));
+    settle(5);
+    /* the peer sends what the user does not read yet: the stream holds it */
+    std::string b;
+    for (int i = 0; i < 12; i++)
+        b += frame(FT_DATA, 0, sid, std::string(16384, 'd'));
+    write_all(p.fds[1], b);
+    REQUIRE(run_until([&] { return s->rx.data > 150 * 1024; }));
+    /* the user sends: the relay fills tx (the peer never reads) */
+    std::string up_bytes(64 * 1024, 'u');
+    for (int i = 0; i < 100 && ring_room(&p.t->txr) > FRAME_HDR + 8 + 16 * 1024; i++) {
+        ssize_t w = write(u[1], up_bytes.data(), up_bytes.size());
+        (void)w;
+        settle(3);
+    }
+    p.pad_overflow(1024 * 1024 - 12);
+    /* the user reads: the relay drains the stream and returns credit; that
+     * WINDOW overflows inside the relay's pass (it crashed on a stream the
+     * close had taken from under it) */
+    char rb[65536];
+    for (int i = 0; i < 200 && !p.o.down; i++) {
+        while (read(u[1], rb, sizeof rb) > 0) {
+        }
+        settle(2);
+    }
+    CHECK(p.o.down);
+    CHECK(p.o.why == "peer does not read: control frames overflow");
+    /* the relay closed its socket: the user sees the end */
+    REQUIRE(run_until([&] { return read(u[1], rb, sizeof rb) == 0; }));
+    close(u[1]);
 }
