@@ -13,15 +13,17 @@
  * more than its credit. The receiver returns credit as its end consumes,
  * once a quarter of the window has been consumed, and grows the window
  * (doubling, up to max_window, while the tunnel's windows stay under
- * tunnel_buffer) when the sender ran out of credit while the stream's buffer
+ * tunnel_buffer with room left for the first windows of the streams still
+ * to come) when the sender ran out of credit while the stream's buffer
  * was nearly empty: then the window, not the reader, was the bottleneck.
  * A stalled reader therefore stops only its own stream, and holds at most
  * its window.
  *
  * Reasons to stop work are named flags: TX_FULL (no room in tx: streams
  * queue on tx_waiters), NO_CREDIT (stream_send_room() == 0: the end hears
- * on_writable()), RX_PAUSED (streams hold more than tunnel_buffer: the
- * tunnel stops reading until they drain below half).
+ * on_writable()), RX_PAUSED (streams hold more than both tunnel_buffer
+ * and the credit given, which only an accounting bug could cause: the
+ * tunnel stops reading until they drain below half of tunnel_buffer).
  */
 #ifndef WMPROXY_MUX_H
 #define WMPROXY_MUX_H

@@ -257,6 +257,36 @@ void stream_close(stream *s)
 
 /* ---- receiving, per stream ---- */
 
+/*
+ * The window every stream starts with, as HELLO announces it: small enough
+ * that the initial windows of max_streams streams take at most half of
+ * tunnel_buffer. Windows grow (top_up, give_credit) into the rest, always
+ * leaving room for the initial windows of the streams max_streams still
+ * allows (up to half of tunnel_buffer). So the credit we hand out never
+ * commits more than tunnel_buffer, and a tunnel full of slow readers stalls
+ * only them. The protocol's 4 KiB minimum breaks that only where
+ * tunnel_buffer is under 8 KiB x max_streams: there each stream may still
+ * hold its 4 KiB.
+ */
+static uint32_t initial_window(const tunnel *t)
+{
+    uint64_t w = t->cf.tunnel_buffer / (2 * (uint64_t)(t->cf.max_streams ? t->cf.max_streams : 1));
+    if (w < 4096)
+        w = 4096;
+    return w < t->cf.window ? (uint32_t)w : t->cf.window;
+}
+
+/* Whether the windows may grow by more bytes (see initial_window). */
+static bool may_grow(const tunnel *t, uint64_t more)
+{
+    uint64_t n = t->streams.size(), reserve = 0;
+    if (n < t->cf.max_streams)
+        reserve = (t->cf.max_streams - n) * (uint64_t)initial_window(t);
+    if (reserve > t->cf.tunnel_buffer / 2)
+        reserve = t->cf.tunnel_buffer / 2;
+    return t->windows_sum + more + reserve <= t->cf.tunnel_buffer;
+}
+
 /* Return consumed credit to the sender; grow the window when the sender
  * starved while we were keeping up. */
 static void give_credit(stream *s, bool force)
@@ -269,7 +299,7 @@ static void give_credit(stream *s, bool force)
     uint32_t inc = s->rx_consumed;
     if (s->rx_starved && s->rx.data < s->rx_window / 4 && s->rx_window < t->cf.max_window) {
         uint32_t grow = min32(s->rx_window, t->cf.max_window - s->rx_window);
-        if (t->windows_sum + grow <= t->cf.tunnel_buffer) {
+        if (may_grow(t, grow)) {
             s->rx_window += grow;
             t->windows_sum += grow;
             inc += grow;
@@ -348,7 +378,10 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
             skip = 0;
         }
         t->rx_buffered += len - took;
-        if (t->rx_buffered > t->cf.tunnel_buffer)
+        /* credit bounds what streams hold (4 KiB a stream may pass
+         * tunnel_buffer, see initial_window): more is an accounting bug,
+         * and the tunnel stops reading rather than grow */
+        if (t->rx_buffered > t->cf.tunnel_buffer && t->rx_buffered > t->windows_sum)
             t->rx_paused = true;
     }
     /* The peer used up its credit while we hold little of it: the credit
@@ -377,28 +410,13 @@ static void wake_stream(void *arg)
         s->end->on_writable();
 }
 
-/*
- * The window every stream starts with, as HELLO announces it: small
- * enough that max_streams of them fit in tunnel_buffer, so the credit we
- * hand out can never commit more memory than tunnel_buffer (a tunnel full
- * of slow readers stalls only them). top_up() then raises a new stream to
- * the configured window while the budget allows.
- */
-static uint32_t initial_window(const tunnel *t)
-{
-    uint64_t w = t->cf.tunnel_buffer / (t->cf.max_streams ? t->cf.max_streams : 1);
-    if (w < 4096)
-        w = 4096;
-    return w < t->cf.window ? (uint32_t)w : t->cf.window;
-}
-
 static void top_up(stream *s)
 {
     tunnel *t = s->t;
     if (s->rx_window >= t->cf.window)
         return;
     uint32_t more = t->cf.window - s->rx_window;
-    if (t->windows_sum + more > t->cf.tunnel_buffer)
+    if (!may_grow(t, more))
         return;   /* busy tunnel: this one grows when it needs to (give_credit) */
     s->rx_window += more;
     s->rx_avail += more;

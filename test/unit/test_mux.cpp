@@ -151,14 +151,14 @@ struct pair {
     test_owner so, co;
     tunnel *srv = nullptr, *cli = nullptr;
 
-    pair()
+    explicit pair(const tunnel_conf &base = tunnel_conf())
     {
         up();
         REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
         int big = 4 << 20;
         setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
         setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-        tunnel_conf sc, cc;
+        tunnel_conf sc = base, cc = base;
         sc.is_server = true;
         srv = tunnel_new(plain_transport_new(fds[0]), sc, &so, "test-server");
         cli = tunnel_new(plain_transport_new(fds[1]), cc, &co, "test-client");
@@ -373,7 +373,7 @@ static void send_until_held(stream *s, stream *peer, size_t n, size_t held)
  * that lags. */
 struct lag_pair : pair {
     lagging_end sink, src;
-    lag_pair() { co.accept = &sink; }
+    explicit lag_pair(const tunnel_conf &base = tunnel_conf()) : pair(base) { co.accept = &sink; }
     /* Open a stream and send n bytes its lagging end leaves in the client's
      * stream (*c). Returns the server's side. */
     stream *open(size_t n, stream **c)
@@ -635,4 +635,54 @@ TEST_CASE("mux: a relay whose drain sends the WINDOW that overflows goes on, the
     /* the relay closed its socket: the user sees the end */
     REQUIRE(run_until([&] { return read(u[1], rb, sizeof rb) == 0; }));
     close(u[1]);
+}
+
+/* Open k streams whose client ends lag and fill each to its window. */
+static std::vector<stream *> fill_lagging(lag_pair &p, int k)
+{
+    std::vector<stream *> cs;
+    for (int i = 0; i < k; i++) {
+        stream *c;
+        stream *s = p.open(0, &c);
+        send_until_held(s, c, c->rx_window, c->rx_window);
+        cs.push_back(c);
+    }
+    return cs;
+}
+
+TEST_CASE("mux: streams that lag hold at most tunnel_buffer in all, grown windows included, and stop only themselves")
+{
+    /* 16 streams of 8 KiB take half of 256 KiB; the first grow to 64 KiB
+     * into the rest, keeping room for the streams still to come (before,
+     * the first four took all of it and twelve more 16 KiB went on top:
+     * 448 KiB held, and the whole tunnel paused) */
+    tunnel_conf c;
+    c.tunnel_buffer = 256 * 1024;
+    c.max_streams = 16;
+    c.window = 64 * 1024;
+    c.max_window = 128 * 1024;
+    lag_pair p(c);
+    std::vector<stream *> cs = fill_lagging(p, 16);
+    CHECK(cs[0]->rx_window == 64 * 1024);
+    CHECK(cs[15]->rx_window == 8 * 1024);
+    CHECK(p.cli->windows_sum <= c.tunnel_buffer);
+    CHECK(p.cli->rx_buffered == p.cli->windows_sum);
+    CHECK_FALSE(p.cli->rx_paused);
+}
+
+TEST_CASE("mux: where max_streams x 8 KiB passes tunnel_buffer, streams at the 4 KiB minimum window still stop only themselves")
+{
+    tunnel_conf c;
+    c.tunnel_buffer = 64 * 1024;
+    c.max_streams = 64;
+    c.window = c.max_window = 64 * 1024;
+    lag_pair p(c);
+    std::vector<stream *> cs = fill_lagging(p, 40);
+    CHECK(p.cli->rx_buffered == 40 * 4096);   /* over tunnel_buffer: the protocol's floor */
+    CHECK_FALSE(p.cli->rx_paused);
+    /* the tunnel still reads: one more stream gets its bytes through */
+    stream *cl;
+    p.open(4096, &cl);
+    CHECK(cl->rx.data == 4096);
+    CHECK_FALSE(p.cli->rx_paused);
 }
