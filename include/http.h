@@ -68,6 +68,12 @@ bool http_is_field_value(http_str s);
  * letters, digits and -._:[] only. The configuration and the server, when
  * a client registers the mapping, judge with these same three. */
 bool http_is_host_rule(http_str s);
+/* Whether a header rule may name this field: a token, and not one the
+ * proxy frames or manages the connection with (Host - the host rule sets
+ * it -, Content-Length, Transfer-Encoding, Connection, Keep-Alive,
+ * Proxy-Connection, TE, Upgrade): a rule there would make the service
+ * read another message than the one forwarded. */
+bool http_is_rule_name(http_str name);
 
 /* The fields the framing and the hop-by-hop rules look at, told apart once
  * by the parser (http_header_id()) rather than by name at every use. */

@@ -644,6 +644,9 @@ static int set_header_rule(parse_state *ps, const char *k, const char *v,
         bool ok = http_is_token(http_sstr(name));
         if (!ok)
             why = "a header name is letters, digits and !#$%&'*+-.^_`|~";
+        else if (!(ok = http_is_rule_name(http_sstr(name))))
+            why = "Host (set it with host), Content-Length, Transfer-Encoding, Connection, Keep-Alive, "
+                  "Proxy-Connection, TE and Upgrade are the proxy's own";
         /* a control byte in a value could split the header in two */
         if (ok && !http_is_field_value(http_sstr(value))) {
             why = "control characters are not allowed";

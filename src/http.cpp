@@ -106,6 +106,12 @@ bool http_is_field_value(http_str s)
     return true;
 }
 
+bool http_is_rule_name(http_str name)
+{
+    int id = http_header_id(name);
+    return http_is_token(name) && (id == HTTP_F_OTHER || id == HTTP_F_EXPECT);
+}
+
 bool http_is_host_rule(http_str s)
 {
     for (size_t i = 0; i < s.n; i++) {

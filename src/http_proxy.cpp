@@ -110,7 +110,7 @@ static bool parse_rules(route *r, const std::string &rules, std::string *why)
         std::string name = rest.substr(0, colon), value = rest.substr(colon + 1);
         while (!value.empty() && (value[0] == ' ' || value[0] == '\t'))
             value.erase(0, 1);
-        if (!http_is_token(http_sstr(name)) || !http_is_field_value(http_sstr(value))) {
+        if (!http_is_rule_name(http_sstr(name)) || !http_is_field_value(http_sstr(value))) {
             *why = "bad header rule";
             return false;
         }

@@ -425,7 +425,7 @@ def hostile_tunnel_frames(ctx):
     p = Peer(sc.tport)
     p.handshake()
     bad = (b"S X-A: v\rInjected: 1\n", b"Q X\0Y: 1\n", b"Q Bad Name: 1\n", b"S X-B: \x7f\n", b"H evil.test\r\n",
-           b"H a b\n", b"H a\0b\n")
+           b"H a b\n", b"H a\0b\n", b"Q Content-Length: 0\n", b"S Transfer-Encoding:\n", b"Q Host: other\n")
     for i, rules in enumerate(bad + (b"H ok.test:8080\nQ X-Ok: 1\nS X-Good: yes, \tall\n",)):
         p.send(frame(REGISTER, register(mode=1, name=b"rules%d" % i, domains=b"rules%d.test" % i, rules=rules)))
         _, _, _, pl = p.expect(REGISTERED, sid=0)

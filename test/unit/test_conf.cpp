@@ -760,6 +760,15 @@ TEST_CASE("bad mapping values")
           "x.ini:7: bad header 'Bad Name: x' for response_header: a header name is letters, "
           "digits and !#$%&'*+-.^_`|~");
     CHECK(load(http + "domain = a\nrequest_header = : x\n").find("x.ini:7: bad header") == 0);
+    for (const char *f : {"Host: x", "content-length: 0", "Transfer-Encoding:", "Connection: close",
+                          "Keep-Alive: 1", "Proxy-Connection: x", "TE: trailers", "Upgrade: h2c"}) {
+        INFO(f);
+        CHECK(load(http + "domain = a\nresponse_header = " + f + "\n") ==
+              std::string("x.ini:7: bad header '") + f + "' for response_header: Host (set it with host), "
+              "Content-Length, Transfer-Encoding, Connection, Keep-Alive, Proxy-Connection, TE and Upgrade "
+              "are the proxy's own");
+    }
+    CHECK(load(http + "domain = a\nrequest_header = Expect:\n") == "");
     CHECK(load(http + "domain = a\nrequest_header = X: a\x01" "b\n") ==
           "x.ini:7: bad header 'X: a?b' for request_header: control characters are not "
           "allowed");
