@@ -324,7 +324,7 @@ void stream_rx_consume(stream *s, size_t n)
     ring_consume(&s->rx, n);
     t->rx_buffered -= n;
     s->rx_consumed += (uint32_t)n;
-    if (s->rx.data == 0) {
+    if (s->rx.data == 0 && s->rx.area) {
         s->rx_last = s->rx.size;
         rx_release(s);   /* idle streams hold no buffers */
     }
