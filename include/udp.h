@@ -22,8 +22,10 @@ struct udp_port;
 udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, std::string *err);
 /* Server: close the socket and forget its flows. */
 void udp_port_close(udp_port *u);
-/* Server: a reply from the client for flow: send it to the flow's sender. */
-void udp_port_reply(uint32_t flow, const uint8_t *p, size_t len);
+/* Server: a reply from tunnel t for flow of its mapping idx: send it to the
+ * flow's sender. A flow of another tunnel or mapping is not t's to answer:
+ * dropped. */
+void udp_port_reply(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len);
 
 /* Client: a datagram of flow for a mapping whose local_addr is local. */
 void udp_flow_dgram(tunnel *t, uint32_t flow, uint32_t idx, const sockaddr_buf &local, uint32_t timeout_ms,

@@ -96,9 +96,9 @@ struct server : tunnel_owner {
     void on_registered(tunnel *, uint32_t, uint8_t, const std::string &) override {}
     void on_unregister(tunnel *t, uint32_t idx) override;
     void on_open(tunnel *t, stream *s, const open_msg &m) override;
-    void on_dgram(tunnel *, uint32_t flow, uint32_t, const uint8_t *p, size_t len) override
+    void on_dgram(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len) override
     {
-        udp_port_reply(flow, p, len);
+        udp_port_reply(t, flow, idx, p, len);
     }
     void on_down(tunnel *t, const char *why, bool auth_failure) override;
 };

@@ -195,12 +195,16 @@ void udp_port_close(udp_port *u)
     delete u;
 }
 
-void udp_port_reply(uint32_t flow, const uint8_t *p, size_t len)
+void udp_port_reply(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len)
 {
     auto it = sflows.find(flow);
     if (it == sflows.end())
         return;   /* forgotten already: the reply has no one to go to */
     sflow *f = it->second;
+    if (f->port->t != t || f->port->idx != idx) {
+        log_debug("udp flow %u: a reply from another tunnel or mapping dropped", flow);
+        return;
+    }
     f->last_seen = now_ms();
     /* a full socket buffer drops the datagram, as the network would */
     sendto(f->port->fd, p, len, 0, f->peer.sa(), f->peer.len);

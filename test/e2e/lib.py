@@ -587,3 +587,70 @@ def log_lines(text, pattern):
     """The match objects of pattern, line by line, in order."""
     rx = re.compile(pattern)
     return [m for m in (rx.search(l) for l in text.splitlines()) if m]
+
+
+# ---- UDP mappings (test_udp, test_hostile) ----
+
+def udp_mapping(name, local_port, remote_port=None, extra=""):
+    s = "[mapping %s]\nmode = udp\nlocal_addr = 127.0.0.1:%d\n" % (name, local_port)
+    if remote_port:
+        s += "remote_port = %d\n" % remote_port
+    return s + extra
+
+
+class UdpEcho:
+    """A UDP echo service on 127.0.0.1: every datagram goes back to its
+    sender unchanged. Remembers the source addresses it saw."""
+
+    def __init__(self, ctx):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.peers = set()
+        self.count = 0
+        serve_in_thread(ctx, self.sock, self._loop)
+
+    def _loop(self):
+        while True:
+            try:
+                d, a = self.sock.recvfrom(65536)
+                if a is None:
+                    return   # shut down: the test is over
+                self.peers.add(a)
+                self.count += 1
+                self.sock.sendto(d, a)
+            except OSError:
+                return
+
+
+def user_socket(host="127.0.0.1", timeout=10):
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    u.bind((host, 0))
+    u.settimeout(timeout)
+    return u
+
+
+def roundtrip(port, payload, host="127.0.0.1", tries=3):
+    """Send payload from a fresh socket and wait for it to come back; a
+    datagram may be dropped, so up to `tries` attempts of 3 s."""
+    u = user_socket(host, 3)
+    try:
+        for _ in range(tries):
+            u.sendto(payload, (host, port))
+            try:
+                d = u.recv(65536)
+                return d
+            except socket.timeout:
+                continue
+        raise AssertionError("no answer to a %d-byte datagram from %s after %d tries" % (len(payload), host, tries))
+    finally:
+        u.close()
+
+
+def wait_udp_up(port, host="127.0.0.1"):
+    """The mapping is registered and the client resolved local_addr: a
+    datagram makes the round trip."""
+    assert roundtrip(port, b"hello", host, tries=10) == b"hello"

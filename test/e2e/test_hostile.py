@@ -20,8 +20,9 @@ import threading
 import time
 
 import lib
-from lib import (Daemon, TcpServer, client_ini, connect, echo_handler, echo_once, free_port, http_page_handler,
-                 recv_all, server_ini, tcp_mapping, test, wait_until)
+from lib import (Daemon, TcpServer, UdpEcho, client_ini, connect, echo_handler, echo_once, free_port,
+                 http_page_handler, recv_all, server_ini, tcp_mapping, test, udp_mapping, user_socket, wait_udp_up,
+                 wait_until)
 
 TOKEN = "s3cret-TOKEN-4f9c2b7e"
 WRONG = "wrong-TOKEN-8d1a6e30"
@@ -717,3 +718,41 @@ def hostile_status_off_loopback_warns(ctx):
         warned = re.search(r"WARN .*status_addr.*(loopback|%s)" % re.escape(host), log)
         assert bool(warned) == want, "status_addr = %s:%d: %s\n%s" % (
             host, sport, "no warning" if want else "a warning on loopback", log)
+
+
+@test(timeout=60)
+def hostile_dgram_for_another_clients_flow(ctx):
+    """A tunnel client may answer only its own UDP flows: a DGRAM naming
+    another client's flow (ids are easy to guess) reaches nobody, and the
+    owner's own replies still do."""
+    echo = UdpEcho(ctx)
+    pub, tport = free_port(), free_port()
+    s = Daemon(ctx, "server", server_ini(tport, "token = %s\nmap_udp_bind = 127.0.0.1:%d\nlog_level = debug\n"
+                                          % (TOKEN, pub), tls=False)).start()
+    s.wait_log("listening for tunnels")
+    c = Daemon(ctx, "client", client_ini(tport, "token = %s\n" % TOKEN, udp_mapping("echo", echo.port),
+                                          tls=False)).start()
+    c.wait_log("mapping registered name=echo")
+    wait_udp_up(pub)
+    u = user_socket(timeout=2)
+    u.sendto(b"victim", ("127.0.0.1", pub))
+    assert u.recv(100) == b"victim"
+    flows = re.findall(r"udp flow (\d+) from 127\.0\.0\.1:%d\b" % u.getsockname()[1], s.text())
+    assert flows, s.text()
+    # another client (it knows the token) claims that flow, for mapping 0 as the owner's
+    p = Peer(tport)
+    p.handshake()
+    p.send(frame(DGRAM, struct.pack(">I", 0) + b"INJECTED", sid=int(flows[-1])))
+    s.wait_log(r"udp flow %s: a reply from another tunnel or mapping dropped" % flows[-1])
+    try:
+        got = u.recv(100)
+    except socket.timeout:
+        got = None
+    assert got != b"INJECTED", "another client's DGRAM reached the user"
+    # the owner's replies still arrive
+    u.sendto(b"again", ("127.0.0.1", pub))
+    assert u.recv(100) == b"again"
+    p.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
