@@ -26,6 +26,9 @@ struct tls_server_opts {
     std::string client_ca;      /* non-empty: client certificates required */
     const char *alpn = nullptr; /* e.g. "http/1.1", or none */
     std::string self_signed_cn = "wmproxyd";
+    /* Empty certs and this set: the certificate and key generated for this
+     * context instead of new ones (a reload keeps clients' pins valid). */
+    const tls_ctx *keep_generated = nullptr;
 };
 
 struct tls_client_opts {
@@ -38,6 +41,8 @@ struct tls_client_opts {
 /* Returns a context, or nullptr with *err set ("cert /x.pem: no such file"). */
 tls_ctx *tls_server_ctx_new(const tls_server_opts &o, std::string *err);
 tls_ctx *tls_client_ctx_new(const tls_client_opts &o, std::string *err);
+/* Let go of the owner's reference: the context goes once no connection made
+ * from it is left (a reload retires a context while its sessions go on). */
 void tls_ctx_free(tls_ctx *c);
 /* "AB:CD:..." SHA-256 of the default certificate (server contexts). */
 std::string tls_ctx_fingerprint(const tls_ctx *c);

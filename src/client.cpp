@@ -258,6 +258,10 @@ void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::st
 
 void client::on_open(tunnel *, stream *s, const open_msg &m)
 {
+    if (state == CS_STOPPED) {
+        log_info("stream %u refused: stopping gracefully", s->sid);
+        return stream_reset(s, RST_REFUSED);
+    }
     if (m.mapping >= cf.mappings.size() || cf.mappings[m.mapping].mode == MODE_UDP ||
         cf.mappings[m.mapping].removed) {
         log_warn("stream %u for unknown mapping %u", s->sid, m.mapping);
@@ -502,11 +506,14 @@ int client_reload(const conf &nc, std::string *err)
     cl->cf.mappings = next;
     cl->tcf = tunnel_conf_of(nc, false);
     memcpy(cl->tcf.client_id, id, sizeof id);
+    /* before a reconnect too: a udp mapping is registered on the new tunnel */
+    for (size_t i : to_register) {
+        resolve_udp(i);
+        warn_open_proxy(next[i]);
+    }
     if (retunnel) {
-        /* the old context may still drive the live tunnel: keep it */
-        static std::vector<tls_ctx *> retired;
-        if (cl->tls)
-            retired.push_back(cl->tls);
+        /* the old context lives on while the live tunnel uses it */
+        tls_ctx_free(cl->tls);
         cl->tls = ntls;
         log_info("reload: the server or its TLS settings changed, reconnecting");
         if (cl->t)
@@ -520,10 +527,6 @@ int client_reload(const conf &nc, std::string *err)
     }
     for (size_t i : to_unregister)
         log_info("mapping %s dropped by the reload", next[i].name.c_str());
-    for (size_t i : to_register) {
-        resolve_udp(i);
-        warn_open_proxy(next[i]);
-    }
     if (cl->t && cl->t->state == TS_READY) {
         for (size_t i : to_unregister)
             tunnel_unregister(cl->t, (uint32_t)i);

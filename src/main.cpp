@@ -91,6 +91,11 @@ static void on_signal(int signo, void *)
     case SIGHUP: {
         conf next;
         std::string err;
+        if (draining) {
+            /* a reload would open the listeners QUIT closed */
+            log_warn("reload ignored: stopping gracefully");
+            break;
+        }
         if (conf_load(cf.path.c_str(), &next, &err) < 0) {
             log_error("reload failed, keeping the running configuration: %s", err.c_str());
             break;

@@ -78,7 +78,7 @@ struct server : tunnel_owner {
     tunnel_conf tcf;
     tls_ctx *tls = nullptr;
     tls_ctx *https_tls = nullptr;           /* map_cert/map_key, by SNI */
-    std::vector<tls_ctx *> retired;         /* replaced by a reload; live sessions may use them */
+    bool draining = false;                  /* stopping (QUIT): no new connections or streams */
     listener *tunnel_l = nullptr;
     listener *tcp_l = nullptr;              /* map_tcp_bind */
     listener *proxy_l = nullptr;            /* map_proxy_bind */
@@ -568,8 +568,12 @@ static void release(tunnel *t, const reg &r)
     } else if (r.m.mode == MODE_TCP || r.m.mode == MODE_PROXY) {
         auto it = srv->owners.find(r.port);
         if (it != srv->owners.end() && it->second.t == t) {
-            if (it->second.l)
-                defer_delete(it->second.l);   /* its port is free again */
+            if (it->second.l) {
+                /* the port is free at once: a changed mapping registers it
+                 * again in the same pass (UNREGISTER, then REGISTER) */
+                acceptor_stop(it->second.l);
+                defer_delete(it->second.l);
+            }
             srv->owners.erase(it);
         }
     }
@@ -602,6 +606,10 @@ void server::on_open(tunnel *t, stream *s, const open_msg &)
 {
     /* a stream the client opens carries a user of its local bind_addr:
      * serve it as a forward proxy, under this server's flag */
+    if (draining) {
+        log_info("proxy stream from %s refused: stopping gracefully", t->peer.c_str());
+        return stream_reset(s, RST_REFUSED);
+    }
     if (!cf.flag) {
         log_info("proxy stream from %s refused: flag allows no forward proxy", t->peer.c_str());
         return stream_reset(s, RST_NOMAPPING);
@@ -919,6 +927,8 @@ static int build_parts(const conf &cf, const server *old, server_parts *p, std::
             tls_server_opts o;
             if (!cf.cert.empty())
                 o.certs.push_back({cf.cert, cf.key});
+            else if (old && old->tls && oc->cert.empty())
+                o.keep_generated = old->tls;   /* only client_ca changed */
             o.client_ca = cf.client_ca;
             p->tls = tls_server_ctx_new(o, err);
             if (!p->tls)
@@ -999,12 +1009,11 @@ static void move_owner(listener *from, listener *to)
 
 static void apply_parts(const server_parts &p)
 {
-    if (p.new_tls && srv->tls)
-        srv->retired.push_back(srv->tls);
-    if (p.new_https_tls && srv->https_tls)
-        srv->retired.push_back(srv->https_tls);
-    if (!p.tls && srv->tls && !p.new_tls)
-        srv->retired.push_back(srv->tls);
+    /* a replaced context lives on while its sessions do (tls_ctx_free) */
+    if ((p.new_tls || !p.tls) && srv->tls)
+        tls_ctx_free(srv->tls);
+    if ((p.new_https_tls || !p.https_tls) && srv->https_tls)
+        tls_ctx_free(srv->https_tls);
     srv->tls = p.tls;
     srv->https_tls = p.https_tls;
     move_owner(srv->tcp_l, p.tcp_l);
@@ -1092,6 +1101,7 @@ void server_stop(bool drain)
     srv->uowners.clear();
     http_stop(drain);
     proxy_stop(drain);
+    srv->draining = true;   /* no new streams either */
     if (drain)
         return;
     std::set<tunnel *> ts = srv->tunnels;

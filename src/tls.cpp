@@ -36,6 +36,7 @@ enum {
 };
 
 struct tls_ctx {
+    int refs = 1;                   /* its owner's, and one per connection made from it */
     SSL_CTX *ssl = nullptr;
     bool server = false;
     std::string pin;                /* client: 32 raw bytes, or empty */
@@ -44,6 +45,7 @@ struct tls_ctx {
 };
 
 struct tls_conn {
+    tls_ctx *ctx = nullptr;         /* a reference: its callbacks' data lives as long */
     SSL *ssl = nullptr;
     BIO *rbio = nullptr;            /* peer's ciphertext, waiting for OpenSSL: in */
     BIO *wbio = nullptr;            /* OpenSSL's ciphertext, waiting for the peer: out */
@@ -331,7 +333,13 @@ tls_ctx *tls_server_ctx_new(const tls_server_opts &o, std::string *err)
     SSL_CTX_set_session_id_context(s, sid, sizeof sid - 1);
     SSL_CTX_sess_set_cache_size(s, 1024);     /* bounded: low-memory hosts */
 
-    if (o.certs.empty()) {
+    if (o.certs.empty() && o.keep_generated) {
+        if (SSL_CTX_use_cert_and_key(s, SSL_CTX_get0_certificate(o.keep_generated->ssl),
+                                     SSL_CTX_get0_privatekey(o.keep_generated->ssl), nullptr, 1) != 1) {
+            *err = "generated certificate: " + ossl_reason();
+            goto fail;
+        }
+    } else if (o.certs.empty()) {
         if (!self_signed(s, o.self_signed_cn, err))
             goto fail;
     }
@@ -424,7 +432,7 @@ fail:
 
 void tls_ctx_free(tls_ctx *c)
 {
-    if (!c)
+    if (!c || --c->refs > 0)
         return;
     for (SSL_CTX *h : c->sni)
         SSL_CTX_free(h);
@@ -543,6 +551,8 @@ tls_conn *tls_conn_new(tls_ctx *c, bool is_server, const char *server_name)
     /* an empty rbio means "wait for more", never end of stream (default -1) */
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     SSL_set_app_data(t->ssl, t);
+    t->ctx = c;
+    c->refs++;
     if (is_server) {
         SSL_set_accept_state(t->ssl);
         return t;
@@ -574,6 +584,7 @@ void tls_conn_free(tls_conn *t)
     SSL_free(t->ssl);   /* frees both BIOs */
     ring_free(&t->in);
     ring_free(&t->out);
+    tls_ctx_free(t->ctx);
     delete t;
 }
 

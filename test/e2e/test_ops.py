@@ -454,6 +454,66 @@ def quit_drains_streams(ctx):
 
 
 @test(timeout=60)
+def quit_refuses_new_streams_and_reloads(ctx):
+    """While the server drains after QUIT: a HUP does not open the listeners
+    again (it is logged and ignored), and a stream a client opens for its
+    bind_addr proxy user is refused, while the held stream carries on."""
+    echo = TcpServer(ctx, echo_handler)
+    pub, cb = free_port(), free_port()
+    s, c, tport = start_pair(ctx, tcp_mapping("echo", echo.port),
+                             server_extra="map_tcp_bind = 127.0.0.1:%d\nflag = http\nshutdown_timeout = 20s\n" % pub,
+                             client_extra="bind_addr = 127.0.0.1:%d\n" % cb)
+    held = connect(pub)
+    held.sendall(b"a")
+    assert held.recv(10) == b"a"
+    s.signal(signal.SIGQUIT)
+    s.wait_log(r"stopping gracefully")
+    wait_until(lambda: refused(pub) and refused(tport), 5, "the listeners to close after QUIT")
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"reload ignored: stopping gracefully")
+    assert refused(tport) and refused(pub), "a reload during the drain opened the listeners again"
+    k = connect(cb)
+    k.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo.port)
+    try:
+        got = recv_all(k)       # closed, or reset: refused either way
+    except ConnectionResetError:
+        got = b""
+    k.close()
+    assert not got.startswith(b"HTTP/1.1 200"), got
+    s.wait_log(r"proxy stream from \S+ refused: stopping gracefully")
+    held.sendall(b"b")
+    assert held.recv(10) == b"b"
+    held.close()
+    assert s.proc.wait(10) == 0
+    assert c.stop() == 0
+
+
+@test(timeout=60)
+def reload_client_changes_remote_port_mapping(ctx):
+    """A reload that changes a mapping with remote_port (another
+    local_addr): the server frees the port as it unregisters the old one,
+    so the new one gets it in the same breath and the port serves the new
+    local_addr."""
+    e1 = TcpServer(ctx, lambda conn: conn.sendall(b"one"))
+    e2 = TcpServer(ctx, lambda conn: conn.sendall(b"two"))
+    rp = free_port()
+    s, c, tport = start_pair(ctx, tcp_mapping("m", e1.port, rp), server_extra="allow_ports = %d\n" % rp)
+    k = connect(rp)
+    assert recv_all(k) == b"one"
+    k.close()
+    with open(c.conf, "w") as f:
+        f.write(client_ini(tport, "", tcp_mapping("m", e2.port, rp)))
+    c.signal(signal.SIGHUP)
+    c.wait_log(r"mapping (registered|rejected) name=m", count=2, timeout=10)
+    assert "rejected" not in c.text(), c.text()
+    k = connect(rp)
+    assert recv_all(k) == b"two"
+    k.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def quit_stuck_stream_times_out(ctx):
     """QUIT with a stream that never ends: the daemon exits 0 after
     shutdown_timeout (2s), closing it."""

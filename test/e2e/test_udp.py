@@ -115,6 +115,25 @@ def udp_twenty_senders_remote_port(ctx):
     twenty_senders(ctx, via_remote_port=True)
 
 
+@test(timeout=60)
+def udp_mapping_added_by_a_reload_that_reconnects(ctx):
+    """A client reload that both reconnects (a TLS setting changed) and adds
+    a udp mapping: the new mapping answers on the new tunnel (its local_addr
+    was never resolved when the reload reconnected)."""
+    echo = UdpEcho(ctx)
+    pub = free_port()
+    s, c, tport = start_pair(ctx, "", server_extra="map_udp_bind = 127.0.0.1:%d\n" % pub,
+                             client_extra="verify = true\n")
+    with open(c.conf, "w") as f:
+        f.write(client_ini(tport, "verify = false\n", udp_mapping("echo", echo.port)))
+    c.signal(signal.SIGHUP)
+    c.wait_log(r"reconnecting")
+    c.wait_log(r"mapping registered name=echo", timeout=15)
+    assert roundtrip(pub, b"hello", tries=3) == b"hello"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 @test(timeout=30)
 def udp_remote_port_not_allowed(ctx):
     """A udp remote_port outside allow_ports is rejected, with the reason;
