@@ -39,6 +39,7 @@ struct client : tunnel_owner, io_handler {
     timer retry, connect_timer;
     unsigned attempts = 0;
     std::vector<sockaddr_buf> udp_local;   /* resolved local_addr of udp mappings */
+    std::vector<uint64_t> udp_retry;       /* a lookup failed: the next may start then (0: one runs) */
     unsigned attempt_addr = 0;             /* which address of server this attempt takes */
     std::vector<uint32_t> rejected;        /* registrations to try again */
     timer reg_retry;
@@ -53,6 +54,7 @@ struct client : tunnel_owner, io_handler {
 };
 
 static client *cl;
+static void resolve_udp(size_t i);
 
 /* The client's bind_addr: a local forward-proxy listener whose users go
  * through the tunnel; the server serves them under its own flag. */
@@ -299,8 +301,14 @@ void client::on_open(tunnel *, stream *s, const open_msg &m)
 void client::on_dgram(tunnel *tn, uint32_t flow, uint32_t idx, const uint8_t *p, size_t len)
 {
     if (idx >= cf.mappings.size() || cf.mappings[idx].mode != MODE_UDP || cf.mappings[idx].removed ||
-        idx >= udp_local.size() || udp_local[idx].len == 0)
-        return;   /* not (yet) resolved: dropped, as a datagram may be */
+        idx >= udp_local.size())
+        return;
+    if (udp_local[idx].len == 0) {
+        /* not (yet) resolved: dropped, as a datagram may be */
+        if (udp_retry[idx] && now_ms() >= udp_retry[idx])
+            resolve_udp(idx);
+        return;
+    }
     udp_flow_dgram(tn, flow, idx, udp_local[idx], cf.mappings[idx].udp_timeout_ms, p, len);
 }
 
@@ -333,22 +341,32 @@ static tls_ctx *client_tls(const conf &cf, std::string *err)
     return tls_client_ctx_new(o, err);
 }
 
-/* udp mappings need their local_addr before the first datagram */
+/* udp mappings need their local_addr before the first datagram; a lookup
+ * that failed (DNS not up yet at boot) is tried again when a datagram
+ * comes, at most once per UDP_RESOLVE_RETRY_MS */
+#define UDP_RESOLVE_RETRY_MS 5000
+
 static void resolve_udp(size_t i)
 {
     const mapping_conf &mc = cl->cf.mappings[i];
-    if (cl->udp_local.size() < cl->cf.mappings.size())
+    if (cl->udp_local.size() < cl->cf.mappings.size()) {
         cl->udp_local.resize(cl->cf.mappings.size());
+        cl->udp_retry.resize(cl->cf.mappings.size());
+    }
     if (mc.mode != MODE_UDP || mc.removed)
         return;
+    cl->udp_retry[i] = 0;
     resolve_start(mc.local_addr.host, mc.local_addr.port,
                   [](void *arg, int status, const addr_list *l, const char *e) {
                       size_t idx = (size_t)(uintptr_t)arg;
-                      if (status == 0)
+                      if (status == 0) {
                           cl->udp_local[idx] = l->a[0];
-                      else
-                          log_error("mapping %s: resolve %s: %s", cl->cf.mappings[idx].name.c_str(),
-                                    cl->cf.mappings[idx].local_addr.text().c_str(), e);
+                          return;
+                      }
+                      cl->udp_retry[idx] = now_ms() + UDP_RESOLVE_RETRY_MS;
+                      log_error("mapping %s: resolve %s: %s (again on a datagram after %ds)",
+                                cl->cf.mappings[idx].name.c_str(), cl->cf.mappings[idx].local_addr.text().c_str(),
+                                e, UDP_RESOLVE_RETRY_MS / 1000);
                   },
                   (void *)(uintptr_t)i);
 }

@@ -12,8 +12,8 @@ import sys
 import threading
 import time
 
-from lib import (WMPROXYD_REL, Skip, TcpServer, UdpEcho, client_ini, free_port, free_port_all, have_ipv6, log_lines,
-                 roundtrip, start_pair, tcp_mapping, test, udp_mapping, user_socket, wait_udp_up, wait_until)
+from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, UdpEcho, client_ini, free_port, free_port_all,
+                 have_ipv6, log_lines, roundtrip, run, server_ini, start_pair, tcp_mapping, test, udp_mapping, user_socket, wait_udp_up, wait_until)
 
 MiB = 1 << 20
 
@@ -130,6 +130,43 @@ def udp_mapping_added_by_a_reload_that_reconnects(ctx):
     c.wait_log(r"reconnecting")
     c.wait_log(r"mapping registered name=echo", timeout=15)
     assert roundtrip(pub, b"hello", tries=3) == b"hello"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def udp_local_addr_name_resolved_later(ctx):
+    """A udp mapping whose local_addr name does not resolve at start (DNS
+    not up yet at boot) is looked up again when datagrams come, at most
+    every 5 s: once the name resolves, the mapping answers without a
+    reload. The client runs in a private mount namespace whose /etc/hosts
+    is a file of this test."""
+    hosts = ctx.write("hosts", "127.0.0.1 localhost\n")
+    probe = run(["unshare", "-m", "sh", "-c", "mount --bind %s /etc/hosts" % hosts])
+    if probe.returncode != 0:
+        raise Skip("no private mount namespace (unshare -m): %s" % probe.stderr.decode().strip())
+    wrapper = ctx.write("wrap.sh", "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/hosts "
+                                   "&& exec \"$@\"' %s %s \"$@\"\n" % (hosts, WMPROXYD))
+    os.chmod(wrapper, 0o755)
+    echo = UdpEcho(ctx)
+    pub, tport = free_port(), free_port()
+    s = Daemon(ctx, "server", server_ini(tport, "map_udp_bind = 127.0.0.1:%d\n" % pub, tls=False)).start()
+    s.wait_log(r"listening for tunnels")
+    m = "[mapping late]\nmode = udp\nlocal_addr = late-udp.wmproxy.test:%d\n" % echo.port
+    c = Daemon(ctx, "client", client_ini(tport, "", m, tls=False), binary=wrapper).start()
+    c.wait_log(r"mapping late: resolve late-udp\.wmproxy\.test:\d+: ")
+    c.wait_log(r"mapping registered name=late")
+    with open(hosts, "w") as f:     # the same file: the bind mount sees it
+        f.write("127.0.0.1 localhost\n127.0.0.1 late-udp.wmproxy.test\n")
+    t0 = time.monotonic()
+    got = None
+    while got is None and time.monotonic() - t0 < 20:
+        try:
+            got = roundtrip(pub, b"late", tries=1)
+        except AssertionError:
+            pass
+    assert got == b"late", "the mapping never answered after its name resolved"
+    assert time.monotonic() - t0 < 12, "took %.1fs" % (time.monotonic() - t0)
     assert c.stop() == 0
     assert s.stop() == 0
 
