@@ -1055,19 +1055,92 @@ int server_start(const conf &cf, std::string *err)
     return 0;
 }
 
+/* Close the UDP port registration r holds. */
+static void udp_unbind(reg *r)
+{
+    auto it = srv->uowners.find(r->port);
+    if (it != srv->uowners.end()) {
+        udp_port_close(it->second.u);
+        srv->uowners.erase(it);
+    }
+    r->port = 0;
+}
+
+/* Open a again for registration r of t (a failed reload puts it back). */
+static void udp_rebind(tunnel *t, reg *r, const addr_conf &a)
+{
+    std::string why;
+    udp_port *u = udp_port_open(a, t, r->idx, r->m.udp_timeout_ms, &why);
+    if (!u) {
+        log_warn("udp mapping of client %s lost its port: %s", holder(t).c_str(), why.c_str());
+        return;
+    }
+    r->port = a.port;
+    srv->uowners[a.port] = udp_owner{t, u};
+}
+
+/* The registration holding map_udp_bind (a udp mapping without
+ * remote_port), or nullptr. */
+static reg *udp_bind_holder(tunnel **owner)
+{
+    if (!srv->cf.map_udp_bind.set)
+        return nullptr;
+    auto it = srv->uowners.find(srv->cf.map_udp_bind.port);
+    if (it == srv->uowners.end())
+        return nullptr;
+    client_info *ci = (client_info *)it->second.t->user;
+    for (reg &r : ci->regs)
+        if (r.m.mode == MODE_UDP && !r.m.remote_port && r.port == it->first) {
+            *owner = it->second.t;
+            return &r;
+        }
+    return nullptr;
+}
+
 int server_reload(const conf &cf, std::string *err)
 {
     if (cf.role_ != ROLE_SERVER) {
         *err = cf.path + ": the file now configures a client; the role cannot change on reload";
         return -1;
     }
+    /* map_udp_bind moved: its mapping moves with it (opened first, so a
+     * port that cannot be had fails the reload and changes nothing) */
+    tunnel *ut = nullptr;
+    reg *ur = udp_bind_holder(&ut);
+    bool udp_moves = ur && !same_addr(cf.map_udp_bind, srv->cf.map_udp_bind);
+    udp_port *nu = nullptr;
+    if (udp_moves && cf.map_udp_bind.set) {
+        /* on the same port (another address) the old socket goes first */
+        bool same_port = cf.map_udp_bind.port == ur->port;
+        if (same_port)
+            udp_unbind(ur);
+        nu = udp_port_open(cf.map_udp_bind, ut, ur->idx, ur->m.udp_timeout_ms, err);
+        if (!nu) {
+            if (same_port)
+                udp_rebind(ut, ur, srv->cf.map_udp_bind);
+            return -1;
+        }
+    }
     server_parts p;
     if (build_parts(cf, srv, &p, err) < 0) {
         parts_discard(&p, srv);
+        if (nu)
+            udp_port_close(nu);
         return -1;
     }
     log_listeners(p, srv, cf);
     apply_parts(p);
+    if (udp_moves) {
+        if (ur->port)
+            udp_unbind(ur);
+        if (nu) {
+            ur->port = cf.map_udp_bind.port;
+            srv->uowners[ur->port] = udp_owner{ut, nu};
+            log_info("udp mapping of client %s moved to %s", holder(ut).c_str(), cf.map_udp_bind.text().c_str());
+        } else {
+            log_warn("udp mapping of client %s lost its port: map_udp_bind is gone", holder(ut).c_str());
+        }
+    }
     srv->cf = cf;
     srv->tcf = tunnel_conf_of(cf, true);   /* new tunnels; established ones keep theirs */
     srv->n.reloads++;

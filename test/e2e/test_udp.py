@@ -171,6 +171,37 @@ def udp_local_addr_name_resolved_later(ctx):
     assert s.stop() == 0
 
 
+def answers(port, tries=2):
+    try:
+        return roundtrip(port, b"?", tries=tries) == b"?"
+    except AssertionError:
+        return False
+
+
+@test(timeout=60)
+def udp_map_udp_bind_moved_by_a_server_reload(ctx):
+    """A server reload that moves map_udp_bind moves the mapping holding
+    it: the new port answers and the old one is closed; a reload that
+    removes map_udp_bind closes it."""
+    echo = UdpEcho(ctx)
+    pub, pub2 = free_port(), free_port()
+    s, c, tport = start_pair(ctx, udp_mapping("echo", echo.port), server_extra="map_udp_bind = 127.0.0.1:%d\n" % pub)
+    wait_udp_up(pub)
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, "map_udp_bind = 127.0.0.1:%d\n" % pub2))
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"udp mapping of client \S+ moved to 127\.0\.0\.1:%d" % pub2)
+    assert answers(pub2), "the new map_udp_bind does not answer"
+    assert not answers(pub, 1), "the old map_udp_bind still answers"
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, ""))
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"udp mapping of client \S+ lost its port: map_udp_bind is gone")
+    assert not answers(pub2, 1), "a removed map_udp_bind still answers"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 @test(timeout=30)
 def udp_remote_port_not_allowed(ctx):
     """A udp remote_port outside allow_ports is rejected, with the reason;
