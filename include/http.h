@@ -262,11 +262,11 @@ int http_parse_authority(http_str s, http_str *host, uint16_t *port);
  * Absolute-form target "http://host[:port][/path][?query]" (scheme
  * case-insensitive; "https" is accepted too and sets *https). *host has no
  * brackets, *port defaults to 80 (443), *path is the origin-form target to
- * forward: a view from the first '/', or "/" when the path is empty.
+ * forward: a view from the first '/', or "/" when the path is empty; with
+ * a query and no path it is the query ("?q"): the caller puts a '/' first.
  * *authority (when not NULL) is host[:port] as written, for a Host field.
  * Returns 0, or -1 for another scheme, userinfo ("user@"), a bad host or
- * port, or a query with an empty path ("http://h?q" - no client sends it,
- * and it has no view form).
+ * port, or a fragment.
  */
 int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16_t *port,
                             http_str *path, http_str *authority = nullptr);

@@ -737,7 +737,7 @@ int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16
         *authority = http_str{target.p + a, i - a};
     if (i == target.n)
         *path = http_str{"/", 1};
-    else if (target.p[i] == '/')
+    else if (target.p[i] == '/' || target.p[i] == '?')
         *path = http_str{target.p + i, target.n - i};
     else
         return -1;

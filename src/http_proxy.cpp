@@ -548,19 +548,36 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
         answer(h, 501, "CONNECT is not served on mappings", false);
         return;
     }
-    /* RFC 9112 3.2.2: an absolute-form target's authority names the host,
-     * not the Host field; the service gets the origin form */
+    /* An absolute-form target (RFC 9112 3.2.2) must name the host its Host
+     * field names: requests are routed by Host, and a target naming another
+     * would reach a virtual host the mapping's domains do not cover. The
+     * service gets the origin form. */
     http_str host = mi.host, target = q.target, authority = {};
+    std::string origin;   /* "/?query" for a target with a query and no path */
     if (target.n && target.p[0] != '/' && !http_str_eq(target, "*")) {
         bool https;
         http_str name;
         uint16_t port;
-        if (http_parse_absolute_uri(q.target, &https, &name, &port, &target, &authority) < 0) {
+        char akey[HTTP_HOST_MAX + 1];
+        const char *bad = nullptr;
+        if (http_parse_absolute_uri(q.target, &https, &name, &port, &target, &authority) < 0 ||
+            http_host_key(authority, akey) < 0)
+            bad = "bad absolute-form target";
+        else if (host.p && (http_host_key(host, key) < 0 || strcmp(key, akey) != 0))
+            bad = "the target names another host than Host";
+        if (bad) {
             drop_stream(h);
-            answer(h, 400, "bad absolute-form target", false);
+            answer(h, 400, bad, false);
             return;
         }
-        host = authority;
+        if (!host.p)
+            host = authority;   /* HTTP/1.0 without Host */
+        else
+            authority = {};     /* Host goes on as it came */
+        if (target.p[0] == '?') {
+            origin.assign(1, '/').append(target.p, target.n);
+            target = http_sstr(origin);
+        }
     }
     route_ref r;
     if (host.p && http_host_key(host, key) > 0)

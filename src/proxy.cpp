@@ -529,6 +529,11 @@ static int req_head(psess *s)
         return answer(s, 400, "not an absolute http:// URI");
     if (https)
         return answer(s, 501, "https:// URI without CONNECT");
+    std::string origin;   /* "/?query" for a target with a query and no path */
+    if (path.p[0] == '?') {
+        origin.assign(1, '/').append(path.p, path.n);
+        path = http_sstr(origin);
+    }
     /* RFC 9112 3.2.2: the target's authority replaces any Host (1.1
      * clients must send one; be lenient with those that do not) */
     if (http_header_index(q, "host") < 0 && q.num_headers < HTTP_MAX_HEADERS)

@@ -737,9 +737,9 @@ def read_until_close(s):
 
 @test(timeout=60)
 def http_rfc_edges(ctx):
-    """RFC 9110/9112 corners, as nginx treats them: our own 404 to HEAD has
-    no body and the connection carries on; an absolute-form target is
-    routed by its authority and forwarded in origin form with that Host;
+    """RFC 9110/9112 corners: our own 404 to HEAD has no body and the
+    connection carries on; an absolute-form target must name the Host's
+    host and goes on in origin form (HTTP/1.0 without Host: routed by it);
     X-Forwarded-For lists every field line; a Content-Length sent twice
     goes on once, both ways; a Transfer-Encoding other than chunked reaches
     the user as the service sent it; CONNECT gets 501; an HTTP/1.0 user
@@ -755,12 +755,21 @@ def http_rfc_edges(ctx):
     assert r.status == 200 and r.body == PAGE and r.get("X-Service") == "a", r
     f.close()
     sk.close()
-    # absolute form: the authority routes, not Host; the service sees origin form
-    got = one(hp, request("GET", "http://a.test/dump?q=1", "b.test")).json()
+    # absolute form: it must name the Host's host (routing goes by Host, so
+    # another would reach a virtual host the domain does not cover); the
+    # service sees the origin form
+    got = one(hp, request("GET", "http://A.test:%d/dump?q=1" % hp, "a.test:%d" % hp)).json()
     h = lambda n: [v for k, v in got["headers"] if k.lower() == n.lower()]  # noqa: E731
     assert got["service"] == "a" and got["target"] == "/dump?q=1", got
-    assert h("Host") == ["a.test"] and h("X-Forwarded-Host") == ["a.test"], got
-    is_ours(one(hp, request("GET", "http://nobody.test/", "a.test")), 404)
+    assert h("Host") == ["a.test:%d" % hp] and h("X-Forwarded-Host") == ["a.test:%d" % hp], got
+    r = one(hp, request("GET", "http://a.test?q=2", "a.test"))
+    assert r.status == 200 and r.body == PAGE and a.requests[-1]["target"] == "/?q=2", (r, a.requests[-1])
+    r = one(hp, request("GET", "http://b.test/dump", "a.test"))
+    is_ours(r, 400)
+    assert b"another host than Host" in r.body, r
+    assert not b.requests, b.requests
+    got = one(hp, request("GET", "http://b.test/dump", None, version="HTTP/1.0")).json()
+    assert got["service"] == "b" and [v for k, v in got["headers"] if k == "Host"] == ["b.test"], got
     is_ours(one(hp, request("GET", "ftp://a.test/", "a.test")), 400)
     # every X-Forwarded-For line, in order, then the user's address
     got = one(hp, request("GET", "/dump", "a.test", [("X-Forwarded-For", "6.6.6.6"),

@@ -283,7 +283,8 @@ def http_proxy_page_and_rewrite(ctx):
 def http_proxy_rfc_edges(ctx):
     """A Content-Length sent twice (equal) reaches the origin once (RFC 9110
     8.6); an HTTP/1.0 user gets the answer without the origin's 100
-    Continue (RFC 9110 15.2)."""
+    Continue (RFC 9110 15.2); an absolute URI with a query and no path
+    reaches the origin as "/?query"."""
     o = Origin(ctx, "A")
     d, p = proxy_server(ctx)
     base = "http://127.0.0.1:%d" % o.port
@@ -308,6 +309,9 @@ def http_proxy_rfc_edges(ctx):
     s.close()
     assert raw.startswith(b"HTTP/1.1 200 ") and b"100 Continue" not in raw, raw
     assert raw.endswith(b"hello from A /\n"), raw
+    # a query and no path: forwarded as "/?query"
+    r = curl("-x", "http://127.0.0.1:%d" % p, "--request-target", base + "?q=1", base + "/")
+    assert r.stdout == b"hello from A /?q=1\n", (r.stdout, r.stderr)
 
 
 @test(timeout=60)

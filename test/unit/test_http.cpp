@@ -782,6 +782,7 @@ TEST_CASE("http_parse_absolute_uri")
         {"https://secure.example/p", true, "secure.example", 443, "/p", "secure.example"},
         {"http://[::1]:81/x/y?z=1#", false, "::1", 81, "/x/y?z=1#", "[::1]:81"},
         {"http://10.1.2.3", false, "10.1.2.3", 80, "/", "10.1.2.3"},
+        {"http://h?q=1", false, "h", 80, "?q=1", "h"},
     };
     for (auto &g : good) {
         INFO(g.uri);
@@ -798,7 +799,7 @@ TEST_CASE("http_parse_absolute_uri")
         CHECK(S(path) == g.path);
     }
     for (const char *b : {"/a", "ftp://x/", "http:/x", "http://", "http:///a", "http://u@h/",
-                          "http://u:p@h/", "http://h:0/", "http://h:99999/", "http://h?q",
+                          "http://u:p@h/", "http://h:0/", "http://h:99999/",
                           "http://h#f", "http://h:8x/", "http://[::1/", "example.com:80", ""}) {
         INFO(b);
         std::string s = b;
