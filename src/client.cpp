@@ -356,7 +356,7 @@ static void resolve_udp(size_t i)
     if (mc.mode != MODE_UDP || mc.removed)
         return;
     cl->udp_retry[i] = 0;
-    resolve_start(mc.local_addr.host, mc.local_addr.port,
+    resolve_req *q = resolve_start(mc.local_addr.host, mc.local_addr.port,
                   [](void *arg, int status, const addr_list *l, const char *e) {
                       size_t idx = (size_t)(uintptr_t)arg;
                       if (status == 0) {
@@ -369,6 +369,8 @@ static void resolve_udp(size_t i)
                                 e, UDP_RESOLVE_RETRY_MS / 1000);
                   },
                   (void *)(uintptr_t)i);
+    if (!q)
+        cl->udp_retry[i] = now_ms() + UDP_RESOLVE_RETRY_MS;   /* not started: no callback will come */
 }
 
 static void warn_open_proxy(const mapping_conf &mc)

@@ -202,6 +202,18 @@ static void warn_secrets(void)
         warn_exposed(p.second.c_str(), "private key");
 }
 
+/* Each stream's first window is at least the protocol's 4 KiB, and they
+ * take at most half of tunnel_buffer only while max_streams x 8 KiB fits
+ * in it (mux.cpp, initial_window). */
+static void warn_tunnel_buffer(void)
+{
+    if (cf.tunnel_buffer < 8192ull * cf.max_streams)
+        log_warn("tunnel_buffer %llu KiB is under 8 KiB x max_streams (%u): past %llu streams, each may "
+                 "hold 4 KiB beyond it (raise tunnel_buffer or lower max_streams)",
+                 (unsigned long long)(cf.tunnel_buffer >> 10), cf.max_streams,
+                 (unsigned long long)(cf.tunnel_buffer / 4096));
+}
+
 int main(int argc, char **argv)
 {
     const char *path = DEFAULT_CONF, *sig = nullptr;
@@ -304,6 +316,7 @@ int main(int argc, char **argv)
     log_info("wmproxyd %s starting as %s with %s", WMPROXY_VERSION, cf.role_ == ROLE_SERVER ? "server" : "client",
              cf.path.c_str());
     warn_secrets();
+    warn_tunnel_buffer();
     int r = cf.role_ == ROLE_SERVER ? server_start(cf, &err) : client_start(cf, &err);
     if (r < 0) {
         log_error("start-up failed: %s", err.c_str());

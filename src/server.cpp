@@ -508,6 +508,10 @@ int server::on_register(tunnel *t, uint32_t idx, const register_msg &m, std::str
     int st;
     uint16_t port = 0;
     std::string where;
+    if (draining) {
+        *why = "the server is stopping";   /* no new listeners during a drain */
+        return 1;
+    }
     for (const reg &r : ci->regs)
         if (r.idx == idx) {
             *why = "mapping index " + std::to_string(idx) + " registered twice";
@@ -1103,30 +1107,37 @@ int server_reload(const conf &cf, std::string *err)
         *err = cf.path + ": the file now configures a client; the role cannot change on reload";
         return -1;
     }
-    /* map_udp_bind moved: its mapping moves with it (opened first, so a
-     * port that cannot be had fails the reload and changes nothing) */
+    server_parts p;
+    if (build_parts(cf, srv, &p, err) < 0) {
+        parts_discard(&p, srv);
+        return -1;
+    }
+    /* map_udp_bind moved: its mapping moves with it (opened before anything
+     * is applied, so a port that cannot be had fails the reload and changes
+     * nothing) */
     tunnel *ut = nullptr;
     reg *ur = udp_bind_holder(&ut);
     bool udp_moves = ur && !same_addr(cf.map_udp_bind, srv->cf.map_udp_bind);
     udp_port *nu = nullptr;
     if (udp_moves && cf.map_udp_bind.set) {
-        /* on the same port (another address) the old socket goes first */
         bool same_port = cf.map_udp_bind.port == ur->port;
+        auto held = srv->uowners.find(cf.map_udp_bind.port);
+        if (!same_port && held != srv->uowners.end()) {
+            *err = "map_udp_bind: udp port " + std::to_string(cf.map_udp_bind.port) + " is held by client " +
+                   holder(held->second.t);
+            parts_discard(&p, srv);
+            return -1;
+        }
+        /* on the same port (another address) the old socket goes first */
         if (same_port)
             udp_unbind(ur);
         nu = udp_port_open(cf.map_udp_bind, ut, ur->idx, ur->m.udp_timeout_ms, err);
         if (!nu) {
             if (same_port)
                 udp_rebind(ut, ur, srv->cf.map_udp_bind);
+            parts_discard(&p, srv);
             return -1;
         }
-    }
-    server_parts p;
-    if (build_parts(cf, srv, &p, err) < 0) {
-        parts_discard(&p, srv);
-        if (nu)
-            udp_port_close(nu);
-        return -1;
     }
     log_listeners(p, srv, cf);
     apply_parts(p);
