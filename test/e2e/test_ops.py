@@ -456,12 +456,15 @@ def quit_drains_streams(ctx):
 @test(timeout=60)
 def quit_refuses_new_streams_and_reloads(ctx):
     """While the server drains after QUIT: a HUP does not open the listeners
-    again (it is logged and ignored), and a stream a client opens for its
-    bind_addr proxy user is refused, while the held stream carries on."""
+    again (it is logged and ignored), a stream a client opens for its
+    bind_addr proxy user is refused, and so is a mapping a client registers,
+    while the held stream carries on."""
     echo = TcpServer(ctx, echo_handler)
     pub, cb = free_port(), free_port()
+    rp = free_port()
     s, c, tport = start_pair(ctx, tcp_mapping("echo", echo.port),
-                             server_extra="map_tcp_bind = 127.0.0.1:%d\nflag = http\nshutdown_timeout = 20s\n" % pub,
+                             server_extra="map_tcp_bind = 127.0.0.1:%d\nflag = http\nshutdown_timeout = 20s\n"
+                                          "allow_ports = %d\n" % (pub, rp),
                              client_extra="bind_addr = 127.0.0.1:%d\n" % cb)
     held = connect(pub)
     held.sendall(b"a")
@@ -481,6 +484,13 @@ def quit_refuses_new_streams_and_reloads(ctx):
     k.close()
     assert not got.startswith(b"HTTP/1.1 200"), got
     s.wait_log(r"proxy stream from \S+ refused: stopping gracefully")
+    # a mapping a client registers now gets no port
+    with open(c.conf, "w") as f:
+        f.write(client_ini(tport, "bind_addr = 127.0.0.1:%d\n" % cb, tcp_mapping("echo", echo.port) +
+                           tcp_mapping("late", echo.port, rp)))
+    c.signal(signal.SIGHUP)
+    c.wait_log(r"mapping rejected name=late .*the server is stopping")
+    assert refused(rp)
     held.sendall(b"b")
     assert held.recv(10) == b"b"
     held.close()

@@ -202,6 +202,39 @@ def udp_map_udp_bind_moved_by_a_server_reload(ctx):
     assert s.stop() == 0
 
 
+@test(timeout=60)
+def udp_map_udp_bind_reload_that_fails_changes_nothing(ctx):
+    """A reload that would move map_udp_bind but fails changes nothing: the
+    mapping still answers where it was, when the reload fails for another
+    key (a missing map_cert, with map_udp_bind on the same port at another
+    address, so its old socket had to close first) and when the new port is
+    another client's."""
+    echo = UdpEcho(ctx)
+    pub, rp = free_port(), free_port()
+    base = "map_udp_bind = 127.0.0.1:%d\nallow_ports = %d\n" % (pub, rp)
+    s, c, tport = start_pair(ctx, udp_mapping("echo", echo.port), server_extra=base)
+    wait_udp_up(pub)
+    c2 = Daemon(ctx, "client2", client_ini(tport, "", udp_mapping("other", echo.port, rp))).start()
+    c2.wait_log(r"mapping registered name=other")
+    wait_udp_up(rp)
+    hp = free_port()
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, "map_udp_bind = 127.0.0.2:%d\nallow_ports = %d\nmap_https_bind = 127.0.0.1:%d\n"
+                                  "map_cert = /nonexistent.pem\nmap_key = /nonexistent.key\n" % (pub, rp, hp)))
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"reload failed, keeping the running configuration: .*nonexistent")
+    assert answers(pub), "a failed reload left the udp mapping without its port"
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, "map_udp_bind = 127.0.0.1:%d\nallow_ports = %d\n" % (rp, rp)))
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"reload failed, keeping the running configuration: map_udp_bind: udp port %d is held by client" % rp)
+    assert answers(pub) and answers(rp)
+    assert c2.stop() == 0
+    assert answers(pub), "the other client's going took this mapping's port"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 @test(timeout=30)
 def udp_remote_port_not_allowed(ctx):
     """A udp remote_port outside allow_ports is rejected, with the reason;
