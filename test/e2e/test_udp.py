@@ -85,7 +85,18 @@ def twenty_senders(ctx, via_remote_port):
     s, c, _ = start_pair(ctx, maps, server_extra=extra + "log_level = debug\n",
                          client_extra="log_level = debug\n")
     c.wait_log(r"mapping registered name=echo mode=udp")
-    wait_udp_up(pub)
+    # the first flow; its socket stays open so that no sender gets its port
+    # (a sender on the same address would be the same flow, and one fewer)
+    probe = user_socket(timeout=3)
+    for _ in range(10):
+        probe.sendto(b"hello", ("127.0.0.1", pub))
+        try:
+            if probe.recv(100) == b"hello":
+                break
+        except socket.timeout:
+            pass
+    else:
+        raise AssertionError("the udp mapping never answered")
     echo.peers.clear()
     echo.count = 0
     n, per = 20, 1000
@@ -97,6 +108,7 @@ def twenty_senders(ctx, via_remote_port):
     assert len(echo.peers) == n, "the service saw %d source addresses for %d senders" % (len(echo.peers), n)
     c.wait_log(r"udp flow \d+ opened to 127\.0\.0\.1:%d" % echo.port, count=n + 1)
     s.wait_log(r"udp flow \d+ from 127\.0\.0\.1:\d+", count=n + 1)
+    probe.close()
     assert c.stop() == 0
     assert s.stop() == 0
 
