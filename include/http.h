@@ -162,9 +162,6 @@ struct http_msg_info {
     bool upgrade;           /* request: asks to upgrade; response: 101 */
     bool expect_continue;   /* request: Expect: 100-continue (HTTP/1.1 only) */
     http_str host;          /* request: the Host value; p == NULL if absent */
-    bool cl_several;        /* Content-Length came as more than one value (all
-                             * equal): a proxy writes it once, as cl */
-    uint64_t cl;            /* the Content-Length value, if any */
     const char *error;      /* after -1: why, for the log line */
 };
 
@@ -263,13 +260,24 @@ int http_parse_authority(http_str s, http_str *host, uint16_t *port);
  * case-insensitive; "https" is accepted too and sets *https). *host has no
  * brackets, *port defaults to 80 (443), *path is the origin-form target to
  * forward: a view from the first '/', or "/" when the path is empty; with
- * a query and no path it is the query ("?q"): the caller puts a '/' first.
+ * a query and no path it is the query ("?q"): http_origin_form() puts a
+ * '/' first.
  * *authority (when not NULL) is host[:port] as written, for a Host field.
  * Returns 0, or -1 for another scheme, userinfo ("user@"), a bad host or
  * port, or a fragment.
  */
 int http_parse_absolute_uri(http_str target, bool *https, http_str *host, uint16_t *port,
                             http_str *path, http_str *authority = nullptr);
+
+/* The request target to forward for a path of http_parse_absolute_uri():
+ * the path itself, or "/?q" for a bare query, kept in *buf. */
+static inline http_str http_origin_form(http_str path, std::string *buf)
+{
+    if (path.n == 0 || path.p[0] != '?')
+        return path;
+    buf->assign(1, '/').append(path.p, path.n);
+    return http_sstr(*buf);
+}
 
 /* Standard reason phrase of status for the codes the proxies use, else "". */
 const char *http_reason(int status);
@@ -314,6 +322,8 @@ enum {
  * skip it here, then http_write_field() the new value. Host,
  * Content-Length and a kept Transfer-Encoding are never dropped because
  * Connection names them (that would change the framing the next hop sees).
+ * Content-Length goes on once, as its first value: the framing accepts
+ * several only when they are equal, and RFC 9110 8.6 has a proxy send one.
  * Trailer is kept: trailers travel inside the chunked bytes we forward.
  * Connection is never written: the caller adds the one it means.
  */

@@ -376,7 +376,7 @@ const http_str *http_find_header(const http_head &m, const char *name)
 struct framing {
     bool has_cl, has_te, te_chunked, conn_close, conn_keep, conn_upgrade, has_upgrade;
     bool expect_100;
-    int hosts, cls;
+    int hosts;
     uint64_t cl;
     http_str host;
 };
@@ -410,7 +410,6 @@ static const char *scan_fields(const http_head &m, framing *f)
                 else if (ok && f->has_cl && x != f->cl && !err)
                     err = "conflicting Content-Length";
                 f->has_cl = true;
-                f->cls++;
                 f->cl = x;
             }
             break;
@@ -481,8 +480,6 @@ int http_request_framing(const http_request &req, http_msg_info *info)
         info->length = f.cl;
     }
     info->keep_alive = keep_alive(req, f);
-    info->cl_several = f.cls > 1;
-    info->cl = f.cl;
     /* RFC 9110 7.8 and 10.1.1: HTTP/1.0 Upgrade and Expect are ignored */
     info->upgrade = req.minor == 1 && f.conn_upgrade && f.has_upgrade;
     info->expect_continue = req.minor == 1 && f.expect_100;
@@ -498,8 +495,6 @@ int http_response_framing(int status, bool request_was_head, const http_response
     memset(info, 0, sizeof *info);
     info->error = scan_fields(resp, &f);
     info->keep_alive = keep_alive(resp, f);
-    info->cl_several = f.cls > 1;
-    info->cl = f.cl;
     if (status < 200 || status == 204 || status == 304 || request_was_head) {
         info->error = nullptr;      /* its framing fields describe no body here */
         info->upgrade = status == 101;
@@ -895,6 +890,7 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
     bool has_conn = conn.n > 0;
     uint16_t keep[HTTP_MAX_HEADERS];
     size_t nkeep = 0, bytes = 0;
+    http_str cl = {};   /* the Content-Length value that goes on */
     for (size_t i = 0; i < m.num_headers; i++) {
         http_str n = m.headers[i].name;
         int id = m.headers[i].id;
@@ -913,15 +909,23 @@ void http_copy_fields(std::string *out, const http_head &m, unsigned flags,
                        id == HTTP_F_HOST || id == HTTP_F_CONTENT_LENGTH;
         if (!drop && has_conn && !protect)
             drop = named_by_connection(m, conn, n);
+        /* RFC 9110 8.6: equal values, as fields or as a list (the framing
+         * refused differing ones), go on as one */
+        if (!drop && id == HTTP_F_CONTENT_LENGTH) {
+            size_t pos = 0;
+            drop = cl.p != nullptr;
+            if (!drop)
+                list_next(m.headers[i].value, &pos, &cl);
+        }
         if (!drop) {
             keep[nkeep++] = (uint16_t)i;
-            bytes += n.n + m.headers[i].value.n + 4;
+            bytes += n.n + (id == HTTP_F_CONTENT_LENGTH ? cl.n : m.headers[i].value.n) + 4;
         }
     }
     /* the kept fields in one piece: one resize, not one per field */
     char *d = grow(out, bytes);
     for (size_t k = 0; k < nkeep; k++) {
         const http_header &h = m.headers[keep[k]];
-        d = field_close(copy(field_open(d, h.name), h.value));
+        d = field_close(copy(field_open(d, h.name), h.id == HTTP_F_CONTENT_LENGTH ? cl : h.value));
     }
 }

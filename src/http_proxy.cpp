@@ -574,10 +574,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
             host = authority;   /* HTTP/1.0 without Host */
         else
             authority = {};     /* Host goes on as it came */
-        if (target.p[0] == '?') {
-            origin.assign(1, '/').append(target.p, target.n);
-            target = http_sstr(origin);
-        }
+        target = http_origin_form(target, &origin);
     }
     route_ref r;
     if (host.p && http_host_key(host, key) > 0)
@@ -620,8 +617,6 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     sk.assign(skip, skip + 3);
     if (!r->host.empty() || authority.p)
         sk.push_back("Host");
-    if (mi.cl_several)
-        sk.push_back("Content-Length");
     for (auto &rule : r->req_rules)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
@@ -632,10 +627,6 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
         add_field(http_cstr("Host"), http_sstr(r->host));
     else if (authority.p)
         add_field(http_cstr("Host"), authority);
-    char cl[24];
-    if (mi.cl_several)
-        add_field(http_cstr("Content-Length"), http_str{cl, (size_t)snprintf(cl, sizeof cl, "%llu",
-                                                                            (unsigned long long)mi.cl)});
     /* a rule naming one of these (to set or remove it) wins over ours */
     if (!has_rule(r->req_rules, "X-Forwarded-For")) {
         /* every field line of the list, in order (RFC 9110 5.3), then us */
@@ -851,17 +842,11 @@ static ssize_t resp_head(hsess *h, const char *buf, size_t len, size_t last)
     static std::vector<const char *> sk;   /* kept: no allocation per response */
     sk.clear();
     sk.push_back("Server");
-    if (mi.cl_several)
-        sk.push_back("Content-Length");
     for (auto &rule : rules)
         sk.push_back(rule.first.c_str());
     sk.push_back(nullptr);
     http_copy_fields(&out, resp_scratch, HTTP_KEEP_TE | (upgrade ? HTTP_KEEP_UPGRADE : 0), sk.data());
     added.clear();
-    char cl[24];
-    if (mi.cl_several)
-        add_field(http_cstr("Content-Length"), http_str{cl, (size_t)snprintf(cl, sizeof cl, "%llu",
-                                                                            (unsigned long long)mi.cl)});
     if (!has_rule(rules, "Server"))
         add_field(http_cstr("Server"), http_cstr("wmproxy"));
     add_rules(rules);

@@ -530,10 +530,7 @@ static int req_head(psess *s)
     if (https)
         return answer(s, 501, "https:// URI without CONNECT");
     std::string origin;   /* "/?query" for a target with a query and no path */
-    if (path.p[0] == '?') {
-        origin.assign(1, '/').append(path.p, path.n);
-        path = http_sstr(origin);
-    }
+    path = http_origin_form(path, &origin);
     /* RFC 9112 3.2.2: the target's authority replaces any Host (1.1
      * clients must send one; be lenient with those that do not) */
     if (http_header_index(q, "host") < 0 && q.num_headers < HTTP_MAX_HEADERS)
@@ -545,13 +542,10 @@ static int req_head(psess *s)
     std::string h;
     http_write_request_line(&h, q.method, path, q.minor);
     http_write_field(&h, http_cstr("Host"), auth);
-    if (f.cl_several)
-        http_write_field(&h, http_cstr("Content-Length"), http_sstr(std::to_string(f.cl)));
     size_t j = 0;
     for (size_t i = 0; i < q.num_headers; i++) {
         http_str nm = q.headers[i].name;
-        if (!http_ieq_lit(nm, "host") && !(nm.n > 6 && strncasecmp(nm.p, "proxy-", 6) == 0) &&
-            !(f.cl_several && q.headers[i].id == HTTP_F_CONTENT_LENGTH))
+        if (!http_ieq_lit(nm, "host") && !(nm.n > 6 && strncasecmp(nm.p, "proxy-", 6) == 0))
             q.headers[j++] = q.headers[i];
     }
     q.num_headers = j;
@@ -608,11 +602,8 @@ static int resp_head(psess *s)
         pb_consume(&e->in, (size_t)n);
         return 1;
     }
-    static const char *const cl_skip[] = {"Content-Length", nullptr};
     http_write_status_line(&o, 1, r.status, r.reason);
-    if (f.cl_several)
-        http_write_field(&o, http_cstr("Content-Length"), http_sstr(std::to_string(f.cl)));
-    http_copy_fields(&o, r, HTTP_KEEP_TE | (up ? HTTP_KEEP_UPGRADE : 0), f.cl_several ? cl_skip : nullptr);
+    http_copy_fields(&o, r, HTTP_KEEP_TE | (up ? HTTP_KEEP_UPGRADE : 0), nullptr);
     pb_consume(&e->in, (size_t)n);
     s->status = r.status;
     if (up) {
