@@ -280,7 +280,10 @@ static void fuzz_hosts(const char *data, size_t len)
     http_str path;
     if (http_parse_absolute_uri(v, &https, &host, &port, &path) == 0) {
         CHECK(port > 0 && host.n > 0 && host.p >= w.p && host.p + host.n <= w.p + len);
-        CHECK(path.n > 0 && path.p[0] == '/');
+        CHECK(path.n > 0 && (path.p[0] == '/' || path.p[0] == '?'));
+        std::string buf;
+        http_str target = http_origin_form(path, &buf);
+        CHECK(target.n > 0 && target.p[0] == '/');
     }
     (void)http_token_list_has(v, "close");
     (void)http_token_list_has(v, "");
