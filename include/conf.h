@@ -100,6 +100,11 @@ struct conf {
  * *out is left untouched on failure, so a reload can keep the old one.
  */
 int conf_load(const char *path, conf *out, std::string *err);
+/* The REGISTER a client sends for mapping mc (its domains and the http
+ * rules the server applies). conf_load() refuses a mapping whose encoded
+ * REGISTER would exceed the protocol's REGISTER_MAX. */
+struct register_msg;
+void conf_register_msg(const mapping_conf &mc, register_msg *m);
 
 /* Value parsers, exposed for the tests. Each returns 0 or -1 on bad input. */
 int conf_parse_bool(const char *s, bool *out);

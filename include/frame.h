@@ -116,6 +116,8 @@ struct register_msg {
      * "Q Name: value" (request header), "S Name: value" (response header) */
     std::string rules;
 };
+/* An encoded REGISTER is at most this long (PROTOCOL.md section 3). */
+#define REGISTER_MAX (16 * 1024)
 int register_encode(const register_msg &m, std::string *out);
 int register_decode(const uint8_t *p, size_t len, register_msg *m);
 

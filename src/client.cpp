@@ -194,22 +194,7 @@ static void register_mapping(tunnel *tn, size_t i)
 {
     const mapping_conf &mc = cl->cf.mappings[i];
     register_msg m;
-    m.mode = (uint8_t)mc.mode;
-    m.remote_port = mc.remote_port;
-    m.proxy_protocol = (uint8_t)mc.proxy_protocol;
-    m.udp_timeout_ms = mc.udp_timeout_ms;
-    m.name = mc.name;
-    for (size_t d = 0; d < mc.domains.size(); d++)
-        m.domains += (d ? "," : "") + mc.domains[d];
-    /* http rewriting is done by the server: it gets the rules */
-    if (!mc.host.empty())
-        m.rules += "H " + mc.host + "\n";
-    for (auto &r : mc.request_headers)
-        m.rules += "Q " + r.first + ": " + r.second + "\n";
-    for (auto &r : mc.response_headers)
-        m.rules += "S " + r.first + ": " + r.second + "\n";
-    if (mc.mode == MODE_PROXY && mc.username.empty())
-        m.rules += "P open\n";
+    conf_register_msg(mc, &m);
     if (tunnel_register(tn, (uint32_t)i, m) < 0)
         log_error("mapping %s not registered: its domains and header rules exceed 16 KiB", mc.name.c_str());
 }

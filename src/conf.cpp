@@ -10,6 +10,7 @@
  * the file ends, so the error reported is the first one met reading down.
  */
 #include "conf.h"
+#include "frame.h"
 #include "http.h"
 
 #include <ctype.h>
@@ -20,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
 #include <ini.h>
 
 #define WINDOW_MIN      (4ull << 10)
@@ -163,19 +165,21 @@ static bool valid_host(const char *s, size_t len)
 /* An IPv6 literal as written inside brackets, with an optional %zone. */
 static bool valid_v6(const char *s, size_t len)
 {
-    bool colon = false;
+    char a[INET6_ADDRSTRLEN + 1];
+    unsigned char bin[16];
     size_t i;
 
-    if (len == 0 || len > 64)
+    for (i = 0; i < len && s[i] != '%'; i++)
+        ;
+    if (i == 0 || i >= sizeof a)
         return false;
-    for (i = 0; i < len && s[i] != '%'; i++) {
-        if (s[i] == ':')
-            colon = true;
-        else if (!isxdigit((unsigned char)s[i]) && s[i] != '.')
-            return false;
-    }
+    memcpy(a, s, i);
+    a[i] = '\0';
+    if (inet_pton(AF_INET6, a, bin) != 1)
+        return false;
     if (i < len) {
-        if (i + 1 == len)
+        /* a zone: an interface name or number */
+        if (i + 1 == len || len - i > 64)
             return false;
         for (i++; i < len; i++) {
             unsigned char ch = s[i];
@@ -183,7 +187,7 @@ static bool valid_v6(const char *s, size_t len)
                 return false;
         }
     }
-    return colon;
+    return true;
 }
 
 int conf_parse_addr(const char *s, addr_conf *out)
@@ -1014,6 +1018,17 @@ static int end_common(parse_state *ps)
     return 0;
 }
 
+/* Keys that only configure TLS, given where TLS is off: refused rather
+ * than ignored, since a pin or a CA that checks nothing would leave the
+ * operator believing the tunnel is checked. */
+static int tls_only(parse_state *ps, bool on, const char *onkey, const char *const *keys)
+{
+    for (; !on && *keys; keys++)
+        if (int line = key_line(ps, *keys))
+            return fail(ps, line, "%s needs %s = true (it configures TLS, which is off)", *keys, onkey);
+    return 0;
+}
+
 static int end_server(parse_state *ps)
 {
     conf *c = ps->c;
@@ -1021,6 +1036,9 @@ static int end_server(parse_state *ps)
 
     if (!c->bind_addr.set)
         return missing(ps, "bind_addr", NULL);
+    static const char *const tls_keys[] = {"cert", "key", "client_ca", nullptr};
+    if (tls_only(ps, c->tc, "tc", tls_keys) < 0)
+        return -1;
     if (check_pair(ps, "cert", "key") < 0 || check_pair(ps, "username", "password") < 0)
         return -1;
     if (nc != nk) {
@@ -1040,6 +1058,9 @@ static int end_client(parse_state *ps)
 
     if (!c->server.set)
         return missing(ps, "server", NULL);
+    static const char *const tls_keys[] = {"server_name", "ca", "fingerprint", "verify", "cert", "key", nullptr};
+    if (tls_only(ps, c->ts, "ts", tls_keys) < 0)
+        return -1;
     if (check_pair(ps, "cert", "key") < 0)
         return -1;
     if (c->reconnect_min_ms > c->reconnect_max_ms) {
@@ -1059,6 +1080,26 @@ static int end_client(parse_state *ps)
  * would refuse the second of two mappings wanting the same domain or port
  * from one client, and the operator is better told now than in a log.
  */
+void conf_register_msg(const mapping_conf &mc, register_msg *m)
+{
+    m->mode = (uint8_t)mc.mode;
+    m->remote_port = mc.remote_port;
+    m->proxy_protocol = (uint8_t)mc.proxy_protocol;
+    m->udp_timeout_ms = mc.udp_timeout_ms;
+    m->name = mc.name;
+    for (size_t d = 0; d < mc.domains.size(); d++)
+        m->domains += (d ? "," : "") + mc.domains[d];
+    /* http rewriting is done by the server: it gets the rules */
+    if (!mc.host.empty())
+        m->rules += "H " + mc.host + "\n";
+    for (auto &r : mc.request_headers)
+        m->rules += "Q " + r.first + ": " + r.second + "\n";
+    for (auto &r : mc.response_headers)
+        m->rules += "S " + r.first + ": " + r.second + "\n";
+    if (mc.mode == MODE_PROXY && mc.username.empty())
+        m->rules += "P open\n";
+}
+
 static int end_mapping(parse_state *ps)
 {
     std::vector<mapping_conf> &all = ps->c->mappings;
@@ -1073,6 +1114,13 @@ static int end_mapping(parse_state *ps)
                                                          : " (https mappings are routed by it)");
     if (check_pair(ps, "username", "password") < 0)
         return -1;
+    register_msg reg;
+    std::string enc;
+    conf_register_msg(m, &reg);
+    register_encode(reg, &enc);
+    if (enc.size() > REGISTER_MAX || reg.domains.size() > 0xffff || reg.rules.size() > 0xffff)
+        return fail(ps, ps->sect_line, "[mapping %s]: its domains and header rules take %zu bytes, over "
+                    "the %d a registration may carry", m.name.c_str(), enc.size(), REGISTER_MAX);
 
     for (size_t i = 0; i + 1 < all.size(); i++) {
         const mapping_conf &o = all[i];
@@ -1198,32 +1246,45 @@ static int begin_section(parse_state *ps, const char *line)
 /*
  * inih's fgets: hands over one line at a time, numbered, after a look of
  * our own. Returns buf, or NULL at the end of the file or after an error,
- * which makes inih stop.
+ * which makes inih stop. A line holds at most size - 1 characters besides
+ * its end (LF or CRLF); a NUL byte in it is an error, never its end.
  */
 static char *conf_reader(char *buf, int size, void *stream)
 {
     parse_state *ps = (parse_state *)stream;
-    size_t len;
+    size_t len = 0, max = (size_t)size - 1;
+    bool nul = false;
+    int ch, last = EOF;
     char *p;
 
     if (!ps->err.empty())
         return NULL;
-    if (!fgets(buf, size, ps->fp)) {
-        if (ferror(ps->fp))
-            fail(ps, 0, "read: %s", strerror(errno));
+    /* the whole line, so that its length and its bytes are known */
+    while ((ch = getc(ps->fp)) != EOF && ch != '\n') {
+        nul |= ch == '\0';
+        if (len < max)
+            buf[len] = (char)ch;
+        len++;
+        last = ch;
+    }
+    if (ch == EOF && ferror(ps->fp)) {
+        fail(ps, 0, "read: %s", strerror(errno));
         return NULL;
     }
+    if (ch == EOF && len == 0)
+        return NULL;
     ps->line++;
-    len = strlen(buf);
-    /* inih's line buffer is fixed (200 bytes unless built otherwise); a
-     * longer line would arrive in pieces, each taken for a line */
-    if (len == (size_t)size - 1 && buf[len - 1] != '\n') {
-        int ch = getc(ps->fp);
-        if (ch != EOF && ch != '\n') {
-            fail(ps, ps->line, "line too long (at most %d characters)", size - 2);
-            return NULL;
-        }
+    if (last == '\r')
+        len--;
+    if (nul) {
+        fail(ps, ps->line, "NUL byte in line");
+        return NULL;
     }
+    if (len > max) {
+        fail(ps, ps->line, "line too long (at most %zu characters)", max);
+        return NULL;
+    }
+    buf[len] = '\0';
     if (ps->line == 1 && !strncmp(buf, "\xEF\xBB\xBF", 3))
         memmove(buf, buf + 3, len - 2);   /* the rest and its NUL */
     /* inih takes an indented line for the continuation of the previous
@@ -1232,18 +1293,20 @@ static char *conf_reader(char *buf, int size, void *stream)
         ;
     if (p != buf)
         memmove(buf, p, strlen(p) + 1);
+    /* a ';' or '#' after a blank starts a comment (inih knows only ';') */
+    for (p = buf + 1; *p; p++)
+        if ((*p == ';' || *p == '#') && (p[-1] == ' ' || p[-1] == '\t')) {
+            *p = '\0';
+            break;
+        }
 
     if (buf[0] == '[') {
         if (begin_section(ps, buf) < 0)
             return NULL;
     } else if (buf[0] != '\0' && buf[0] != ';' && buf[0] != '#') {
         /* inih would skip this line and tell us only at the end; say it now
-         * so that this error, if first, is the one reported. Like inih, an
-         * inline comment starts at a ';' after a blank. */
-        for (p = buf; *p && *p != '=' && *p != ':'; p++)
-            if (*p == ';' && p > buf && isspace((unsigned char)p[-1]))
-                break;
-        if (*p != '=' && *p != ':') {
+         * so that this error, if first, is the one reported */
+        if (!strchr(buf, '=') && !strchr(buf, ':')) {
             fail(ps, ps->line, "expected 'key = value' or '[section]'");
             return NULL;
         }

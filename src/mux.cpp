@@ -1103,7 +1103,7 @@ int tunnel_register(tunnel *t, uint32_t idx, const register_msg &m)
 {
     std::string p;
     register_encode(m, &p);
-    if (p.size() > 16 * 1024 || m.domains.size() > 0xffff || m.rules.size() > 0xffff)
+    if (p.size() > REGISTER_MAX || m.domains.size() > 0xffff || m.rules.size() > 0xffff)
         return -1;
     send_ctl_str(t, FT_REGISTER, idx, p);
     return 0;

@@ -140,7 +140,7 @@ TEST_CASE("conf_parse_addr and addr_conf::text")
         "", "host", "host:", "host:0", "host:65536", "host:8a", "host:-1", "host: 80",
         ":", "*", "::1:80", "[::1]80", "[::1]", "[]:80", "[::1:80", "[zz::1]:80",
         "[fe80::1%]:22", "[10.0.0.1]:80", "a b:80", "h/x:80", "host:99999999999999999999",
-        "**:80",
+        "**:80", "[:]:80", "[::::::::1]:1", "[1.2.3.4:]:1", "[1::2::3]:80", "[12345::1]:80",
     };
     addr_conf a;
 
@@ -480,11 +480,11 @@ TEST_CASE("a full client file")
 TEST_CASE("client defaults, server_name, mapping defaults")
 {
     conf c;
-    REQUIRE(load(std::string(CLIENT_MIN) + "server_name = other.example.com\n"
+    REQUIRE(load(std::string(CLIENT_MIN) + "ts = true\nserver_name = other.example.com\n"
                  "[mapping p]\nmode = proxy\n[mapping u]\nmode = udp\nlocal_addr = h:53\n",
                  &c) == "");
     CHECK(c.server_name == "other.example.com");
-    CHECK(!c.ts);
+    CHECK(c.ts);
     CHECK(c.verify);
     CHECK(c.fingerprint.empty());
     CHECK(c.reconnect_min_ms == 1000);
@@ -532,12 +532,13 @@ TEST_CASE("syntax: comments, blanks, indentation, BOM, CRLF, name: value")
                  "    bind_addr = :8091   ; inline comment\r\n"
                  "\ttoken = a;b#c\n"
                  "  tc: true\n"
-                 "password = x # not a comment\n"
-                 "username = u\n", &c) == "");
+                 "password = x # a comment too\n"
+                 "username = u\t#\n", &c) == "");
     CHECK(c.bind_addr.port == 8091);
     CHECK(c.token == "a;b#c");
     CHECK(c.tc);
-    CHECK(c.password == "x # not a comment");
+    CHECK(c.password == "x");
+    CHECK(c.username == "u");
 
     /* an indented key is a key, not the continuation of the value above */
     REQUIRE(load("[server]\nbind_addr = :1\n  token = t\n", &c) == "");
@@ -560,11 +561,25 @@ TEST_CASE("syntax errors")
           "x.ini:1: unexpected text after section header: 'x'");
     CHECK(load("bind_addr = :1\n[server]\n") == "x.ini:1: key 'bind_addr' outside any section");
 
-    /* inih's buffer is 200 bytes: a longer line is refused, not split */
+    /* inih's buffer is 200 bytes: a longer line is refused, not split;
+     * 199 characters fit, whether the line ends in LF or CRLF */
     std::string longline = std::string(SERVER_MIN) + "token = " + std::string(300, 'a') + "\n";
-    CHECK(load(longline) == "x.ini:3: line too long (at most 198 characters)");
-    std::string fits = std::string(SERVER_MIN) + "token = " + std::string(180, 'a') + "\n";
-    CHECK(load(fits) == "");
+    CHECK(load(longline) == "x.ini:3: line too long (at most 199 characters)");
+    std::string fits = std::string(SERVER_MIN) + "token = " + std::string(191, 'a');
+    CHECK(load(fits + "\n") == "");
+    CHECK(load(fits + "\r\n") == "");
+    CHECK(load(fits + "a\n") == "x.ini:3: line too long (at most 199 characters)");
+    CHECK(load(fits + "a\r\n") == "x.ini:3: line too long (at most 199 characters)");
+    CHECK(load(fits + "a") == "x.ini:3: line too long (at most 199 characters)");
+
+    /* a NUL byte does not end the line: it is refused */
+    CHECK(load(std::string(SERVER_MIN) + std::string("token = secret\0junk\n", 20)) ==
+          "x.ini:3: NUL byte in line");
+    CHECK(load(std::string(SERVER_MIN) + std::string("token = a\0", 10) + std::string(250, 'b') + "\n") ==
+          "x.ini:3: NUL byte in line");
+
+    /* ' #' and ' ;' start a comment, also in the key */
+    CHECK(load("[server]\nbind_addr #= :1\n") == "x.ini:2: expected 'key = value' or '[section]'");
 }
 
 TEST_CASE("file errors")
@@ -804,11 +819,22 @@ TEST_CASE("keys that go together")
 {
     std::string s = SERVER_MIN, c = CLIENT_MIN;
 
-    CHECK(load(s + "cert = a.pem\n") == "x.ini:3: cert set without key");
-    CHECK(load(s + "key = a.key\n") == "x.ini:3: key set without cert");
-    CHECK(load(c + "cert = a.pem\n") == "x.ini:3: cert set without key");
+    std::string stls = s + "tc = true\n", ctls = c + "ts = true\n";
+    CHECK(load(stls + "cert = a.pem\n") == "x.ini:4: cert set without key");
+    CHECK(load(stls + "key = a.key\n") == "x.ini:4: key set without cert");
+    CHECK(load(ctls + "cert = a.pem\n") == "x.ini:4: cert set without key");
     CHECK(load(c + "tc = 1\n").find("unknown key 'tc'") != std::string::npos);
-    CHECK(load(c + "key = a.key\ncert = a.pem\n") == "");
+    CHECK(load(ctls + "key = a.key\ncert = a.pem\n") == "");
+    /* TLS keys where TLS is off would check nothing: refused */
+    CHECK(load(s + "client_ca = ca.pem\n") == "x.ini:3: client_ca needs tc = true (it configures TLS, which is off)");
+    CHECK(load(s + "cert = a.pem\nkey = a.key\n") == "x.ini:3: cert needs tc = true (it configures TLS, which is off)");
+    CHECK(load(s + "tc = false\nkey = a.key\n") == "x.ini:4: key needs tc = true (it configures TLS, which is off)");
+    CHECK(load(c + "fingerprint = " + std::string(64, 'a') + "\n") ==
+          "x.ini:3: fingerprint needs ts = true (it configures TLS, which is off)");
+    CHECK(load(c + "ca = ca.pem\n") == "x.ini:3: ca needs ts = true (it configures TLS, which is off)");
+    CHECK(load(c + "verify = false\n") == "x.ini:3: verify needs ts = true (it configures TLS, which is off)");
+    CHECK(load(c + "server_name = x\n") == "x.ini:3: server_name needs ts = true (it configures TLS, which is off)");
+    CHECK(load(s + "map_cert = a.pem\nmap_key = a.key\n") == "");   /* map_https_bind TLS, not tc */
     CHECK(load(s + "username = u\n") == "x.ini:3: username set without password");
     CHECK(load(s + "password = p\n") == "x.ini:3: password set without username");
     CHECK(load(c + "[mapping p]\nmode = proxy\nusername = u\n") ==
@@ -909,4 +935,23 @@ TEST_CASE("the first error is the one reported")
     CHECK(load("[server]\nbind_addr = x\nbogus = 1\n[client]\n").find("x.ini:2: ") == 0);
     CHECK(load("[server]\njunk\nbogus = 1\n") ==
           "x.ini:2: expected 'key = value' or '[section]'");
+}
+
+
+TEST_CASE("a mapping whose registration would not fit is refused")
+{
+    std::string many = std::string(CLIENT_MIN) + "[mapping web]\nmode = http\nlocal_addr = h:80\ndomain = a.example\n";
+    char line[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(line, sizeof line, "X-H%03d: ", i);
+        many += "request_header = " + std::string(line) + std::string(160, 'v') + "\n";
+    }
+    std::string err = load(many);
+    CHECK(err.find("x.ini:3: [mapping web]: its domains and header rules take ") == 0);
+    CHECK(err.find("over the 16384 a registration may carry") != std::string::npos);
+    /* 90 such rules fit */
+    size_t cut = 0;
+    for (int i = 0; i < 90 + 7; i++)
+        cut = many.find('\n', cut) + 1;
+    CHECK(load(many.substr(0, cut)) == "");
 }
