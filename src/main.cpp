@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -23,7 +24,71 @@
 
 static conf cf;
 static bool draining;
+static bool detached;
 static timer drain_timer;
+static int pid_fd = -1;             /* our pid file, locked while we run */
+static std::string pid_path;        /* where we put it */
+
+/* Where the logs go for configuration c: under -d without log_file, syslog
+ * (stderr is /dev/null then). */
+static std::string log_target_of(const conf &c)
+{
+    return c.log_file.empty() && detached ? "syslog" : c.log_file;
+}
+
+static std::string log_target;      /* the one open now */
+
+/*
+ * pid_file: a new file, locked for as long as we run and renamed over the
+ * path, so that -s can tell a live daemon (the lock is held) from a file a
+ * crash left behind, and a daemon still draining after a graceful restart
+ * never removes the file its successor wrote.
+ */
+static int pid_file_write(const std::string &path)
+{
+    char buf[32];
+    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
+    std::string tmp = path + "." + std::to_string((long)getpid()) + ".tmp";
+    int fd = open(tmp.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -1;
+    if (flock(fd, LOCK_EX | LOCK_NB) < 0 || write(fd, buf, (size_t)n) != n ||
+        rename(tmp.c_str(), path.c_str()) < 0) {
+        int e = errno;
+        unlink(tmp.c_str());
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+/* Remove our pid file, unless another daemon's now stands at its path. */
+static void pid_file_remove(int fd, const std::string &path)
+{
+    struct stat a, b;
+    if (fd < 0)
+        return;
+    if (stat(path.c_str(), &a) == 0 && fstat(fd, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino)
+        unlink(path.c_str());
+    close(fd);
+}
+
+/* A reload that names another pid_file moves ours there. */
+static void pid_file_move(const std::string &path)
+{
+    if (path == pid_path)
+        return;
+    int fd = -1;
+    if (!path.empty() && (fd = pid_file_write(path)) < 0) {
+        log_error("reload: pid_file %s: %s (keeping %s)", path.c_str(), strerror(errno),
+                  pid_path.empty() ? "none" : pid_path.c_str());
+        return;
+    }
+    pid_file_remove(pid_fd, pid_path);
+    pid_fd = fd;
+    pid_path = path;
+}
 
 static void usage(FILE *f)
 {
@@ -105,11 +170,21 @@ static void on_signal(int signo, void *)
             log_error("reload failed, keeping the running configuration: %s", err.c_str());
             break;
         }
-        if (next.log_file != cf.log_file && log_open(next.log_file.c_str(), next.log_level) < 0)
-            log_error("reload: log_file %s: %s (keeping the old one)", next.log_file.c_str(), strerror(errno));
-        if (next.access_log != cf.access_log && access_log_open(next.access_log.c_str()) < 0)
-            log_error("reload: access_log %s: %s", next.access_log.c_str(), strerror(errno));
+        /* a target that fails to open is tried again at the next reload */
+        std::string lt = log_target_of(next);
+        if (lt != log_target) {
+            if (log_open(lt.c_str(), next.log_level) < 0)
+                log_error("reload: log_file %s: %s (keeping the old one)", lt.c_str(), strerror(errno));
+            else
+                log_target = lt;
+        }
+        if (next.access_log != cf.access_log && access_log_open(next.access_log.c_str()) < 0) {
+            log_error("reload: access_log %s: %s (keeping the old one)", next.access_log.c_str(),
+                      strerror(errno));
+            next.access_log = cf.access_log;
+        }
         log_set_level(next.log_level);
+        pid_file_move(next.pid_file);
         cf = next;
         log_info("reloaded %s", cf.path.c_str());
         break;
@@ -151,30 +226,20 @@ static int send_signal(const char *what)
             fclose(f);
         return 1;
     }
+    /* the daemon holds a lock on its pid file: a file nobody locks was
+     * left by a crash, and its pid may be another process's by now */
+    if (flock(fileno(f), LOCK_SH | LOCK_NB) == 0) {
+        fprintf(stderr, "wmproxyd: no daemon running (pid_file %s is stale: no process holds it)\n",
+                cf.pid_file.c_str());
+        fclose(f);
+        return 1;
+    }
     fclose(f);
     if (kill((pid_t)pid, signo) < 0) {
         fprintf(stderr, "wmproxyd: no daemon running (pid %ld from %s: %s)\n", pid, cf.pid_file.c_str(),
                 strerror(errno));
         return 1;
     }
-    return 0;
-}
-
-static int write_pid_file(void)
-{
-    if (cf.pid_file.empty())
-        return 0;
-    char buf[32];
-    int n = snprintf(buf, sizeof buf, "%ld\n", (long)getpid());
-    int fd = open(cf.pid_file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0 || write(fd, buf, (size_t)n) != n) {
-        int e = errno;
-        if (fd >= 0)
-            close(fd);
-        errno = e;
-        return -1;
-    }
-    close(fd);
     return 0;
 }
 
@@ -284,6 +349,7 @@ int main(int argc, char **argv)
             return status;
         }
         close(ready[0]);
+        detached = true;
         setsid();
         /* a daemon holds no directory: a HUP must still find its file */
         char *abs = realpath(cf.path.c_str(), nullptr);
@@ -297,9 +363,9 @@ int main(int argc, char **argv)
         }
     }
 
-    const char *log_target = cf.log_file.empty() && detach ? "syslog" : cf.log_file.c_str();
-    if (log_open(log_target, cf.log_level) < 0) {
-        fprintf(stderr, "wmproxyd: log_file %s: %s\n", log_target, strerror(errno));
+    log_target = log_target_of(cf);
+    if (log_open(log_target.c_str(), cf.log_level) < 0) {
+        fprintf(stderr, "wmproxyd: log_file %s: %s\n", log_target.c_str(), strerror(errno));
         return 2;
     }
     if (!cf.access_log.empty() && access_log_open(cf.access_log.c_str()) < 0) {
@@ -320,15 +386,17 @@ int main(int argc, char **argv)
     int r = cf.role_ == ROLE_SERVER ? server_start(cf, &err) : client_start(cf, &err);
     if (r < 0) {
         log_error("start-up failed: %s", err.c_str());
-        if (!detach || log_target != std::string(""))
+        if (!log_target.empty())   /* else that line went to stderr already */
             fprintf(stderr, "wmproxyd: %s\n", err.c_str());
         return 2;
     }
-    if (write_pid_file() < 0) {
+    if (!cf.pid_file.empty() && (pid_fd = pid_file_write(cf.pid_file)) < 0) {
         log_error("pid_file %s: %s", cf.pid_file.c_str(), strerror(errno));
-        fprintf(stderr, "wmproxyd: pid_file %s: %s\n", cf.pid_file.c_str(), strerror(errno));
+        if (!log_target.empty())
+            fprintf(stderr, "wmproxyd: pid_file %s: %s\n", cf.pid_file.c_str(), strerror(errno));
         return 2;
     }
+    pid_path = cf.pid_file;
     if (detach) {
         char ok = 0;
         int devnull = open("/dev/null", O_RDWR);
@@ -345,8 +413,7 @@ int main(int argc, char **argv)
         close(ready[1]);
     }
     reactor_run();
-    if (!cf.pid_file.empty())
-        unlink(cf.pid_file.c_str());
+    pid_file_remove(pid_fd, pid_path);
     log_info("stopped");
     return 0;
 }

@@ -212,6 +212,86 @@ def detach_startup_failure(ctx):
     no_sanitizer_reports(ctx)
 
 
+@test(timeout=60)
+def pid_file_belongs_to_its_daemon(ctx):
+    """Two daemons on one pid_file, as in a graceful restart: the second
+    one's file stands, and the first one's exit leaves it (it used to remove
+    it, losing the running daemon to -s). A file nobody holds is stale: -s
+    says no daemon runs and signals nobody, even if its pid is alive. A
+    reload naming another pid_file moves it there."""
+    pidf, pidf2 = ctx.path("run.pid"), ctx.path("run2.pid")
+    a = Daemon(ctx, "a", server_ini(free_port(), "pid_file = %s\n" % pidf, tls=False)).start()
+    a.wait_log(r"listening|tunnel listener|INFO .*127\.0\.0\.1")
+    wait_until(lambda: os.path.exists(pidf) and read_pid(pidf) == a.pid, 10, "a's pid file")
+    text_b = server_ini(free_port(), "pid_file = %s\n" % pidf, tls=False)
+    b = Daemon(ctx, "b", text_b).start()
+    wait_until(lambda: read_pid(pidf) == b.pid, 10, "b's pid in the pid file")
+    assert a.stop() == 0
+    assert os.path.exists(pidf), "the first daemon removed the file of the second"
+    assert read_pid(pidf) == b.pid
+    r = wmproxyd(ctx, "-f", b.conf, "-s", "reload")
+    assert r.returncode == 0, r.stderr
+    b.wait_log(r"INFO reloaded")
+
+    # a stale file whose pid is some other live process
+    sleeper = subprocess.Popen(["sleep", "30"])
+    ctx.procs.append(sleeper)
+    stale = ctx.path("stale.pid")
+    with open(stale, "w") as f:
+        f.write("%d\n" % sleeper.pid)
+    conf = ctx.write("stale.ini", server_ini(free_port(), "pid_file = %s\n" % stale, tls=False))
+    r = wmproxyd(ctx, "-f", conf, "-s", "stop")
+    assert r.returncode == 1, (r.returncode, r.stderr)
+    assert b"no daemon running" in r.stderr and b"stale" in r.stderr, r.stderr
+    assert sleeper.poll() is None, "-s signalled a process that is not the daemon"
+    sleeper.kill()
+
+    # reload to another pid_file
+    with open(b.conf, "w") as f:
+        f.write(text_b.replace(pidf, pidf2))
+    b.signal(signal.SIGHUP)
+    b.wait_log(r"INFO reloaded", count=2)
+    wait_until(lambda: os.path.exists(pidf2) and not os.path.exists(pidf), 10, "the pid file to move")
+    assert read_pid(pidf2) == b.pid
+    r = wmproxyd(ctx, "-f", b.conf, "-s", "stop")
+    assert r.returncode == 0, r.stderr
+    assert b.proc.wait(10) == 0
+    assert not os.path.exists(pidf2), "pid file left after the stop"
+
+
+@test(timeout=60)
+def reload_retries_a_log_file_that_failed(ctx):
+    """A reload whose log_file cannot be opened keeps the old one and says
+    so; the next reload tries it again (it used to take the failed path for
+    open and never retry)."""
+    d = ctx.path("later")
+    text = server_ini(free_port(), "log_file = %s\n" % ctx.path("first.log"), tls=False)
+    s = Daemon(ctx, "s", text).start()
+    wait_file(ctx.path("first.log"), r"INFO wmproxyd .* starting")
+    with open(s.conf, "w") as f:
+        f.write(text.replace(ctx.path("first.log"), os.path.join(d, "second.log")))
+    s.signal(signal.SIGHUP)
+    wait_file(ctx.path("first.log"), r"ERROR reload: log_file .*second\.log: No such file or directory \(keeping the old one\)")
+    os.mkdir(d)
+    s.signal(signal.SIGHUP)
+    wait_file(os.path.join(d, "second.log"), r"INFO reloaded")
+    assert s.stop() == 0
+
+
+@test(timeout=30)
+def startup_failure_said_once(ctx):
+    """In the foreground without log_file, the reason start-up failed is on
+    stderr once (it was printed twice: the log line, then again)."""
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    hold.listen(1)
+    ctx.closers.append(hold.close)
+    conf = ctx.write("s.ini", server_ini(hold.getsockname()[1], tls=False))
+    r = wmproxyd(ctx, "-f", conf)
+    assert r.returncode == 2, r
+    assert r.stderr.count(b"Address already in use") == 1, r.stderr
+
+
 @test(timeout=30)
 def detach_lets_go_of_the_terminal(ctx):
     """-d without log_file logs to syslog: the daemon keeps none of the
