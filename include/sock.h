@@ -84,12 +84,17 @@ void sock_nodelay(int fd);
 void sock_linger0(int fd);
 
 /* ---- asynchronous resolution ----
- * getaddrinfo() blocks, so each lookup of a name runs on a short-lived
- * helper thread (at most RESOLVE_THREADS at once, the rest wait in a queue)
- * that hands the result back to the loop through a pipe. A numeric host is
- * answered without a thread. The loop never waits: a slow or dead DNS
- * server delays only the requests that asked for that name. */
+ * getaddrinfo() blocks, so each name is looked up on a short-lived helper
+ * thread (at most RESOLVE_THREADS at once) that hands the result back to
+ * the loop through a pipe; requests for a name already being looked up
+ * share that lookup. Names beyond the threads wait in a queue of at most
+ * RESOLVE_QUEUE; past it a request fails at once ("resolver busy"). A
+ * cancelled request is freed at once, and a queued name nobody waits for
+ * leaves the queue. A numeric host is answered without a thread. The loop
+ * never waits, but lookups that hang hold their threads until the
+ * resolver's own timeout (resolv.conf), and names queued behind them wait. */
 #define RESOLVE_THREADS 16
+#define RESOLVE_QUEUE 256
 
 struct resolve_req;
 /* status: 0 and the addresses (at least one) in *addrs, or an EAI_* code
@@ -99,8 +104,10 @@ typedef void (*resolve_fn)(void *arg, int status, const addr_list *addrs, const 
 /* The callback always runs later from the loop, never inside this call.
  * Returns a handle for resolve_cancel, or nullptr when out of memory. */
 resolve_req *resolve_start(const std::string &host, uint16_t port, resolve_fn fn, void *arg);
-/* The callback will not be called. */
+/* The callback will not be called; r is freed. Only before the callback ran. */
 void resolve_cancel(resolve_req *r);
+/* Names being looked up or queued, and answers not yet delivered. */
+size_t resolve_pending(void);
 /* A parsed numeric address, or -1 when host is not numeric. */
 int resolve_numeric(const std::string &host, uint16_t port, sockaddr_buf *out);
 

@@ -15,6 +15,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <unordered_map>
+#include <vector>
+
 std::string sock_addr_text(const sockaddr *sa)
 {
     char host[INET6_ADDRSTRLEN], out[INET6_ADDRSTRLEN + 16];
@@ -225,18 +228,35 @@ void sock_linger0(int fd)
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 
-/* ---- resolver ---- */
+/* ---- resolver ----
+ * One job per name being looked up: the requests for that name wait on it
+ * (each with its own port) and share its answer. Jobs beyond the threads
+ * wait in a queue of at most RESOLVE_QUEUE names; a request whose owner
+ * gave up is freed at once, and a queued job nobody waits for any more
+ * leaves the queue. A job already on a thread finishes there (getaddrinfo
+ * cannot be stopped) and is then dropped. */
+
+struct resolve_job;
 
 struct resolve_req {
-    std::string host;
+    resolve_job *job = nullptr;     /* null: answered by a task (numeric, busy) */
     uint16_t port;
     resolve_fn fn;
     void *arg;
-    bool cancelled = false;
+    resolve_req *prev = nullptr, *next = nullptr;   /* the job's waiters */
+    int status = 0;                 /* a task's answer */
+    sockaddr_buf addr;
+    std::string err;
+};
+
+struct resolve_job {
+    std::string host;
+    bool running = false;
     int status = 0;
     addr_list addrs;
     std::string err;
-    resolve_req *next = nullptr;
+    resolve_req *waiters = nullptr;
+    resolve_job *qprev = nullptr, *qnext = nullptr;  /* the queue, while queued */
 };
 
 struct resolver_pipe : io_handler {
@@ -246,105 +266,144 @@ struct resolver_pipe : io_handler {
 
 static resolver_pipe rp;
 static int running;
-static resolve_req *waiting_head, *waiting_tail;
-static resolve_req *numeric_done;
-static task numeric_task;
+static size_t queued;
+static resolve_job *queue_head, *queue_tail;
+/* Never destroyed: at exit a thread may still be inside getaddrinfo() with
+ * its job, or have handed it to the pipe; they stay reachable from here. */
+static std::unordered_map<std::string, resolve_job *> &jobs =   /* queued or running */
+    *new std::unordered_map<std::string, resolve_job *>;
+static std::vector<resolve_req *> &answered = *new std::vector<resolve_req *>;   /* numeric or busy */
+static task answer_task;
 
 static void *resolve_thread(void *p)
 {
-    resolve_req *r = (resolve_req *)p;
+    resolve_job *j = (resolve_job *)p;
     addrinfo hints = {}, *res;
-    char port[8];
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_ADDRCONFIG;
-    snprintf(port, sizeof port, "%u", r->port);
-    r->status = getaddrinfo(r->host.c_str(), port, &hints, &res);
-    if (r->status == 0) {
-        for (addrinfo *ai = res; ai && r->addrs.n < ADDRS_MAX; ai = ai->ai_next) {
-            if (ai->ai_addrlen > sizeof r->addrs.a[0].ss)
+    j->status = getaddrinfo(j->host.c_str(), nullptr, &hints, &res);
+    if (j->status == 0) {
+        for (addrinfo *ai = res; ai && j->addrs.n < ADDRS_MAX; ai = ai->ai_next) {
+            if (ai->ai_addrlen > sizeof j->addrs.a[0].ss)
                 continue;
-            sockaddr_buf *b = &r->addrs.a[r->addrs.n++];
+            sockaddr_buf *b = &j->addrs.a[j->addrs.n++];
             memcpy(&b->ss, ai->ai_addr, ai->ai_addrlen);
             b->len = ai->ai_addrlen;
         }
         freeaddrinfo(res);
-        if (r->addrs.n == 0)
-            r->status = EAI_NONAME;
+        if (j->addrs.n == 0)
+            j->status = EAI_NONAME;
     }
-    if (r->status != 0)
-        r->err = gai_strerror(r->status);
+    if (j->status != 0)
+        j->err = gai_strerror(j->status);
     /* a pointer is smaller than PIPE_BUF: the write is atomic */
-    ssize_t n = write(rp.wfd, &r, sizeof r);
+    ssize_t n = write(rp.wfd, &j, sizeof j);
     (void)n;
     return nullptr;
 }
 
-static void spawn(resolve_req *r)
+static void spawn(resolve_job *j)
 {
     pthread_t th;
     pthread_attr_t at;
     pthread_attr_init(&at);
     pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
     pthread_attr_setstacksize(&at, 128 * 1024);
-    if (pthread_create(&th, &at, resolve_thread, r) != 0) {
-        r->status = EAI_AGAIN;
-        r->err = "cannot start a resolver thread";
-        ssize_t n = write(rp.wfd, &r, sizeof r);
+    j->running = true;
+    if (pthread_create(&th, &at, resolve_thread, j) != 0) {
+        j->status = EAI_AGAIN;
+        j->err = "cannot start a resolver thread";
+        ssize_t n = write(rp.wfd, &j, sizeof j);
         (void)n;
     }
     pthread_attr_destroy(&at);
     running++;
 }
 
-static void finish(resolve_req *r)
+static void dequeue(resolve_job *j)
 {
-    if (!r->cancelled)
-        r->fn(r->arg, r->status, r->status == 0 ? &r->addrs : nullptr, r->err.c_str());
-    delete r;
+    (j->qprev ? j->qprev->qnext : queue_head) = j->qnext;
+    (j->qnext ? j->qnext->qprev : queue_tail) = j->qprev;
+    j->qprev = j->qnext = nullptr;
+    queued--;
+}
+
+static void set_port(sockaddr_buf *b, uint16_t port)
+{
+    if (b->ss.ss_family == AF_INET)
+        ((sockaddr_in *)&b->ss)->sin_port = htons(port);
+    else if (b->ss.ss_family == AF_INET6)
+        ((sockaddr_in6 *)&b->ss)->sin6_port = htons(port);
 }
 
 void resolver_pipe::on_io(unsigned)
 {
-    resolve_req *r;
-    while (read(rfd, &r, sizeof r) == (ssize_t)sizeof r) {
+    resolve_job *j;
+    while (read(rfd, &j, sizeof j) == (ssize_t)sizeof j) {
         running--;
-        if (waiting_head) {
-            resolve_req *w = waiting_head;
-            waiting_head = w->next;
-            if (!waiting_head)
-                waiting_tail = nullptr;
-            spawn(w);
+        if (queue_head) {
+            resolve_job *next = queue_head;
+            dequeue(next);
+            spawn(next);
         }
-        finish(r);
+        jobs.erase(j->host);
+        /* each waiter is unlinked before its callback, which may start or
+         * cancel other lookups (never this job's: it left the map) */
+        while (resolve_req *r = j->waiters) {
+            j->waiters = r->next;
+            if (j->waiters)
+                j->waiters->prev = nullptr;
+            if (j->status == 0) {
+                addr_list a = j->addrs;
+                for (int i = 0; i < a.n; i++)
+                    set_port(&a.a[i], r->port);
+                r->fn(r->arg, 0, &a, "");
+            } else {
+                r->fn(r->arg, j->status, nullptr, j->err.c_str());
+            }
+            delete r;
+        }
+        delete j;
     }
 }
 
-static void run_numeric(void *)
+static void run_answered(void *)
 {
-    resolve_req *r = numeric_done;
-    numeric_done = nullptr;
-    while (r) {
-        resolve_req *next = r->next;
-        finish(r);
-        r = next;
+    std::vector<resolve_req *> now;
+    now.swap(answered);
+    for (resolve_req *r : now) {
+        if (!r->fn)
+            continue;       /* cancelled */
+        if (r->status == 0) {
+            addr_list a;
+            a.a[0] = r->addr;
+            a.n = 1;
+            r->fn(r->arg, 0, &a, "");
+        } else {
+            r->fn(r->arg, r->status, nullptr, r->err.c_str());
+        }
     }
+    for (resolve_req *r : now)
+        delete r;
+}
+
+/* Answer r from the loop, not from inside resolve_start. */
+static resolve_req *answer_later(resolve_req *r)
+{
+    answered.push_back(r);
+    answer_task.fn = run_answered;
+    task_post(&answer_task);
+    return r;
 }
 
 resolve_req *resolve_start(const std::string &host, uint16_t port, resolve_fn fn, void *arg)
 {
     resolve_req *r = new resolve_req;
-    r->host = host;
     r->port = port;
     r->fn = fn;
     r->arg = arg;
-    if (resolve_numeric(host, port, &r->addrs.a[0]) == 0) {
-        r->addrs.n = 1;
-        r->next = numeric_done;
-        numeric_done = r;
-        numeric_task.fn = run_numeric;
-        task_post(&numeric_task);
-        return r;
-    }
+    if (resolve_numeric(host, port, &r->addr) == 0)
+        return answer_later(r);
     if (rp.rfd < 0) {
         int p[2];
         if (pipe2(p, O_NONBLOCK | O_CLOEXEC) < 0) {
@@ -357,20 +416,55 @@ resolve_req *resolve_start(const std::string &host, uint16_t port, resolve_fn fn
         fcntl(rp.wfd, F_SETFL, 0);
         reactor_add(rp.rfd, &rp);
     }
-    if (running < RESOLVE_THREADS) {
-        spawn(r);
-    } else {
-        if (waiting_tail)
-            waiting_tail->next = r;
-        else
-            waiting_head = r;
-        waiting_tail = r;
+    auto it = jobs.find(host);
+    resolve_job *j = it == jobs.end() ? nullptr : it->second;
+    if (!j) {
+        if (running >= RESOLVE_THREADS && queued >= RESOLVE_QUEUE) {
+            r->status = EAI_AGAIN;
+            r->err = "resolver busy: too many names waiting";
+            return answer_later(r);
+        }
+        j = new resolve_job;
+        j->host = host;
+        jobs[host] = j;
+        if (running < RESOLVE_THREADS) {
+            spawn(j);
+        } else {
+            j->qprev = queue_tail;
+            (queue_tail ? queue_tail->qnext : queue_head) = j;
+            queue_tail = j;
+            queued++;
+        }
     }
+    r->job = j;
+    r->next = j->waiters;
+    if (r->next)
+        r->next->prev = r;
+    j->waiters = r;
     return r;
 }
 
 void resolve_cancel(resolve_req *r)
 {
-    if (r)
-        r->cancelled = true;
+    if (!r)
+        return;
+    resolve_job *j = r->job;
+    if (!j) {
+        r->fn = nullptr;    /* in answered: run_answered frees it */
+        return;
+    }
+    (r->prev ? r->prev->next : j->waiters) = r->next;
+    if (r->next)
+        r->next->prev = r->prev;
+    delete r;
+    if (!j->waiters && !j->running) {
+        dequeue(j);
+        jobs.erase(j->host);
+        delete j;
+    }
+}
+
+size_t resolve_pending(void)
+{
+    return jobs.size() + answered.size();
 }

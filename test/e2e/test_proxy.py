@@ -766,3 +766,77 @@ def proxy_mapping_into_private_network(ctx):
     # the client logs the public user's own address, carried in the OPEN
     c.wait_log(r"proxy 127\.0\.0\.1:\d+: GET http://127\.0\.0\.1:%d/" % o.port)
     assert o.accepted == 2, o.accepted
+
+
+@test(timeout=120)
+def socks5_lookups_are_bounded(ctx):
+    """Names looked up for SOCKS5 users, against a DNS server that never
+    answers (the daemon in a mount namespace of its own, with a resolv.conf
+    naming it): at most 256 names wait for the 16 lookup threads, beyond
+    that a user is answered at once (reply 4, "resolver busy" logged); a
+    user who leaves takes his name out of the queue. Before, every request
+    waited in an unbounded queue even after its user left (20,000 of them
+    held 100 MB), and a name in /etc/hosts waited behind all of them."""
+    dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        dns.bind(("127.83.84.85", 53))
+    except OSError as e:
+        raise Skip("cannot bind the silent DNS server: %s" % e)
+    ctx.closers.append(dns.close)
+    resolv = ctx.write("resolv.conf", "nameserver 127.83.84.85\noptions timeout:3 attempts:1\n")
+    probe = run(["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf', resolv])
+    if probe.returncode != 0:
+        raise Skip("no mount namespace here: %s" % probe.stderr.decode().strip())
+    wrap = ctx.write("wrap.sh", '#!/bin/sh\nexec unshare -m sh -c \'mount --bind "$0" /etc/resolv.conf && '
+                     'exec "$@"\' %s %s "$@"\n' % (resolv, WMPROXYD))
+    os.chmod(wrap, 0o755)
+    port = free_port()
+    s = Daemon(ctx, "server", server_ini(port, "flag = socks5\nconnect_timeout = 60s\nlog_level = debug\n",
+                                         tls=False), binary=wrap).start()
+    s.wait_log(r"listening for tunnels")
+    e = TcpServer(ctx, echo_handler)
+
+    def ask(name):
+        c = socks5_open(port)
+        c.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", e.port))
+        return c
+
+    def leave(c):                       # a reset: the server cannot take it for a half-close
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.close()
+
+    def resets(n):
+        s.wait_log(r"proxy [\d.:]+: user: Connection reset", count=n, timeout=20)
+
+    hang = [ask(b"hang%d.wmproxy.test" % i) for i in range(16)]     # the threads, for 3 s
+    for i in range(300):                # users who leave: out of the queue
+        leave(ask(b"gone%d.wmproxy.test" % i))
+    resets(300)
+    wait = [ask(b"wait%d.wmproxy.test" % i) for i in range(300)]    # 256 wait, 44 are answered
+    s.wait_log(r"resolver busy", count=44, timeout=10)
+    for c in wait[256:]:
+        c.settimeout(5)
+        r = socks5_reply(c)
+        assert r[1] == 4, r
+    for c in hang + wait[:256]:
+        c.setblocking(False)
+        try:
+            d = c.recv(16)
+            raise AssertionError("a waiting user was answered: %r" % d)
+        except BlockingIOError:
+            pass
+    assert len(re.findall(r"resolver busy", s.text())) == 44, s.text()[-2000:]
+    for c in hang + wait:
+        leave(c)
+    resets(300 + 16 + 300)
+    # the lookups running end within 3 s; nothing else is queued any more,
+    # so a name from /etc/hosts is answered right after them
+    t0 = time.monotonic()
+    c = socks5_open(port)
+    c.settimeout(20)
+    r = socks5_request(c, 1, 3, bytes([9]) + b"localhost", e.port)
+    assert r[1] == 0, "localhost: reply %d after %.1fs" % (r[1], time.monotonic() - t0)
+    assert time.monotonic() - t0 < 10, time.monotonic() - t0
+    c.sendall(b"ping")
+    assert c.recv(4) == b"ping"
+    c.close()

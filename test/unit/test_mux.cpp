@@ -687,3 +687,58 @@ TEST_CASE("mux: where max_streams x 8 KiB passes tunnel_buffer, streams at the 4
     CHECK(cl->rx.data == 4096);
     CHECK_FALSE(p.cli->rx_paused);
 }
+
+/* ---- resolver ---- */
+
+struct resolved_got {
+    int n = 0, status = -1;
+    uint16_t port = 0;
+};
+
+static void resolved_cb(void *arg, int status, const addr_list *a, const char *)
+{
+    resolved_got *g = (resolved_got *)arg;
+    g->n++;
+    g->status = status;
+    if (a && a->n) {
+        uint16_t p;
+        memcpy(&p, (const char *)&a->a[0].ss + 2, 2);   /* sin_port and sin6_port alike */
+        g->port = ntohs(p);
+    }
+}
+
+TEST_CASE("resolver: one lookup per name, each request its own port; a cancelled request is never answered")
+{
+    up();
+    resolved_got g[40];
+    resolve_req *r[40];
+    for (int i = 0; i < 40; i++)
+        REQUIRE((r[i] = resolve_start("localhost", (uint16_t)(1000 + i), resolved_cb, &g[i])));
+    CHECK(resolve_pending() == 1);          /* one name, one lookup */
+    for (int i = 1; i < 40; i += 2)
+        resolve_cancel(r[i]);               /* freed at once (ASan would see a leak) */
+    REQUIRE(run_until([] { return resolve_pending() == 0; }));
+    for (int i = 0; i < 40; i++) {
+        CAPTURE(i);
+        CHECK(g[i].n == (i % 2 ? 0 : 1));
+        if (i % 2 == 0) {
+            CHECK(g[i].status == g[0].status);
+            if (g[i].status == 0)
+                CHECK(g[i].port == 1000 + i);
+        }
+    }
+
+    /* a numeric host is answered from the loop, never inside the call */
+    resolved_got a, b;
+    resolve_req *ra = resolve_start("127.0.0.1", 7, resolved_cb, &a);
+    resolve_req *rb = resolve_start("::1", 8, resolved_cb, &b);
+    REQUIRE(ra);
+    REQUIRE(rb);
+    CHECK(a.n == 0);
+    resolve_cancel(rb);
+    REQUIRE(run_until([] { return resolve_pending() == 0; }));
+    CHECK(a.n == 1);
+    CHECK(a.status == 0);
+    CHECK(a.port == 7);
+    CHECK(b.n == 0);
+}
