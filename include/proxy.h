@@ -26,6 +26,8 @@ struct proxy_conf {
     std::string username, password; /* empty username: no authentication */
     uint32_t connect_timeout_ms = 10000;
     uint32_t handshake_timeout_ms = 10000; /* until the proxy request is complete */
+    uint64_t first_deadline = 0;    /* the first request's, when a sniffer started
+                                       the clock already (now_ms() time); 0: none */
     std::string where;              /* for log lines: "bind_addr", "mapping NAME" */
 };
 

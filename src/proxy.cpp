@@ -58,7 +58,11 @@
 #define PBUF (16 * 1024)        /* input buffer of a side */
 #define PUMP_MAX (256 * 1024)   /* bytes read per session per loop pass */
 #define LINGER_MS 2000          /* read and drop after our last byte */
+#define USER_STALL_MS 60000     /* an HTTP request whose user neither sends its
+                                   body nor reads its answer (nginx
+                                   client_body_timeout, send_timeout) */
 #define UDP_BURST 64            /* datagrams per session per loop pass */
+#define UDP_DESTS 64            /* destinations of an association that may answer */
 
 proxy_kind proxy_sniff(const uint8_t *p, size_t len)
 {
@@ -176,6 +180,10 @@ struct pudp {
     sockaddr_buf raddr;
     resolve_req *rq = nullptr;
     std::string held;           /* the payload waiting for rq */
+    /* where the client sent to lately: only these may answer (RFC 1928
+     * leaves it open; a NAT's address-and-port-dependent filter) */
+    sockaddr_buf dest[UDP_DESTS];
+    int ndest = 0, dnext = 0;
 };
 
 struct psess : deferred {
@@ -183,6 +191,8 @@ struct psess : deferred {
     proxy_conf pc;
     std::string peer;
     timer tmo;                  /* handshake/idle, connect, or linger */
+    timer stall;                /* an HTTP request the user stopped moving */
+    uint64_t user_io = 0;       /* last byte read from or written to the user */
     task resume;
     resolve_req *rq = nullptr;
     addr_list *ups = nullptr;   /* while connecting: the target's addresses */
@@ -274,6 +284,7 @@ static void close_session(psess *s)
     }
     resolve_cancel(s->rq);
     timer_cancel(&s->tmo);
+    timer_cancel(&s->stall);
     task_cancel(&s->resume);
     if (s->prev)
         s->prev->next = s->next;
@@ -616,7 +627,8 @@ static int resp_head(psess *s)
         return 1;
     }
     s->up_keep = f.keep_alive;
-    s->keep = f.keep_alive && s->req_keep;
+    /* the user sent its last request (and its FIN): this answer ends it */
+    s->keep = f.keep_alive && s->req_keep && !(s->e[0].eof && !s->e[0].in.len);
     http_write_field(&o, "Connection", s->keep ? "keep-alive" : "close");
     http_write_end(&o);
     body_init(e, f.body, f.length);
@@ -632,8 +644,9 @@ static int msg_done(psess *s, pside *e)
     }
     access_line(s);
     /* a response that ended before its request did leaves the user's
-     * bytes unframed: close */
-    if (!s->keep || s->e[0].mode != M_HOLD || s->e[0].eof || s->draining)
+     * bytes unframed: close. A user who half-closed after pipelining
+     * requests gets the answers to all of them. */
+    if (!s->keep || s->e[0].mode != M_HOLD || (s->e[0].eof && !s->e[0].in.len) || s->draining)
         return closing(s);
     if (s->up_keep)
         e->mode = M_IDLE;
@@ -702,18 +715,57 @@ static void udp_send(pudp *u, const sockaddr *sa, socklen_t len, const void *p, 
         len = sizeof m;
     }
     /* a datagram may be lost: errors (no route, no IPv6) drop it */
-    if (sendto(u->fd, p, n, 0, sa, len) < 0)
+    if (sendto(u->fd, p, n, 0, sa, len) < 0) {
         log_debug("socks5 udp: sendto: %s", strerror(errno));
+        return;
+    }
+    for (int i = 0; i < u->ndest; i++)
+        if (u->dest[i].len == len && !memcmp(&u->dest[i].ss, sa, len))
+            return;
+    sockaddr_buf *d = &u->dest[u->dnext];
+    memcpy(&d->ss, sa, len);
+    d->len = len;
+    u->dnext = (u->dnext + 1) % UDP_DESTS;
+    if (u->ndest < UDP_DESTS)
+        u->ndest++;
+}
+
+/* Did the client send to from lately? (from is as recvfrom() gave it, in
+ * the socket's family, as udp_send() recorded it.) */
+static bool udp_known(const pudp *u, const sockaddr_buf &from)
+{
+    for (int i = 0; i < u->ndest; i++) {
+        const sockaddr_buf &d = u->dest[i];
+        if (d.ss.ss_family != from.ss.ss_family)
+            continue;
+        if (d.ss.ss_family == AF_INET) {
+            const sockaddr_in *a = (const sockaddr_in *)&d.ss, *b = (const sockaddr_in *)&from.ss;
+            if (a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr)
+                return true;
+        } else if (d.ss.ss_family == AF_INET6) {
+            const sockaddr_in6 *a = (const sockaddr_in6 *)&d.ss, *b = (const sockaddr_in6 *)&from.ss;
+            if (a->sin6_port == b->sin6_port && !memcmp(&a->sin6_addr, &b->sin6_addr, 16))
+                return true;
+        }
+    }
+    return false;
 }
 
 static void udp_resolved(void *arg, int st, const addr_list *l, const char *err)
 {
-    const sockaddr_buf *a = st ? nullptr : &l->a[0];
+    const sockaddr_buf *a = nullptr;
     psess *s = (psess *)arg;
     pudp *u = s->u;
     u->rq = nullptr;
+    /* the first address this socket can reach: an IPv4 one for an IPv4
+     * association, any for an IPv6 one (IPv4 goes mapped) */
+    for (int i = 0; !st && i < l->n && !a; i++)
+        if (u->fam == AF_INET6 || l->a[i].ss.ss_family == AF_INET)
+            a = &l->a[i];
     if (st) {
         plog(s, "socks5 udp: resolve %s: %s", u->rhost.c_str(), err);
+    } else if (!a) {
+        plog(s, "socks5 udp: %s has no IPv4 address", u->rhost.c_str());
     } else {
         u->raddr = *a;
         u->rok = true;
@@ -773,7 +825,7 @@ static void udp_run(psess *s)
             u->cli.port = a.port;
             u->cli_sa = from;
             udp_from_client(s, d, (size_t)n);
-        } else if (u->cli_sa.len) {
+        } else if (u->cli_sa.len && udp_known(u, from)) {
             socks5_udp_hdr h;
             h.frag = 0;
             h.addr = a;
@@ -822,13 +874,16 @@ static int udp_start(psess *s, const socks5_addr &want)
     p.len = sizeof p.ss;
     getpeername(s->e[0].tr->fd, (sockaddr *)&p.ss, &p.len);
     socks5_addr_from_sockaddr(p.sa(), &u->cli);
-    static const uint8_t zero[16] = {0};
-    if (want.atyp != S5_ATYP_DOMAIN && memcmp(want.ip, zero, want.len)) {
-        u->cli.atyp = want.atyp;
-        memcpy(u->cli.ip, want.ip, 16);
-    }
     u->cli.len = u->cli.atyp == S5_ATYP_IPV4 ? 4 : 16;
-    if (want.port) {
+    /* datagrams come only from the user's own address (RFC 1928 7): the
+     * address it names counts only if it is that one, its port then too
+     * (another address is a client behind NAT guessing: ignored) */
+    static const uint8_t zero[16] = {0};
+    bool same = want.atyp == u->cli.atyp && !memcmp(want.ip, u->cli.ip, u->cli.len);
+    if (want.atyp != S5_ATYP_DOMAIN && memcmp(want.ip, zero, want.len) && !same)
+        log_debug("proxy %s: socks5 udp: the client names another address than its own: ignored",
+                  s->peer.c_str());
+    else if (want.port) {
         u->cport = true;
         u->cli.port = want.port;
     }
@@ -998,6 +1053,8 @@ static int side_read(psess *s, pside *e, size_t *budget)
     if (n > 0) {
         e->in.len += (size_t)n;
         *budget -= (size_t)n < *budget ? (size_t)n : *budget;
+        if (!e->k)
+            s->user_io = now_ms();
         if ((size_t)n < room && !e->rdhup)
             e->rd = false;
         return 1;
@@ -1055,6 +1112,8 @@ static int side_write(psess *s, pside *e)
             goto fail;
         prog = 1;
         e->sent += (size_t)w;
+        if (!e->k)
+            s->user_io = now_ms();
         size_t a = (size_t)w < q ? (size_t)w : q;
         e->outoff += a;
         if (e->outoff == e->out.size()) {
@@ -1080,6 +1139,30 @@ fail:
     return -1;
 }
 
+/* An HTTP request in progress waits on its user: to read the answer we
+ * have for it, or to send more of its body. (A CONNECT or SOCKS5 relay has
+ * no such rule, as a tcp mapping has none.) */
+static bool waits_on_user(const psess *s)
+{
+    const pside *u = &s->e[0];
+    if (s->socks || s->closing || !u->tr || u->mode == M_RAW || u->mode == M_SNIFF)
+        return false;
+    bool unread = u->out.size() > u->outoff || s->e[1].pass || u->tr->buffered();
+    return (unread && !u->wr) || (u->mode == M_BODY && !u->in.len && !u->rd && !u->eof);
+}
+
+static void stall_fire(void *arg)
+{
+    psess *s = (psess *)arg;
+    if (s->dead || !waits_on_user(s))
+        return;     /* run() arms it again when needed */
+    uint64_t due = s->user_io + USER_STALL_MS;
+    if ((int64_t)(due - now_ms()) > 0)
+        return timer_arm_at(&s->stall, due);
+    plog(s, "no progress with the user for %ds, closing", USER_STALL_MS / 1000);
+    close_session(s);
+}
+
 static void run(psess *s)
 {
     size_t budget = PUMP_MAX;
@@ -1101,6 +1184,8 @@ static void run(psess *s)
     }
     if (s->dead)
         return;
+    if (!s->stall.armed() && waits_on_user(s))
+        timer_arm_at(&s->stall, s->user_io + USER_STALL_MS);
     /* both directions finished (CONNECT, SOCKS5, upgrade) */
     if (s->e[0].mode == M_RAW && s->e[0].shut && s->e[1].shut && !s->e[0].tr->buffered())
         return close_session(s);
@@ -1176,6 +1261,9 @@ void proxy_serve(transport *tr, const std::string &peer, const uint8_t *initial,
     s->e[0].rd = s->e[0].wr = true;
     s->tmo.fn = tmo_fire;
     s->tmo.arg = s;
+    s->stall.fn = stall_fire;
+    s->stall.arg = s;
+    s->user_io = now_ms();
     s->resume.fn = resume;
     s->resume.arg = s;
     sessions++;
@@ -1194,7 +1282,10 @@ void proxy_serve(transport *tr, const std::string &peer, const uint8_t *initial,
         delete tr;
         return;
     }
-    timer_arm(&s->tmo, pc.handshake_timeout_ms);
+    if (pc.first_deadline)
+        timer_arm_at(&s->tmo, pc.first_deadline);
+    else
+        timer_arm(&s->tmo, pc.handshake_timeout_ms);
     task_post(&s->resume);
 }
 

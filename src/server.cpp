@@ -313,6 +313,8 @@ static void sniff_decide(sniff_conn *c, proxy_kind k)
     pc.connect_timeout_ms = srv->cf.connect_timeout_ms;
     pc.handshake_timeout_ms = srv->cf.handshake_timeout_ms;
     pc.where = "bind_addr";
+    /* the user's handshake_timeout started at accept, not now */
+    pc.first_deadline = c->deadline.armed() ? c->deadline.expire : now_ms();
     proxy_serve(c->tr, c->peer, c->buf, c->len, pc);
     c->tr = nullptr;
     sniff_done(c);

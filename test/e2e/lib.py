@@ -497,6 +497,25 @@ def run(cmd, timeout=30, **kw):
     return subprocess.run(cmd, capture_output=True, timeout=timeout, **kw)
 
 
+def mount_ns_binary(ctx, files, binary=None):
+    """A wrapper script that runs the daemon (binary, default WMPROXYD) in a
+    mount namespace of its own where each system file named in files
+    ({"/etc/resolv.conf": text, ...}) is replaced by the text given; its
+    pid is the daemon's (exec all the way). Raises Skip where mount
+    namespaces cannot be made (not root, no unshare)."""
+    binds = []
+    for i, (target, text) in enumerate(sorted(files.items())):
+        binds.append((ctx.write("bind%d" % i, text), target))
+    mounts = " && ".join('mount --bind %s %s' % (src, dst) for src, dst in binds)
+    probe = run(["unshare", "-m", "sh", "-c", mounts])
+    if probe.returncode != 0:
+        raise Skip("no mount namespace here: %s" % probe.stderr.decode().strip())
+    wrap = ctx.write("ns-wrap.sh", '#!/bin/sh\nexec unshare -m sh -c \'%s && exec "$0" "$@"\' %s "$@"\n' % (
+        mounts, binary or WMPROXYD))
+    os.chmod(wrap, 0o755)
+    return wrap
+
+
 def start_pair(ctx, mappings, server_extra="", client_extra="", binary=None, wait=True, tls=None,
                stable_cert_files=False):
     """A server and a client on loopback; returns (server, client, tunnel port).

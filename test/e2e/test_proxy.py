@@ -12,7 +12,7 @@ import threading
 import time
 
 from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, connect, echo_handler, free_port, mkcerts,
-                 pattern_bytes, serve_in_thread, run, server_ini, start_pair, test, wait_closed, wait_until)
+                 mount_ns_binary, pattern_bytes, serve_in_thread, run, server_ini, start_pair, test, wait_closed, wait_until)
 
 CURL = ["curl", "-sS", "--max-time", "20", "--noproxy", ""]
 
@@ -783,13 +783,7 @@ def socks5_lookups_are_bounded(ctx):
     except OSError as e:
         raise Skip("cannot bind the silent DNS server: %s" % e)
     ctx.closers.append(dns.close)
-    resolv = ctx.write("resolv.conf", "nameserver 127.83.84.85\noptions timeout:3 attempts:1\n")
-    probe = run(["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf', resolv])
-    if probe.returncode != 0:
-        raise Skip("no mount namespace here: %s" % probe.stderr.decode().strip())
-    wrap = ctx.write("wrap.sh", '#!/bin/sh\nexec unshare -m sh -c \'mount --bind "$0" /etc/resolv.conf && '
-                     'exec "$@"\' %s %s "$@"\n' % (resolv, WMPROXYD))
-    os.chmod(wrap, 0o755)
+    wrap = mount_ns_binary(ctx, {"/etc/resolv.conf": "nameserver 127.83.84.85\noptions timeout:3 attempts:1\n"})
     port = free_port()
     s = Daemon(ctx, "server", server_ini(port, "flag = socks5\nconnect_timeout = 60s\nlog_level = debug\n",
                                          tls=False), binary=wrap).start()
@@ -840,3 +834,138 @@ def socks5_lookups_are_bounded(ctx):
     c.sendall(b"ping")
     assert c.recv(4) == b"ping"
     c.close()
+
+
+@test(timeout=60)
+def http_proxy_pipelined_then_half_closed(ctx):
+    """Three requests pipelined, then the user's FIN: all three are
+    answered, the last with Connection: close, then the connection ends
+    (the second and third were dropped unanswered, after a keep-alive
+    promise)."""
+    o = Origin(ctx, "A")
+    d, p = proxy_server(ctx)
+    c = connect(p)
+    q = "GET http://127.0.0.1:%d/%%s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % (o.port, o.port)
+    c.sendall(("".join(q % n for n in ("one", "two", "three"))).encode())
+    c.shutdown(socket.SHUT_WR)
+    c.settimeout(20)
+    f = c.makefile("rb")
+    for n in ("one", "two", "three"):
+        lines = read_head(f)
+        assert lines, "no answer to /%s" % n
+        st, h = int(lines[0].split()[1]), parse_fields(lines)
+        assert st == 200, (n, st)
+        body = read_body(f, h)
+        assert body == b"hello from A /%s\n" % n.encode(), body
+        assert h.get("connection") == ("close" if n == "three" else "keep-alive"), (n, h)
+    assert f.read() == b"", "more after the last answer"
+    c.close()
+
+
+@test(timeout=120)
+def http_proxy_user_stall_closes(ctx):
+    """A user who stops sending the body it announced is closed after 60 s
+    of silence, with a log line (nothing closed it before); one that keeps
+    sending slowly is not."""
+    def patient(c):                 # an origin that waits as long as it takes
+        c.settimeout(120)
+        f = c.makefile("rb")
+        lines = read_head(f)
+        if not lines:
+            return
+        try:
+            body = read_body(f, parse_fields(lines))
+        except AssertionError:
+            return                  # the stalled user's request, cut by the proxy
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 64\r\n\r\n" + hashlib.sha256(body).hexdigest().encode())
+    o = TcpServer(ctx, patient)
+    d, p = proxy_server(ctx)
+    head = ("POST http://127.0.0.1:%d/sha HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 1000\r\n\r\n" %
+            (o.port, o.port)).encode()
+    stuck = connect(p)
+    stuck.sendall(head + b"0123456789")
+    slow = connect(p)
+    slow.sendall(head)
+    t0 = time.monotonic()
+    sent = 0
+    while time.monotonic() - t0 < 50:          # a byte every 10 s, and the rest at the end
+        slow.sendall(b"x" * 10)
+        sent += 10
+        time.sleep(10)
+    slow.sendall(b"x" * (1000 - sent))
+    stuck.settimeout(30)
+    assert stuck.recv(100) == b"", "the stalled user got an answer"
+    took = time.monotonic() - t0
+    assert 55 < took < 80, took
+    d.wait_log(r"no progress with the user for 60s, closing")
+    slow.settimeout(10)
+    f = slow.makefile("rb")
+    lines = read_head(f)
+    assert lines and int(lines[0].split()[1]) == 200, lines
+    assert read_body(f, parse_fields(lines)) == hashlib.sha256(b"x" * 1000).hexdigest().encode()
+    slow.close()
+
+
+@test(timeout=60)
+def socks5_udp_only_the_user_and_its_peers(ctx):
+    """UDP ASSOCIATE naming another address than the user's own: datagrams
+    from that address are dropped, the user's own go through (RFC 1928 7;
+    they went the other way round). A host the user never sent to gets
+    nothing to the user through the relay; the one it sent to does. A name
+    whose first address is IPv6 reaches its IPv4 one on an IPv4
+    association (it was lost: sendto EAFNOSUPPORT)."""
+    echo = udp_echo(ctx)
+    wrap = mount_ns_binary(ctx, {"/etc/hosts": "127.0.0.1 localhost\n::1 dual.test\n127.0.0.1 dual.test\n"})
+    port = free_port()
+    d = Daemon(ctx, "server", server_ini(port, "flag = socks5\nlog_level = debug\n", tls=False),
+               binary=wrap).start()
+    d.wait_log(r"listening for tunnels")
+
+    def udp(host):
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind((host, 0))
+        u.settimeout(2)
+        ctx.closers.append(u.close)
+        return u
+
+    def nothing(u):
+        try:
+            got = u.recvfrom(65536)
+        except socket.timeout:
+            return True
+        raise AssertionError("got %r" % (got,))
+
+    s = socks5_open(port)
+    r = socks5_request(s, 3, 1, socket.inet_aton("127.0.0.2"), 0)
+    assert r[1] == 0 and r[3] == 1, r
+    relay = (socket.inet_ntoa(r[4:8]), struct.unpack(">H", r[8:10])[0])
+    other, user, stranger = udp("127.0.0.2"), udp("127.0.0.1"), udp("127.0.0.3")
+    hdr = b"\x00\x00\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", echo)
+    other.sendto(hdr + b"from .2", relay)
+    assert nothing(other)
+    user.sendto(hdr + b"from the user", relay)
+    assert user.recvfrom(65536)[0] == hdr + b"from the user"
+    stranger.sendto(b"never asked for", relay)
+    assert nothing(user)
+    name = b"dual.test"
+    user.sendto(b"\x00\x00\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", echo) + b"by name", relay)
+    assert user.recvfrom(65536)[0] == hdr + b"by name"
+    s.close()
+
+
+@test(timeout=30)
+def proxy_handshake_timeout_counts_from_accept(ctx):
+    """handshake_timeout runs from the accept on bind_addr, through the
+    sniffing of the first bytes and the proxy request after it (the clock
+    started again after the sniff: a slow user had up to twice as long)."""
+    d, p = proxy_server(ctx, "handshake_timeout = 2s\n")
+    c = connect(p)
+    c.settimeout(10)
+    t0 = time.monotonic()
+    c.sendall(b"G")
+    time.sleep(1.5)
+    c.sendall(b"ET http://127.0.0.1/ HTTP/1.1\r\n")     # the head is never finished
+    d.wait_log(r"no complete proxy request within handshake_timeout")
+    assert c.recv(100) in (b"", ), "an answer to an incomplete head"
+    took = time.monotonic() - t0
+    assert 1.8 < took < 3.0, took
