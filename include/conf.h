@@ -53,6 +53,7 @@ struct conf {
     std::string path;                   /* as given with -f */
     std::string dir;                    /* directory of path, for relative paths */
     role role_ = ROLE_NONE;
+    std::vector<std::pair<std::string, int>> key_lines;   /* the role section's keys and lines, in order */
 
     /* both roles */
     std::string pid_file, log_file, access_log;   /* absolute or empty; log_file may be "syslog" */

@@ -1049,6 +1049,8 @@ static int end_server(parse_state *ps)
     }
     for (size_t i = 0; i < nc; i++)
         c->map_certs.push_back(std::make_pair(ps->map_cert[i], ps->map_key[i]));
+    for (const key_seen &k : ps->seen)
+        c->key_lines.push_back(std::make_pair(k.name, k.line));
     return end_common(ps);
 }
 
@@ -1072,6 +1074,8 @@ static int end_client(parse_state *ps)
     }
     if (c->server_name.empty())
         c->server_name = c->server.host;
+    for (const key_seen &k : ps->seen)
+        c->key_lines.push_back(std::make_pair(k.name, k.line));
     return end_common(ps);
 }
 

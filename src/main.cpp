@@ -5,6 +5,7 @@
 #include "log.h"
 #include "reactor.h"
 #include "roles.h"
+#include "tls.h"
 #include "version.h"
 
 #include <errno.h>
@@ -243,6 +244,71 @@ static int send_signal(const char *what)
     return 0;
 }
 
+/*
+ * -t: load the certificates, keys and CA bundles as start-up would, so that
+ * a missing or broken file is a configuration error naming its line.
+ * TLS errors begin "cert PATH: ", "key PATH: ", "client_ca PATH: " or
+ * "ca PATH: "; the line is that of the key holding PATH.
+ */
+static int test_tls(const conf &c, std::string *msg)
+{
+    std::string err;
+    std::vector<tls_ctx *> made;
+    if (c.role_ == ROLE_SERVER) {
+        tls_server_opts o;
+        if (c.tc) {
+            if (!c.cert.empty())
+                o.certs.push_back({c.cert, c.key});
+            o.client_ca = c.client_ca;
+            made.push_back(tls_server_ctx_new(o, &err));
+        }
+        if (err.empty() && !c.map_certs.empty()) {
+            tls_server_opts m;
+            m.certs = c.map_certs;
+            made.push_back(tls_server_ctx_new(m, &err));
+        }
+    } else if (c.ts) {
+        tls_client_opts o;
+        o.ca = c.ca;
+        o.cert = c.cert;
+        o.key = c.key;
+        o.fingerprint = c.fingerprint;
+        o.verify = c.verify;
+        made.push_back(tls_client_ctx_new(o, &err));
+    }
+    for (tls_ctx *x : made)
+        if (x)
+            tls_ctx_free(x);
+    if (err.empty())
+        return 0;
+    /* which key: the one whose value is the path the error names */
+    size_t sp = err.find(' ');
+    std::string word = err.substr(0, sp);
+    int line = 0;
+    size_t nth[2] = {0, 0};
+    for (auto &k : c.key_lines) {
+        const std::string &n = k.first;
+        std::string v;
+        if (n == "map_cert" || n == "map_key") {
+            bool isk = n == "map_key";
+            size_t i = nth[isk]++;
+            if (i < c.map_certs.size())
+                v = isk ? c.map_certs[i].second : c.map_certs[i].first;
+        } else if (n == "cert" || n == "key" || n == "client_ca" || n == "ca") {
+            v = n == "cert" ? c.cert : n == "key" ? c.key : n == "client_ca" ? c.client_ca : c.ca;
+        } else {
+            continue;
+        }
+        bool kind = n == word || (n == "map_cert" && word == "cert") || (n == "map_key" && word == "key");
+        if (kind && sp != std::string::npos && err.compare(sp + 1, v.size() + 1, v + ":") == 0) {
+            line = k.second;
+            break;
+        }
+    }
+    *msg = c.path + (line ? ":" + std::to_string(line) : std::string()) + ": " + err;
+    return -1;
+}
+
 /* Secrets readable by any local user deserve a word at start-up. */
 static void warn_exposed(const char *path, const char *what)
 {
@@ -314,6 +380,10 @@ int main(int argc, char **argv)
         return 1;
     }
     if (test) {
+        if (test_tls(cf, &err) < 0) {
+            fprintf(stderr, "%s\n", err.c_str());
+            return 1;
+        }
         fprintf(stderr, "%s: configuration is valid\n", path);
         return 0;
     }

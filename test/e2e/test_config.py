@@ -37,6 +37,15 @@ BAD = [
     ("mapping_in_server", GOOD + "\n" + MAP, 4, r"\[mapping web\] in a server file"),
     ("repeated_key", GOOD + "heartbeat = 1s\n\nheartbeat = 2s\n", 5, r"duplicate key 'heartbeat'.*line 3"),
     ("repeated_key_mapping", CLIENT + MAP + "mode = udp\n", 6, r"duplicate key 'mode'.*line 4"),
+    # -t loads the TLS files as start-up would
+    ("cert_missing", GOOD + "tc = true\ncert = nope.pem\nkey = nope.key\n", 4, r"cert .*/nope\.pem: No such file"),
+    ("ca_not_pem", CLIENT + "ts = true\n\nca = ca_not_pem.ini\n", 5, r"ca .*/ca_not_pem\.ini: "),
+    ("map_cert_not_pem", GOOD + "map_https_bind = 127.0.0.1:8443\nmap_cert = map_cert_not_pem.ini\n"
+     "map_key = map_cert_not_pem.ini\n", 4, r"cert .*/map_cert_not_pem\.ini: "),
+    ("client_ca_without_tc", GOOD + "client_ca = ca.pem\n", 3, r"client_ca needs tc = true"),
+    ("fingerprint_without_ts", CLIENT + "fingerprint = " + "ab" * 32 + "\n", 3, r"fingerprint needs ts = true"),
+    ("comment_after_value", GOOD + "heartbeat = 5s # five\nwindow = 64k ; sixty-four\nmax_window = x#y\n", 5,
+     r"bad size 'x#y' for max_window"),
 ]
 
 
