@@ -19,6 +19,9 @@ void server_stop(bool drain);
 size_t server_streams(void);
 
 int client_start(const conf &cf, std::string *err);
+/* The client's TLS context for cf (ca, cert, key, fingerprint, verify), or
+ * nullptr with *err; also what -t loads. */
+struct tls_ctx *client_tls(const conf &cf, std::string *err);
 int client_reload(const conf &cf, std::string *err);
 void client_stop(bool drain);
 size_t client_streams(void);

@@ -315,7 +315,7 @@ void client::on_down(tunnel *tn, const char *why, bool auth_failure)
 }
 
 
-static tls_ctx *client_tls(const conf &cf, std::string *err)
+tls_ctx *client_tls(const conf &cf, std::string *err)
 {
     tls_client_opts o;
     o.ca = cf.ca;

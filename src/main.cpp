@@ -268,13 +268,7 @@ static int test_tls(const conf &c, std::string *msg)
             made.push_back(tls_server_ctx_new(m, &err));
         }
     } else if (c.ts) {
-        tls_client_opts o;
-        o.ca = c.ca;
-        o.cert = c.cert;
-        o.key = c.key;
-        o.fingerprint = c.fingerprint;
-        o.verify = c.verify;
-        made.push_back(tls_client_ctx_new(o, &err));
+        made.push_back(client_tls(c, &err));
     }
     for (tls_ctx *x : made)
         if (x)
