@@ -135,9 +135,9 @@ def udp_mapping_added_by_a_reload_that_reconnects(ctx):
     echo = UdpEcho(ctx)
     pub = free_port()
     s, c, tport = start_pair(ctx, "", server_extra="map_udp_bind = 127.0.0.1:%d\n" % pub,
-                             client_extra="verify = true\n")
+                             client_extra="verify = true\n", tls=True)   # TLS keys need TLS
     with open(c.conf, "w") as f:
-        f.write(client_ini(tport, "verify = false\n", udp_mapping("echo", echo.port)))
+        f.write(client_ini(tport, "verify = false\n", udp_mapping("echo", echo.port), tls=True))
     c.signal(signal.SIGHUP)
     c.wait_log(r"reconnecting")
     c.wait_log(r"mapping registered name=echo", timeout=15)
