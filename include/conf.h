@@ -106,6 +106,10 @@ int conf_load(const char *path, conf *out, std::string *err);
  * REGISTER would exceed the protocol's REGISTER_MAX. */
 struct register_msg;
 void conf_register_msg(const mapping_conf &mc, register_msg *m);
+/* What a client's file may hold, for the server to check what a client
+ * registers: a mapping name, and a list of domains ("a.example,*.b"). */
+bool conf_valid_mapping_name(const std::string &name);
+bool conf_valid_domains(const std::string &list);
 
 /* Value parsers, exposed for the tests. Each returns 0 or -1 on bad input. */
 int conf_parse_bool(const char *s, bool *out);

@@ -1371,3 +1371,22 @@ int conf_load(const char *path, conf *out, std::string *err)
     *out = std::move(c);
     return 0;
 }
+
+bool conf_valid_mapping_name(const std::string &name)
+{
+    return valid_mapping_name(name);
+}
+
+bool conf_valid_domains(const std::string &list)
+{
+    size_t a = 0;
+    for (;;) {
+        size_t b = list.find(',', a);
+        std::string d = list.substr(a, b == std::string::npos ? std::string::npos : b - a);
+        if (!valid_domain(&d))
+            return false;
+        if (b == std::string::npos)
+            return true;
+        a = b + 1;
+    }
+}

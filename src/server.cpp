@@ -514,6 +514,14 @@ int server::on_register(tunnel *t, uint32_t idx, const register_msg &m, std::str
         *why = "the server is stopping";   /* no new listeners during a drain */
         return 1;
     }
+    /* what a client's file could not hold (its name and domains go into
+     * logs and /status as they are) */
+    if (!conf_valid_mapping_name(m.name) ||
+        ((m.mode == MODE_HTTP || m.mode == MODE_HTTPS) && !conf_valid_domains(m.domains))) {
+        *why = conf_valid_mapping_name(m.name) ? "bad domain name" : "bad mapping name";
+        log_warn("mapping rejected index=%u peer=%s reason=\"%s\"", idx, t->peer.c_str(), why->c_str());
+        return 1;
+    }
     for (const reg &r : ci->regs)
         if (r.idx == idx) {
             *why = "mapping index " + std::to_string(idx) + " registered twice";
@@ -802,13 +810,14 @@ struct status_conn : io_handler, deferred {
     }
 };
 
-static void status_answer(status_conn *c, int code, const char *type, const std::string &body)
+static void status_answer(status_conn *c, int code, const char *type, const std::string &body,
+                          const char *extra = "")
 {
     char head[256];
     snprintf(head, sizeof head,
              "HTTP/1.1 %d %s\r\nServer: wmproxy\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
-             "Connection: close\r\n\r\n",
-             code, http_reason(code), type, body.size());
+             "%sConnection: close\r\n\r\n",
+             code, http_reason(code), type, body.size(), extra);
     c->out = head;
     c->out += body;
 }
@@ -818,6 +827,7 @@ void status_conn::on_io(unsigned)
     if (doomed)
         return;
     if (out.empty()) {
+        bool eof = false;
         for (;;) {
             ssize_t n = read(fd, buf + len, sizeof buf - len);
             if (n > 0) {
@@ -826,7 +836,9 @@ void status_conn::on_io(unsigned)
                     continue;
             } else if (n < 0 && errno == EAGAIN) {
                 /* wait for more */
-            } else if (n <= 0) {
+            } else if (n == 0 && len) {
+                eof = true;     /* a request, then the user's FIN: answer it */
+            } else {
                 return defer_delete(this);
             }
             break;
@@ -834,17 +846,22 @@ void status_conn::on_io(unsigned)
         static http_request q;
         int r = http_parse_request(buf, len, &q, 0);
         if (r == HTTP_PARTIAL && len < sizeof buf)
-            return;
-        if (r <= 0)
+            return eof ? defer_delete(this) : (void)0;
+        if (r <= 0) {
             status_answer(this, 400, "text/plain", "400 Bad Request\n");
-        else if (!http_str_eq(q.method, "GET") && !http_str_eq(q.method, "HEAD"))
-            status_answer(this, 405, "text/plain", "405 Method Not Allowed\n");
-        else if (http_str_eq(q.target, "/status"))
-            status_answer(this, 200, "application/json", status_json());
-        else if (http_str_eq(q.target, "/metrics"))
-            status_answer(this, 200, "text/plain; version=0.0.4", status_metrics());
-        else
-            status_answer(this, 404, "text/plain", "404 Not Found: try /status or /metrics\n");
+        } else if (!http_str_eq(q.method, "GET") && !http_str_eq(q.method, "HEAD")) {
+            status_answer(this, 405, "text/plain", "405 Method Not Allowed\n", "Allow: GET, HEAD\r\n");
+        } else {
+            bool head = http_str_eq(q.method, "HEAD");
+            if (http_str_eq(q.target, "/status"))
+                status_answer(this, 200, "application/json", status_json());
+            else if (http_str_eq(q.target, "/metrics"))
+                status_answer(this, 200, "text/plain; version=0.0.4", status_metrics());
+            else
+                status_answer(this, 404, "text/plain", "404 Not Found: try /status or /metrics\n");
+            if (head)
+                out.resize(out.find("\r\n\r\n") + 4);   /* RFC 9110 9.3.2: the head alone */
+        }
     }
     while (sent < out.size()) {
         ssize_t w = write(fd, out.data() + sent, out.size() - sent);

@@ -436,6 +436,16 @@ def hostile_tunnel_frames(ctx):
         else:
             assert pl[:1] == b"\0", (rules, pl)
             sc.s.wait_log(r"mapping registered name=rules%d " % i)
+    # names and domains a client's file could not hold: they would go into
+    # logs and /status as they are (invalid JSON, forged fields)
+    odd = ((b"caf\xe9\xff", b"n0.test"), (b"a b", b"n1.test"), (b"", b"n2.test"), (b"x" * 65, b"n3.test"),
+           (b"dom0", b"x\xff.test"), (b"dom1", b'a.test,"b".test'), (b"dom2", b"a..test"))
+    for name, domains in odd:
+        p.send(frame(REGISTER, register(mode=1, name=name, domains=domains)))
+        _, _, _, pl = p.expect(REGISTERED, sid=0)
+        assert pl[:1] != b"\0", (name, domains, pl)
+    sc.s.wait_log(r'mapping rejected index=\d+ peer=\S+ reason="bad mapping name"', count=4)
+    sc.s.wait_log(r'mapping rejected index=\d+ peer=\S+ reason="bad domain name"', count=3)
     p.send(frame(PING, b"\0" * 8))
     p.expect(PING)
     p.close()

@@ -747,6 +747,37 @@ def finish_streams(socks):
 
 
 @test(timeout=60)
+def status_methods_and_half_close(ctx):
+    """The status endpoint as an HTTP server: a request followed at once by
+    the user's FIN is answered (it was dropped unless the FIN came in a
+    later read); HEAD gets the head alone (it got the body too); another
+    method gets 405 with Allow."""
+    st = free_port()
+    s = Daemon(ctx, "server", server_ini(free_port(), "status_addr = 127.0.0.1:%d\n" % st, tls=False)).start()
+    s.wait_log(r"listening for tunnels")
+    wait_until(lambda: not refused(st), 5, "the status listener")
+
+    def ask(raw, fin):
+        c = connect(st, 10)
+        c.sendall(raw)
+        if fin:
+            c.shutdown(socket.SHUT_WR)
+        r = recv_all(c)
+        c.close()
+        return r
+
+    for i in range(20):
+        r = ask(b"GET /metrics HTTP/1.0\r\n\r\n", True)
+        assert r.startswith(b"HTTP/1.1 200 ") and b"wmproxy_" in r, (i, r[:200])
+    r = ask(b"HEAD /status HTTP/1.1\r\nHost: x\r\n\r\n", False)
+    head, sep, body = r.partition(b"\r\n\r\n")
+    assert r.startswith(b"HTTP/1.1 200 ") and sep and body == b"", r
+    assert int(re.search(rb"Content-Length: (\d+)", head).group(1)) > 0, head
+    r = ask(b"POST /status HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", False)
+    assert r.startswith(b"HTTP/1.1 405 ") and b"\r\nAllow: GET, HEAD\r\n" in r, r
+
+
+@test(timeout=60)
 def status_json(ctx):
     """GET /status: version, uptime, the client with its address, mappings,
     streams and bytes, and the totals, matching the traffic just made.
