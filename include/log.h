@@ -18,6 +18,10 @@ void log_msg(log_level_t level, const char *fmt, ...) __attribute__((format(prin
 /* access log: one line per public connection or HTTP request */
 int access_log_open(const char *path);  /* "" closes it */
 void access_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Append p[0..n) to out as one access-line field: '"', '\\', bytes under
+ * 0x20 (and the space, unless in_quotes) and over 0x7e as \xHH, so that a
+ * user's bytes never add or shift fields. */
+void log_field(std::string *out, const char *p, size_t n, bool in_quotes);
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...)  log_msg(LOG_WARN, __VA_ARGS__)

@@ -530,7 +530,7 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     h->status = 0;
     h->qline.assign(q.method.p, q.method.n);
     h->qline += ' ';
-    h->qline.append(q.target.p, q.target.n < 200 ? q.target.n : 200);
+    log_field(&h->qline, q.target.p, q.target.n < 200 ? q.target.n : 200, true);
     h->qmap = "-";
     h->qlogged = false;
     h->qkeep = mi.keep_alive;
@@ -660,6 +660,17 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
 
 /* Try to parse a request head from in; act on it. Returns true when
  * something happened (the caller loops). */
+/* The access line of a request refused before it was parsed: nothing of
+ * an earlier request on the connection in it. */
+static void unparsed_request(hsess *h, size_t len)
+{
+    h->qline = "-";
+    h->qmap = "-";
+    h->qstart = h->head_since ? h->head_since : now_ms();
+    h->qbytes_in = len;
+    h->qbytes_out = 0;
+}
+
 static bool read_head(hsess *h)
 {
     if (h->in.data == 0 || out_busy(h))
@@ -678,6 +689,7 @@ static bool read_head(hsess *h)
     if (r == HTTP_PARTIAL) {
         h->last_len = len;
         if (http_head_over_limit(r, len)) {
+            unparsed_request(h, len);
             answer(h, 431, "request head over 64 KiB", false);
             return true;
         }
@@ -685,12 +697,14 @@ static bool read_head(hsess *h)
     }
     h->last_len = 0;
     if (r == HTTP_TOO_MANY_HEADERS) {
+        unparsed_request(h, len);
         answer(h, 431, "too many header fields", false);
         return true;
     }
     http_msg_info mi;
     if (r < 0 || http_request_framing(req_scratch, &mi) < 0) {
         log_info("http %s: malformed request: %s", h->peer.c_str(), r < 0 ? "bad head" : mi.error);
+        unparsed_request(h, r < 0 ? len : (size_t)r);
         answer(h, 400, r < 0 ? "malformed request" : mi.error, false);
         return true;
     }
@@ -1037,11 +1051,7 @@ static void head_timeout(void *arg)
         h->close_after = true;
         h->qs = Q_DONE;
     } else {
-        h->qline = "-";
-        h->qmap = "-";
-        h->qstart = h->head_since;
-        h->qbytes_in = h->in.data;
-        h->qbytes_out = 0;
+        unparsed_request(h, h->in.data);
         answer(h, 408, "request head not received in time", false);
     }
     task_post(&h->run);

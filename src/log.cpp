@@ -244,3 +244,17 @@ void access_log(const char *fmt, ...)
     write_line(access_fd, buf, len);
     errno = saved;
 }
+
+void log_field(std::string *out, const char *p, size_t n, bool in_quotes)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if (ch == '"' || ch == '\\' || ch < 0x20 || ch > 0x7e || (ch == ' ' && !in_quotes)) {
+            char e[4] = {'\\', 'x', hex[ch >> 4], hex[ch & 15]};
+            out->append(e, 4);
+        } else {
+            out->push_back((char)ch);
+        }
+    }
+}

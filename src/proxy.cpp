@@ -165,6 +165,7 @@ struct pside : io_handler {
     uint64_t bleft = 0;
     http_chunked ck = {};
     uint64_t sent = 0;          /* bytes written to this side for the access log */
+    uint64_t got = 0;           /* bytes read from it, the same */
     void on_io(unsigned ev) override;
 };
 
@@ -242,7 +243,7 @@ static void access_line(psess *s)
         return;
     /* an answer of ours may still be queued: count it as sent */
     access_log("%s proxy %s %d %llu %llu %llums", s->peer.c_str(), s->what.c_str(), s->status,
-               (unsigned long long)s->e[1].sent,
+               (unsigned long long)s->e[0].got,
                (unsigned long long)(s->e[0].sent + s->e[0].out.size() - s->e[0].outoff),
                (unsigned long long)(now_ms() - s->t0));
     s->what.clear();
@@ -507,6 +508,7 @@ static int req_head(psess *s)
     s->nreq++;
     s->t0 = now_ms();
     s->e[0].sent = s->e[1].sent = 0;
+    s->e[0].got = e->in.len;    /* this request's head (and what follows it) */
     s->status = 0;
     timer_cancel(&s->tmo);
     if (n < 0) {
@@ -514,7 +516,8 @@ static int req_head(psess *s)
         return answer(s, n == HTTP_INVALID ? 400 : 431, n == HTTP_INVALID ? "malformed request head" :
                       "request head too large");
     }
-    s->what.assign(q.method.p, q.method.n).append(1, ' ').append(q.target.p, q.target.n < 400 ? q.target.n : 400);
+    s->what.assign(q.method.p, q.method.n).append(1, ' ');
+    log_field(&s->what, q.target.p, q.target.n < 400 ? q.target.n : 400, false);
     log_debug("proxy %s: %s", s->peer.c_str(), s->what.c_str());
     bool conn = http_str_eq(q.method, "CONNECT");
     if (!(s->pc.flag & (conn ? FLAG_HTTPS : FLAG_HTTP)))
@@ -782,7 +785,7 @@ static void udp_from_client(psess *s, const uint8_t *d, size_t n)
     int hl = socks5_udp_parse(d, n, &h);
     if (hl < 0)
         return;     /* fragments and garbage are dropped */
-    s->e[1].sent += n - (size_t)hl;
+    s->e[0].got += n - (size_t)hl;   /* the datagram from the user */
     d += hl;
     n -= (size_t)hl;
     if (h.addr.atyp != S5_ATYP_DOMAIN) {
@@ -949,7 +952,8 @@ static int socks_step(psess *s)
             std::string host = s5_host(q.dst);
             s->t0 = now_ms();
             s->what = q.cmd == S5_CMD_CONNECT ? "socks5 " : q.cmd == S5_CMD_UDP ? "socks5-udp " : "socks5-bind ";
-            s->what += hostport(host.data(), host.size(), q.dst.port);
+            std::string hp = hostport(host.data(), host.size(), q.dst.port);
+            log_field(&s->what, hp.data(), hp.size(), false);
             log_debug("proxy %s: %s", s->peer.c_str(), s->what.c_str());
             int rep = !(s->pc.flag & FLAG_SOCKS5) ? S5_REP_NOT_ALLOWED :
                       q.cmd == S5_CMD_BIND ? S5_REP_CMD_UNSUPPORTED : 0;
@@ -1052,6 +1056,7 @@ static int side_read(psess *s, pside *e, size_t *budget)
     ssize_t n = e->tr->readv(&iov, 1);
     if (n > 0) {
         e->in.len += (size_t)n;
+        e->got += (uint64_t)n;
         *budget -= (size_t)n < *budget ? (size_t)n : *budget;
         if (!e->k)
             s->user_io = now_ms();

@@ -44,6 +44,7 @@ struct port_owner {
     tunnel *t = nullptr;
     uint32_t idx = 0;          /* the client's mapping index */
     std::string name;
+    const char *mode = "tcp";  /* for access lines: "tcp" or "proxy" */
     listener *l = nullptr;     /* opened for this mapping (remote_port), else shared */
 };
 
@@ -161,9 +162,10 @@ static void fill_addrs(int fd, const sockaddr_buf &peer, open_msg *m)
     m->dport = sock_addr_port(ls);
 }
 
+/* r->what is "MODE MAPPING" */
 static void public_done(relay *r)
 {
-    access_log("%s tcp %s - %llu %llu %llums", r->peer.c_str(), r->what.c_str(), (unsigned long long)r->up,
+    access_log("%s %s - %llu %llu %llums", r->peer.c_str(), r->what.c_str(), (unsigned long long)r->up,
                (unsigned long long)r->down, (unsigned long long)(now_ms() - r->started));
 }
 
@@ -173,6 +175,7 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
     std::string who = sock_addr_text(peer.sa());
     if (it == srv->owners.end() || !it->second.t) {
         log_info("refused %s on port %u: no client serves it", who.c_str(), l->port);
+        access_log("%s tcp - refused 0 0 0ms", who.c_str());
         srv->n.refused++;
         close(fd);
         return;
@@ -184,6 +187,7 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
     stream *s = tunnel_open(o.t, m, nullptr);
     if (!s) {
         log_warn("refused %s on port %u: max_streams (%u) reached", who.c_str(), l->port, srv->cf.max_streams);
+        access_log("%s %s %s refused 0 0 0ms", who.c_str(), o.mode, o.name.c_str());
         srv->n.refused++;
         close(fd);
         return;
@@ -193,7 +197,7 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
               o.t->peer.c_str(), s->sid);
     relay *r = relay_new(fd, s, who);
     if (r) {
-        r->what = o.name;
+        r->what = std::string(o.mode) + " " + o.name;
         r->done = public_done;
     }
 }
@@ -470,6 +474,7 @@ static int claim(listener *l, const char *key, tunnel *t, uint32_t idx, const re
     o.t = t;
     o.idx = idx;
     o.name = m.name;
+    o.mode = m.mode == MODE_PROXY ? "proxy" : "tcp";
     *port = l->port;
     return 0;
 }
@@ -499,6 +504,7 @@ static int claim_port(tunnel *t, uint32_t idx, const register_msg &m, std::strin
     o.t = t;
     o.idx = idx;
     o.name = m.name;
+    o.mode = m.mode == MODE_PROXY ? "proxy" : "tcp";
     o.l = l;
     *port = p;
     return 0;

@@ -969,3 +969,94 @@ def proxy_handshake_timeout_counts_from_accept(ctx):
     assert c.recv(100) in (b"", ), "an answer to an incomplete head"
     took = time.monotonic() - t0
     assert 1.8 < took < 3.0, took
+
+
+@test(timeout=60)
+def access_lines_say_what_happened(ctx):
+    """Access lines as an operator reads them (wmproxyd(8)): a connection
+    to a port no client serves is a 'refused' line (there was none); the
+    proxy mapping's users are 'proxy' lines (they said tcp); a request
+    refused with 400 after a good one on the same connection carries none
+    of the good one's fields (it had its mapping, bytes and duration); a
+    forward-proxy user's bytes are the bytes it sent (they were those
+    written to the target: 0 for a 407); bytes a user chose never add or
+    shift fields (a '"' in a target, spaces in a SOCKS5 host name)."""
+    o = Origin(ctx, "A")
+    web = TcpServer(ctx, echo_handler)
+    idle, hp, pp = free_port(), free_port(), free_port()
+    maps = ("[mapping web]\nmode = http\nlocal_addr = 127.0.0.1:%d\ndomain = a.test\n" % o.port +
+            "[mapping px]\nmode = proxy\nusername = u\npassword = p\n")
+    s, c, tport = start_pair(ctx, maps, tls=False, server_extra=(
+        "access_log = %s\nflag = 7\nusername = u\npassword = p\nmap_tcp_bind = 127.0.0.1:%d\n"
+        "map_http_bind = 127.0.0.1:%d\nmap_proxy_bind = 127.0.0.1:%d\n" % (ctx.path("access.log"), idle, hp, pp)))
+
+    def lines_with(rx, n=1):
+        return wait_until(lambda: [l for l in access_lines(ctx) if re.search(rx, l)][:n]
+                          if len([l for l in access_lines(ctx) if re.search(rx, l)]) >= n else None,
+                          10, "access lines /%s/" % rx)
+
+    def fields(l):
+        return l.split(" ")
+
+    # a port no client serves
+    x = connect(idle)
+    x.settimeout(5)
+    assert x.recv(10) == b""
+    l, = lines_with(r" tcp - refused ")
+    assert re.match(r"\S+ 127\.0\.0\.1:\d+ tcp - refused 0 0 0ms$", l), l
+
+    # the proxy mapping: a 407 from the client's proxy, logged on the server as proxy
+    req = b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: x\r\n\r\n" % o.port
+    x = connect(pp)
+    x.sendall(req)
+    assert recv_head_status(x) == 407
+    x.close()
+    l, = lines_with(r" proxy px ")
+    assert re.match(r"\S+ 127\.0\.0\.1:\d+ proxy px - %d \d+ \d+ms$" % len(req), l), l
+
+    # 400 after a good request on one connection
+    x = connect(hp)
+    x.sendall(b"GET /good HTTP/1.1\r\nHost: a.test\r\n\r\n")
+    assert recv_head_status(x) == 200
+    time.sleep(0.3)
+    bad = b"GET /bad HTTP/1.1\r\nHost: a.test\r\nBad Header\r\n\r\n"
+    x.sendall(bad)
+    assert recv_head_status(x) == 400
+    x.close()
+    l, = lines_with(r' http - "-" 400 ')
+    f = fields(l)
+    assert f[6] == str(len(bad)) and f[8] in ("0ms", "1ms"), l
+
+    # the forward proxy on bind_addr: a 407 counts the bytes the user sent
+    x = connect(tport)
+    x.sendall(req)
+    assert recv_head_status(x) == 407
+    x.close()
+    l, = lines_with(r" proxy GET http://127\.0\.0\.1:%d/ 407 " % o.port)
+    assert fields(l)[6] == str(len(req)), l
+
+    # bytes the user chose
+    x = connect(hp)
+    x.sendall(b'GET /a"b"c HTTP/1.1\r\nHost: a.test\r\n\r\n')
+    recv_head_status(x)
+    x.close()
+    l, = lines_with(r' http web "GET /a')
+    assert '"GET /a\\x22b\\x22c"' in l and len(fields(l)) == 10, l    # one space in the request line
+    x = socks5_open(tport, b"u", b"p")
+    name = b"evil host 0 0 0ms"
+    x.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", 80))
+    socks5_reply(x)
+    x.close()
+    l, = lines_with(r" proxy socks5 ")
+    assert "evil\\x20host\\x200\\x200\\x200ms:80" in l and len(fields(l)) == 9, l
+
+
+def recv_head_status(sock):
+    """The status code of the HTTP answer head on sock (read up to its end)."""
+    sock.settimeout(10)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = sock.recv(4096)
+        assert d, "closed after %r" % buf
+        buf += d
+    return int(buf.split(b" ", 2)[1])
