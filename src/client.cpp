@@ -38,6 +38,7 @@ struct client : tunnel_owner, io_handler {
     resolve_req *rq = nullptr;
     timer retry, connect_timer;
     unsigned attempts = 0;
+    uint64_t ready_at = 0;       /* when the tunnel last came up */
     std::vector<sockaddr_buf> udp_local;   /* resolved local_addr of udp mappings */
     std::vector<uint64_t> udp_retry;       /* a lookup failed: the next may start then (0: one runs) */
     unsigned attempt_addr = 0;             /* which address of server this attempt takes */
@@ -106,7 +107,7 @@ static void schedule_retry(const char *why)
     timer_arm(&cl->retry, delay);
 }
 
-static void connect_failed(const char *why)
+static void connect_abort(void)
 {
     timer_cancel(&cl->connect_timer);
     if (cl->fd >= 0) {
@@ -114,6 +115,11 @@ static void connect_failed(const char *why)
         close(cl->fd);
         cl->fd = -1;
     }
+}
+
+static void connect_failed(const char *why)
+{
+    connect_abort();
     schedule_retry(why);
 }
 
@@ -216,7 +222,7 @@ void client::on_ready(tunnel *tn)
 {
     std::string how = tn->tr->describe();
     log_info("tunnel up peer=%s%s%s", tn->peer.c_str(), how.empty() ? "" : " ", how.c_str());
-    attempts = 0;
+    ready_at = now_ms();         /* the back-off resets once it has lasted (on_down) */
     attempt_addr--;     /* the address that worked is tried first next time */
     rejected.clear();
     reg_retry.fn = retry_registrations;
@@ -311,6 +317,12 @@ void client::on_down(tunnel *tn, const char *why, bool auth_failure)
         log_warn("tunnel to %s failed: %s", peer.c_str(), why);
     else
         log_info("tunnel down peer=%s reason=\"%s\"", peer.c_str(), why);
+    /* a tunnel that lasted two heartbeats was a good one: start the
+     * back-off again; one that went down sooner (a twin client replacing
+     * it, a server that drops it) goes on growing it, so flapping is
+     * damped */
+    if (tn->was_ready && now_ms() - ready_at >= 2ull * cf.heartbeat_ms)
+        attempts = 0;
     schedule_retry(why);
 }
 
@@ -521,11 +533,17 @@ int client_reload(const conf &nc, std::string *err)
         tls_ctx_free(cl->tls);
         cl->tls = ntls;
         log_info("reload: the server or its TLS settings changed, reconnecting");
-        if (cl->t)
+        cl->attempts = 0;
+        cl->attempt_addr = 0;
+        if (cl->t) {
             tunnel_close(cl->t, GA_NORMAL, "reconnecting after a reload");
-        else if (cl->state == CS_IDLE) {
+        } else if (cl->state != CS_STOPPED) {
+            /* an attempt under way goes to the old address: drop it */
+            if (cl->state == CS_CONNECTING)
+                connect_abort();
+            resolve_cancel(cl->rq);
+            cl->rq = nullptr;
             timer_cancel(&cl->retry);
-            cl->attempts = 0;
             connect_server(nullptr);
         }
         return 0;

@@ -186,3 +186,64 @@ def heartbeat_agreed_on_the_larger(ctx):
     c.wait_log(r"tunnel up", count=2, timeout=15)
     assert c.stop() == 0
     assert s.stop() == 0
+
+
+@test(timeout=60)
+def twin_clients_flapping_back_off(ctx):
+    """Two clients with the same file on one host have the same client id:
+    each tunnel replaces the other's as it comes up. The back-off goes on
+    growing while tunnels die young (it was reset at every tunnel up, so
+    they flapped every few hundred ms for ever)."""
+    e = TcpServer(ctx, echo_handler)
+    tport = free_port()
+    s = Daemon(ctx, "server", server_ini(tport)).start()
+    s.wait_log(r"listening for tunnels")
+    text = client_ini(tport, HB, tcp_mapping("echo", e.port), reconnect=("100ms", "3s"))
+    a = Daemon(ctx, "a", text).start()
+    a.wait_log(r"tunnel up")
+    b = Daemon(ctx, "b", text).start()
+    time.sleep(10)
+    ups = [len(log_lines(d.text(), r"tunnel up")) for d in (a, b)]
+    late = [int(m.group(1)) for d in (a, b) for m in log_lines(d.text(), r"\(attempt (\d+)\)")]
+    # 10 s of delays doubling from 100 ms to 3 s hold some 8 attempts a side
+    assert max(ups) <= 12, (ups, a.text()[-1500:], b.text()[-1500:])
+    assert late and max(late) >= 4, (late, a.text()[-1500:])
+    assert a.stop() == 0 and b.stop() == 0
+
+
+@test(timeout=60)
+def reload_moves_a_connecting_client(ctx):
+    """A reload that names another server while the client is still
+    connecting to the old one (its SYNs unanswered: a full accept queue)
+    goes to the new one at once (it used to wait for that connect, up to
+    connect_timeout, and then reach the old address)."""
+    import socket
+    e = TcpServer(ctx, echo_handler)
+    hold = socket.socket()
+    hold.bind(("127.0.0.1", 0))
+    hold.listen(0)
+    ctx.closers.append(hold.close)
+    filler = []
+    for _ in range(4):          # fill the accept queue: later SYNs go unanswered
+        f = socket.socket()
+        f.setblocking(False)
+        try:
+            f.connect(("127.0.0.1", hold.getsockname()[1]))
+        except BlockingIOError:
+            pass
+        filler.append(f)
+        ctx.closers.append(f.close)
+    tport = free_port()
+    s = Daemon(ctx, "server", server_ini(tport)).start()
+    s.wait_log(r"listening for tunnels")
+    old = client_ini(hold.getsockname()[1], "connect_timeout = 30s\n", tcp_mapping("echo", e.port), tls=False)
+    c = Daemon(ctx, "client", old).start()
+    time.sleep(1)
+    assert "tunnel up" not in c.text(), c.text()
+    with open(c.conf, "w") as f:
+        f.write(client_ini(tport, "connect_timeout = 30s\n", tcp_mapping("echo", e.port)))
+    t0 = time.monotonic()
+    c.signal(signal.SIGHUP)
+    c.wait_log(r"tunnel up peer=127\.0\.0\.1:%d" % tport, timeout=10)
+    assert time.monotonic() - t0 < 5, time.monotonic() - t0
+    assert c.stop() == 0
