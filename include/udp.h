@@ -19,7 +19,8 @@ struct udp_port;
 
 /* Server: a public UDP socket for mapping idx of tunnel t. Returns nullptr
  * with *err ("bind udp 0.0.0.0:5353: Address already in use"). */
-udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, std::string *err);
+udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, const std::string &name,
+                        std::string *err);
 /* Server: close the socket and forget its flows. */
 void udp_port_close(udp_port *u);
 /* Server: a reply from tunnel t for flow of its mapping idx: send it to the

@@ -830,6 +830,7 @@ static int dispatch(tunnel *t, const frame_hdr &h)
     case FT_DGRAM:
         if (h.len < 4)
             return protocol_error(t, "short DGRAM");
+        t->bytes_in += h.len - 4;   /* datagrams count as payload, as DATA does */
         t->owner->on_dgram(t, h.sid, get_u32(buf), buf + 4, h.len - 4);
         return t->state == TS_CLOSED;
     default:
@@ -1095,6 +1096,7 @@ int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, siz
     put_u32(h + FRAME_HDR, idx);
     ring_put(&t->txr, h, sizeof h);
     ring_put(&t->txr, p, len);
+    t->bytes_out += len;
     schedule_flush(t);
     return 0;
 }

@@ -448,7 +448,7 @@ static int claim_udp(tunnel *t, uint32_t idx, const register_msg &m, std::string
         *why = "udp port " + std::to_string(a.port) + " is held by client " + holder(it->second.t);
         return 1;
     }
-    udp_port *u = udp_port_open(a, t, idx, m.udp_timeout_ms, why);
+    udp_port *u = udp_port_open(a, t, idx, m.udp_timeout_ms, m.name, why);
     if (!u)
         return 1;
     srv->uowners[a.port] = udp_owner{t, u};
@@ -1099,7 +1099,7 @@ static void udp_unbind(reg *r)
 static void udp_rebind(tunnel *t, reg *r, const addr_conf &a)
 {
     std::string why;
-    udp_port *u = udp_port_open(a, t, r->idx, r->m.udp_timeout_ms, &why);
+    udp_port *u = udp_port_open(a, t, r->idx, r->m.udp_timeout_ms, r->m.name, &why);
     if (!u) {
         log_warn("udp mapping of client %s lost its port: %s", holder(t).c_str(), why.c_str());
         return;
@@ -1156,7 +1156,7 @@ int server_reload(const conf &cf, std::string *err)
         /* on the same port (another address) the old socket goes first */
         if (same_port)
             udp_unbind(ur);
-        nu = udp_port_open(cf.map_udp_bind, ut, ur->idx, ur->m.udp_timeout_ms, err);
+        nu = udp_port_open(cf.map_udp_bind, ut, ur->idx, ur->m.udp_timeout_ms, ur->m.name, err);
         if (!nu) {
             if (same_port)
                 udp_rebind(ut, ur, srv->cf.map_udp_bind);

@@ -98,12 +98,14 @@ struct sflow : flow_base {
     udp_port *port = nullptr;
     sockaddr_buf peer;
     std::string key;
+    uint64_t started = 0, up = 0, down = 0;   /* for its access line */
 };
 
 struct udp_port : dgram_sock {
     tunnel *t = nullptr;
     uint32_t idx = 0;
     uint32_t timeout_ms = 60000;
+    std::string name;           /* the mapping's, for access lines */
     std::unordered_map<std::string, sflow *> by_peer;
     bool read_batch() override;
     virtual ~udp_port() {}
@@ -112,8 +114,13 @@ struct udp_port : dgram_sock {
 static std::unordered_map<uint32_t, sflow *> sflows;
 static uint32_t next_flow;
 
+/* A flow ends (silence, or its port closed): one access line, as a
+ * connection gets. */
 static void sflow_free(sflow *f)
 {
+    access_log("%s udp %s - %llu %llu %llums", sock_addr_text(f->peer.sa()).c_str(), f->port->name.c_str(),
+               (unsigned long long)f->up, (unsigned long long)f->down,
+               (unsigned long long)(now_ms() - f->started));
     timer_cancel(&f->t);
     f->port->by_peer.erase(f->key);
     sflows.erase(f->id);
@@ -159,6 +166,7 @@ bool udp_port::read_batch()
             f->peer = peer;
             f->key = key;
             f->timeout_ms = u->timeout_ms;
+            f->started = now_ms();
             f->t.fn = sflow_timeout;
             f->t.arg = f;
             u->by_peer[key] = f;
@@ -169,12 +177,14 @@ bool udp_port::read_batch()
             f = it->second;
         }
         f->last_seen = now_ms();
+        f->up += (uint64_t)n;
         tunnel_send_dgram(u->t, f->id, u->idx, dgram_buf, (size_t)n);
     }
     return true;
 }
 
-udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, std::string *err)
+udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t timeout_ms, const std::string &name,
+                        std::string *err)
 {
     int fd = sock_listen(a, SOCK_DGRAM, err);
     if (fd < 0)
@@ -183,6 +193,7 @@ udp_port *udp_port_open(const addr_conf &a, tunnel *t, uint32_t idx, uint32_t ti
     u->t = t;
     u->idx = idx;
     u->timeout_ms = timeout_ms ? timeout_ms : 60000;
+    u->name = name;
     dgram_sock_init(u, fd);
     return u;
 }
@@ -207,7 +218,8 @@ void udp_port_reply(tunnel *t, uint32_t flow, uint32_t idx, const uint8_t *p, si
     }
     f->last_seen = now_ms();
     /* a full socket buffer drops the datagram, as the network would */
-    sendto(f->port->fd, p, len, 0, f->peer.sa(), f->peer.len);
+    if (sendto(f->port->fd, p, len, 0, f->peer.sa(), f->peer.len) >= 0)
+        f->down += len;
 }
 
 /* ---- client ---- */

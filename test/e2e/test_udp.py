@@ -3,6 +3,7 @@ through remote_port), big datagrams, udp_timeout closing a flow's socket on
 the client, and a UDP flood that must not hold back a TCP stream sharing
 the tunnel."""
 import hashlib
+import json
 import os
 import re
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, UdpEcho, client_ini, free_port, free_port_all,
                  have_ipv6, log_lines, roundtrip, run, server_ini, start_pair, tcp_mapping, test, udp_mapping, user_socket, wait_udp_up, wait_until)
@@ -495,3 +497,35 @@ def udp_flood_does_not_hold_back_tcp(ctx):
     assert drops + queued > 0, "no datagram of the flood reached the service"
     assert c.stop() == 0
     assert s.stop() == 0
+
+
+@test(timeout=60)
+def udp_flow_access_line_and_status_bytes(ctx):
+    """A udp flow gets an access line when it is forgotten (user address,
+    udp, mapping, bytes each way, duration: there was none for UDP at all),
+    and its datagrams count in /status bytes (they did not)."""
+    echo = UdpEcho(ctx)
+    pub, st = free_port(), free_port()
+    s, c, _ = start_pair(ctx, udp_mapping("echo", echo.port, extra="udp_timeout = 1s\n"), server_extra=(
+        "map_udp_bind = 127.0.0.1:%d\naccess_log = %s\nstatus_addr = 127.0.0.1:%d\n" %
+        (pub, ctx.path("access.log"), st)))
+    wait_udp_up(pub)
+    u = user_socket()
+    got = 0
+    for i in range(5):
+        u.sendto(b"x" * 100, ("127.0.0.1", pub))
+        got += len(u.recv(65536))
+    me = "127.0.0.1:%d" % u.getsockname()[1]
+
+    def line():
+        try:
+            with open(ctx.path("access.log")) as f:
+                return [l for l in f.read().splitlines() if " %s udp echo " % me in l]
+        except FileNotFoundError:
+            return []
+    l = wait_until(line, 10, "the flow's access line")[0]
+    m = re.match(r"\S+ %s udp echo - (\d+) (\d+) (\d+)ms$" % re.escape(me), l)
+    assert m and int(m.group(1)) == 500 and int(m.group(2)) == got == 500, l
+    assert 900 <= int(m.group(3)) < 5000, l
+    j = json.loads(urllib.request.urlopen("http://127.0.0.1:%d/status" % st, timeout=5).read())
+    assert j["bytes_in"] >= 500 and j["bytes_out"] >= 500, j
