@@ -214,8 +214,8 @@ $(FB)/fuzz_http: $(FB)/fuzz/fuzz_http.o $(FB)/src/http.o
 	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^
 $(FB)/fuzz_socks5: $(FB)/fuzz/fuzz_socks5.o $(FB)/src/socks5.o $(FB)/src/proxyproto.o
 	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^
-$(FB)/fuzz_conf: $(FB)/fuzz/fuzz_conf.o $(FB)/src/conf.o $(FB)/src/http.o
-	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^ -linih
+$(FB)/fuzz_conf: $(FB)/fuzz/fuzz_conf.o $(FB)/src/conf.o $(FB)/src/http.o $(FB)/src/frame.o
+	$(FUZZ_CXX) $(FUZZ_SAN) -o $@ $^ -linih -lcrypto
 
 .PHONY: fuzz fuzz-build
 fuzz-build: $(FUZZ_BINS)

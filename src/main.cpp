@@ -199,6 +199,19 @@ static void on_signal(int signo, void *)
     }
 }
 
+/* Is pid a running wmproxyd? Only Linux's /proc can tell; elsewhere no. */
+static bool is_wmproxyd(pid_t pid)
+{
+    char path[64], comm[32] = "";
+    snprintf(path, sizeof path, "/proc/%ld/comm", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return false;
+    bool yes = fgets(comm, sizeof comm, f) && !strcmp(comm, "wmproxyd\n");
+    fclose(f);
+    return yes;
+}
+
 /* -s: signal the daemon whose pid is in the configuration's pid_file. */
 static int send_signal(const char *what)
 {
@@ -228,8 +241,10 @@ static int send_signal(const char *what)
         return 1;
     }
     /* the daemon holds a lock on its pid file: a file nobody locks was
-     * left by a crash, and its pid may be another process's by now */
-    if (flock(fileno(f), LOCK_SH | LOCK_NB) == 0) {
+     * left by a crash, and its pid may be another process's by now (a
+     * wmproxyd from before the lock, still running after an upgrade, is
+     * known by its name where /proc tells it) */
+    if (flock(fileno(f), LOCK_SH | LOCK_NB) == 0 && !is_wmproxyd((pid_t)pid)) {
         fprintf(stderr, "wmproxyd: no daemon running (pid_file %s is stale: no process holds it)\n",
                 cf.pid_file.c_str());
         fclose(f);
@@ -254,15 +269,27 @@ static int test_tls(const conf &c, std::string *msg)
 {
     std::string err;
     std::vector<tls_ctx *> made;
+    /* keys are named by the order they came in; a map_cert pair by its
+     * index (the same file may serve several pairs) */
+    const char *key = nullptr;
+    size_t nth = 0;
     if (c.role_ == ROLE_SERVER) {
-        tls_server_opts o;
         if (c.tc) {
+            tls_server_opts o;
             if (!c.cert.empty())
                 o.certs.push_back({c.cert, c.key});
             o.client_ca = c.client_ca;
             made.push_back(tls_server_ctx_new(o, &err));
         }
-        if (err.empty() && !c.map_certs.empty()) {
+        for (size_t i = 0; err.empty() && i < c.map_certs.size(); i++) {
+            tls_server_opts m;
+            m.certs.push_back(c.map_certs[i]);
+            made.push_back(tls_server_ctx_new(m, &err));
+            nth = i;
+            if (!err.empty())
+                key = err.compare(0, 4, "key ") == 0 ? "map_key" : "map_cert";
+        }
+        if (err.empty() && c.map_certs.size() > 1) {
             tls_server_opts m;
             m.certs = c.map_certs;
             made.push_back(tls_server_ctx_new(m, &err));
@@ -275,30 +302,19 @@ static int test_tls(const conf &c, std::string *msg)
             tls_ctx_free(x);
     if (err.empty())
         return 0;
-    /* which key: the one whose value is the path the error names */
-    size_t sp = err.find(' ');
-    std::string word = err.substr(0, sp);
+    if (!key) {
+        /* "cert PATH: ...", "key PATH: ...", "client_ca PATH: ...", "ca PATH: ..." */
+        static const char *const words[] = {"cert", "key", "client_ca", "ca"};
+        for (const char *w : words)
+            if (err.compare(0, strlen(w) + 1, std::string(w) + " ") == 0)
+                key = w;
+    }
     int line = 0;
-    size_t nth[2] = {0, 0};
-    for (auto &k : c.key_lines) {
-        const std::string &n = k.first;
-        std::string v;
-        if (n == "map_cert" || n == "map_key") {
-            bool isk = n == "map_key";
-            size_t i = nth[isk]++;
-            if (i < c.map_certs.size())
-                v = isk ? c.map_certs[i].second : c.map_certs[i].first;
-        } else if (n == "cert" || n == "key" || n == "client_ca" || n == "ca") {
-            v = n == "cert" ? c.cert : n == "key" ? c.key : n == "client_ca" ? c.client_ca : c.ca;
-        } else {
-            continue;
-        }
-        bool kind = n == word || (n == "map_cert" && word == "cert") || (n == "map_key" && word == "key");
-        if (kind && sp != std::string::npos && err.compare(sp + 1, v.size() + 1, v + ":") == 0) {
+    for (auto &k : c.key_lines)
+        if (key && k.first == key && nth-- == 0) {
             line = k.second;
             break;
         }
-    }
     *msg = c.path + (line ? ":" + std::to_string(line) : std::string()) + ": " + err;
     return -1;
 }

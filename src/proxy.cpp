@@ -147,6 +147,7 @@ struct psess;
 struct pbuf {
     char *p = nullptr;
     size_t cap = 0, off = 0, len = 0;
+    uint64_t used = 0;          /* bytes consumed, ever */
 };
 
 struct pside : io_handler {
@@ -164,14 +165,14 @@ struct pside : io_handler {
     bool bdone = false;
     uint64_t bleft = 0;
     http_chunked ck = {};
-    uint64_t sent = 0;          /* bytes written to this side for the access log */
-    uint64_t got = 0;           /* bytes read from it, the same */
+    uint64_t sent = 0;          /* bytes written to this side, ever */
     void on_io(unsigned ev) override;
 };
 
 /* A SOCKS5 UDP association. */
 struct pudp {
     int fd = -1, fam = 0;
+    bool v4 = false, v6 = false;  /* what the socket can send to, from its address */
     socks5_addr cli;            /* the client: address always, port once known */
     bool cport = false;
     sockaddr_buf cli_sa;        /* where replies go, once the client has sent */
@@ -194,6 +195,8 @@ struct psess : deferred {
     timer tmo;                  /* handshake/idle, connect, or linger */
     timer stall;                /* an HTTP request the user stopped moving */
     uint64_t user_io = 0;       /* last byte read from or written to the user */
+    uint64_t in_base = 0, out_base = 0;   /* the user's bytes each way at the last access line */
+    uint64_t udp_in = 0;        /* UDP ASSOCIATE: datagram bytes from the user */
     task resume;
     resolve_req *rq = nullptr;
     addr_list *ups = nullptr;   /* while connecting: the target's addresses */
@@ -241,11 +244,14 @@ static void access_line(psess *s)
 {
     if (s->what.empty())
         return;
-    /* an answer of ours may still be queued: count it as sent */
+    /* the user's bytes this request (or session) consumed, and ours to
+     * it: an answer still queued counts as sent (and not again later) */
+    uint64_t in = s->e[0].in.used + s->udp_in, out = s->e[0].sent + s->e[0].out.size() - s->e[0].outoff;
     access_log("%s proxy %s %d %llu %llu %llums", s->peer.c_str(), s->what.c_str(), s->status,
-               (unsigned long long)s->e[0].got,
-               (unsigned long long)(s->e[0].sent + s->e[0].out.size() - s->e[0].outoff),
+               (unsigned long long)(in - s->in_base), (unsigned long long)(out - s->out_base),
                (unsigned long long)(now_ms() - s->t0));
+    s->in_base = in;
+    s->out_base = out;
     s->what.clear();
 }
 
@@ -299,6 +305,7 @@ static void close_session(psess *s)
 
 static void pb_consume(pbuf *b, size_t n)
 {
+    b->used += n;
     b->off += n;
     b->len -= n;
     if (!b->len)
@@ -375,6 +382,10 @@ static int answer(psess *s, int status, const char *why)
                      strlen(r) + 5, status, r);
     s->e[0].out.append(b, (size_t)n);
     s->status = status;
+    /* the connection ends (and the target's with it): what the user sent
+     * is dropped, and counted */
+    s->e[0].pass = 0;
+    pb_consume(&s->e[0].in, s->e[0].in.len);
     return closing(s);
 }
 
@@ -507,8 +518,7 @@ static int req_head(psess *s)
     e->seen = 0;
     s->nreq++;
     s->t0 = now_ms();
-    s->e[0].sent = s->e[1].sent = 0;
-    s->e[0].got = e->in.len;    /* this request's head (and what follows it) */
+
     s->status = 0;
     timer_cancel(&s->tmo);
     if (n < 0) {
@@ -760,15 +770,14 @@ static void udp_resolved(void *arg, int st, const addr_list *l, const char *err)
     psess *s = (psess *)arg;
     pudp *u = s->u;
     u->rq = nullptr;
-    /* the first address this socket can reach: an IPv4 one for an IPv4
-     * association, any for an IPv6 one (IPv4 goes mapped) */
+    /* the first address this socket can reach (udp_start) */
     for (int i = 0; !st && i < l->n && !a; i++)
-        if (u->fam == AF_INET6 || l->a[i].ss.ss_family == AF_INET)
+        if (l->a[i].ss.ss_family == AF_INET ? u->v4 : u->v6)
             a = &l->a[i];
     if (st) {
         plog(s, "socks5 udp: resolve %s: %s", u->rhost.c_str(), err);
     } else if (!a) {
-        plog(s, "socks5 udp: %s has no IPv4 address", u->rhost.c_str());
+        plog(s, "socks5 udp: %s has no IPv%c address", u->rhost.c_str(), u->v4 ? '4' : '6');
     } else {
         u->raddr = *a;
         u->rok = true;
@@ -785,7 +794,7 @@ static void udp_from_client(psess *s, const uint8_t *d, size_t n)
     int hl = socks5_udp_parse(d, n, &h);
     if (hl < 0)
         return;     /* fragments and garbage are dropped */
-    s->e[0].got += n - (size_t)hl;   /* the datagram from the user */
+    s->udp_in += n - (size_t)hl;    /* the datagram from the user */
     d += hl;
     n -= (size_t)hl;
     if (h.addr.atyp != S5_ATYP_DOMAIN) {
@@ -873,6 +882,12 @@ static int udp_start(psess *s, const socks5_addr &want)
     pudp *u = s->u = new pudp;
     u->fd = fd;
     u->fam = fam;
+    /* bound to the address the user reached: an IPv4 one (or IPv4-mapped,
+     * on a dual-stack listener) sends to IPv4 only, a specific IPv6 one
+     * to IPv6 only, the unspecified :: to both */
+    const in6_addr *a6 = &((const sockaddr_in6 *)&l.ss)->sin6_addr;
+    u->v4 = fam == AF_INET || IN6_IS_ADDR_V4MAPPED(a6) || IN6_IS_ADDR_UNSPECIFIED(a6);
+    u->v6 = fam == AF_INET6 && !IN6_IS_ADDR_V4MAPPED(a6);
     sockaddr_buf p;
     p.len = sizeof p.ss;
     getpeername(s->e[0].tr->fd, (sockaddr *)&p.ss, &p.len);
@@ -1056,7 +1071,6 @@ static int side_read(psess *s, pside *e, size_t *budget)
     ssize_t n = e->tr->readv(&iov, 1);
     if (n > 0) {
         e->in.len += (size_t)n;
-        e->got += (uint64_t)n;
         *budget -= (size_t)n < *budget ? (size_t)n : *budget;
         if (!e->k)
             s->user_io = now_ms();

@@ -175,7 +175,7 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
     std::string who = sock_addr_text(peer.sa());
     if (it == srv->owners.end() || !it->second.t) {
         log_info("refused %s on port %u: no client serves it", who.c_str(), l->port);
-        access_log("%s tcp - refused 0 0 0ms", who.c_str());
+        access_log("%s %s - refused 0 0 0ms", who.c_str(), l == srv->proxy_l ? "proxy" : "tcp");
         srv->n.refused++;
         close(fd);
         return;
@@ -641,7 +641,7 @@ void server::on_open(tunnel *t, stream *s, const open_msg &)
     pc.connect_timeout_ms = cf.connect_timeout_ms;
     pc.handshake_timeout_ms = cf.handshake_timeout_ms;
     pc.where = "client " + t->peer;
-    proxy_serve_stream(s, "client " + t->peer, pc);
+    proxy_serve_stream(s, "client:" + t->peer, pc);   /* one access-line field */
 }
 
 void server::on_down(tunnel *t, const char *why, bool auth_failure)

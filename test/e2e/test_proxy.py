@@ -11,8 +11,8 @@ import struct
 import threading
 import time
 
-from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, connect, echo_handler, free_port, mkcerts,
-                 mount_ns_binary, pattern_bytes, serve_in_thread, run, server_ini, start_pair, test, wait_closed, wait_until)
+from lib import (WMPROXYD, WMPROXYD_REL, Daemon, Skip, TcpServer, connect, echo_handler, free_port, have_ipv6,
+                 mkcerts, mount_ns_binary, pattern_bytes, serve_in_thread, run, server_ini, start_pair, test, wait_closed, wait_until)
 
 CURL = ["curl", "-sS", "--max-time", "20", "--noproxy", ""]
 
@@ -1060,3 +1060,38 @@ def recv_head_status(sock):
         assert d, "closed after %r" % buf
         buf += d
     return int(buf.split(b" ", 2)[1])
+
+
+@test(timeout=60)
+def socks5_udp_ipv6_association_picks_ipv6(ctx):
+    """An association on an IPv6 bind_addr ([::1]) is bound there and
+    sends to a name's IPv6 address, whichever family the resolver puts
+    first (the IPv4 one cannot be reached from ::1). The dual-stack case
+    (an IPv4 user on ':port', an association bound to ::ffff:a.b.c.d that
+    reaches IPv4 only) needs a listener on all addresses, which tests do
+    not open."""
+    if not have_ipv6():
+        raise Skip("no IPv6 loopback")
+    e = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    e.bind(("::1", 0))
+    ctx.closers.append(e.close)
+    ep = e.getsockname()[1]
+    wrap = mount_ns_binary(ctx, {"/etc/hosts": "127.0.0.1 localhost\n127.0.0.1 dual.test\n::1 dual.test\n"})
+    port = free_port()
+    d = Daemon(ctx, "server", "[server]\nbind_addr = [::1]:%d\nflag = socks5\nlog_level = debug\n" % port,
+               binary=wrap).start()
+    d.wait_log(r"listening for tunnels")
+    s = socks5_open(port, host="::1")
+    r = socks5_request(s, 3, 4, socket.inet_pton(socket.AF_INET6, "::1"), 0)
+    assert r[1] == 0 and r[3] == 4, r
+    relay = (socket.inet_ntop(socket.AF_INET6, r[4:20]), struct.unpack(">H", r[20:22])[0])
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    u.bind(("::1", 0))
+    u.settimeout(3)
+    ctx.closers.append(u.close)
+    name = b"dual.test"
+    u.sendto(b"\x00\x00\x00\x03" + bytes([len(name)]) + name + struct.pack(">H", ep) + b"over ipv6", relay)
+    e.settimeout(3)
+    got, src = e.recvfrom(100)
+    assert got == b"over ipv6", got
+    s.close()
