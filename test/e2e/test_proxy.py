@@ -738,8 +738,10 @@ def client_bind_addr_through_tls_tunnel(ctx):
     assert r.stdout == b"hello from A /c\n", r.stderr
     r = curl("--socks5-hostname", "127.0.0.1:%d" % lp, "http://127.0.0.1:%d/s" % o.port)
     assert r.stdout == b"hello from A /s\n", r.stderr
-    wait_until(lambda: len([l for l in access_lines(ctx) if re.search(r" client \S+ proxy ", l)]) >= 4, 10,
+    # the user's address field is the tunnel's, as one field (806d7e8): "client:ADDR"
+    wait_until(lambda: len([l for l in access_lines(ctx) if re.search(r"^\S+ client:\S+ proxy ", l)]) >= 4, 10,
                "the server's access lines for the tunnel's users")
+    assert all(len(l.split(" ")) == 9 for l in access_lines(ctx)), access_lines(ctx)
 
 
 @test(timeout=90)
