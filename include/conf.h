@@ -109,6 +109,8 @@ void conf_register_msg(const mapping_conf &mc, register_msg *m);
 /* What a client's file may hold, for the server to check what a client
  * registers: a mapping name, and a list of domains ("a.example,*.b"). */
 bool conf_valid_mapping_name(const std::string &name);
+/* "http", "https", "tcp", "udp", "proxy"; "?" for anything else. */
+const char *conf_mode_name(unsigned mode);
 bool conf_valid_domains(const std::string &list);
 
 /* Value parsers, exposed for the tests. Each returns 0 or -1 on bad input. */

@@ -20,6 +20,8 @@ struct sockaddr_buf {
 /* "1.2.3.4:80" or "[::1]:80" */
 std::string sock_addr_text(const sockaddr *sa);
 uint16_t sock_addr_port(const sockaddr *sa);
+/* Same family, address and port (IPv4 or IPv6; flow label and zone aside). */
+bool sock_same_endpoint(const sockaddr *a, const sockaddr *b);
 
 /*
  * Bind and listen (SOCK_STREAM) or bind (SOCK_DGRAM) on a, which may name

@@ -189,12 +189,6 @@ static void connect_server(void *)
         schedule_retry("out of memory");
 }
 
-static const char *mode_name(map_mode m)
-{
-    static const char *const names[] = {"?", "http", "https", "tcp", "udp", "proxy"};
-    return names[m];
-}
-
 /* Register mapping i over tunnel tn. */
 static void register_mapping(tunnel *tn, size_t i)
 {
@@ -237,7 +231,7 @@ void client::on_registered(tunnel *, uint32_t idx, uint8_t status, const std::st
         return;
     const mapping_conf &mc = cf.mappings[idx];
     if (status == 0) {
-        log_info("mapping registered name=%s mode=%s", mc.name.c_str(), mode_name(mc.mode));
+        log_info("mapping registered name=%s mode=%s", mc.name.c_str(), conf_mode_name(mc.mode));
         return;
     }
     log_warn("mapping rejected name=%s reason=\"%s\"", mc.name.c_str(), why.c_str());

@@ -997,11 +997,15 @@ static int missing(parse_state *ps, const char *key, const char *why)
                 ps->sect_text.c_str(), why ? why : "");
 }
 
-/* Keys of both roles that constrain each other. */
+/* Keys of both roles that constrain each other. The role section's key
+ * lines are kept for what is checked later (-t loading TLS files). */
 static int end_common(parse_state *ps)
 {
-    const conf *c = ps->c;
+    conf *c = ps->c;
     int line;
+
+    for (const key_seen &k : ps->seen)
+        c->key_lines.push_back(std::make_pair(k.name, k.line));
 
     if (c->max_window < c->window) {
         line = key_line(ps, "max_window");
@@ -1049,8 +1053,6 @@ static int end_server(parse_state *ps)
     }
     for (size_t i = 0; i < nc; i++)
         c->map_certs.push_back(std::make_pair(ps->map_cert[i], ps->map_key[i]));
-    for (const key_seen &k : ps->seen)
-        c->key_lines.push_back(std::make_pair(k.name, k.line));
     return end_common(ps);
 }
 
@@ -1074,16 +1076,9 @@ static int end_client(parse_state *ps)
     }
     if (c->server_name.empty())
         c->server_name = c->server.host;
-    for (const key_seen &k : ps->seen)
-        c->key_lines.push_back(std::make_pair(k.name, k.line));
     return end_common(ps);
 }
 
-/*
- * Required keys, then clashes with the mappings before it: the server
- * would refuse the second of two mappings wanting the same domain or port
- * from one client, and the operator is better told now than in a log.
- */
 void conf_register_msg(const mapping_conf &mc, register_msg *m)
 {
     m->mode = (uint8_t)mc.mode;
@@ -1104,6 +1099,11 @@ void conf_register_msg(const mapping_conf &mc, register_msg *m)
         m->rules += "P open\n";
 }
 
+/*
+ * Required keys, then clashes with the mappings before it: the server
+ * would refuse the second of two mappings wanting the same domain or port
+ * from one client, and the operator is better told now than in a log.
+ */
 static int end_mapping(parse_state *ps)
 {
     std::vector<mapping_conf> &all = ps->c->mappings;
@@ -1370,6 +1370,11 @@ int conf_load(const char *path, conf *out, std::string *err)
     }
     *out = std::move(c);
     return 0;
+}
+
+const char *conf_mode_name(unsigned mode)
+{
+    return mode >= MODE_HTTP && mode <= MODE_PROXY ? mode_names[mode] : "?";
 }
 
 bool conf_valid_mapping_name(const std::string &name)

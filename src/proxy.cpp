@@ -733,7 +733,7 @@ static void udp_send(pudp *u, const sockaddr *sa, socklen_t len, const void *p, 
         return;
     }
     for (int i = 0; i < u->ndest; i++)
-        if (u->dest[i].len == len && !memcmp(&u->dest[i].ss, sa, len))
+        if (sock_same_endpoint(u->dest[i].sa(), sa))
             return;
     sockaddr_buf *d = &u->dest[u->dnext];
     memcpy(&d->ss, sa, len);
@@ -747,20 +747,9 @@ static void udp_send(pudp *u, const sockaddr *sa, socklen_t len, const void *p, 
  * the socket's family, as udp_send() recorded it.) */
 static bool udp_known(const pudp *u, const sockaddr_buf &from)
 {
-    for (int i = 0; i < u->ndest; i++) {
-        const sockaddr_buf &d = u->dest[i];
-        if (d.ss.ss_family != from.ss.ss_family)
-            continue;
-        if (d.ss.ss_family == AF_INET) {
-            const sockaddr_in *a = (const sockaddr_in *)&d.ss, *b = (const sockaddr_in *)&from.ss;
-            if (a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr)
-                return true;
-        } else if (d.ss.ss_family == AF_INET6) {
-            const sockaddr_in6 *a = (const sockaddr_in6 *)&d.ss, *b = (const sockaddr_in6 *)&from.ss;
-            if (a->sin6_port == b->sin6_port && !memcmp(&a->sin6_addr, &b->sin6_addr, 16))
-                return true;
-        }
-    }
+    for (int i = 0; i < u->ndest; i++)
+        if (sock_same_endpoint(u->dest[i].sa(), from.sa()))
+            return true;
     return false;
 }
 

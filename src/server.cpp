@@ -44,7 +44,7 @@ struct port_owner {
     tunnel *t = nullptr;
     uint32_t idx = 0;          /* the client's mapping index */
     std::string name;
-    const char *mode = "tcp";  /* for access lines: "tcp" or "proxy" */
+    uint8_t mode = MODE_TCP;   /* MODE_TCP or MODE_PROXY, for access lines */
     listener *l = nullptr;     /* opened for this mapping (remote_port), else shared */
 };
 
@@ -123,12 +123,6 @@ static listener *listen_on(const addr_conf &a, listener_kind kind, std::string *
     return l;
 }
 
-static const char *mode_name(uint8_t mode)
-{
-    static const char *const names[] = {"?", "http", "https", "tcp", "udp", "proxy"};
-    return mode <= MODE_PROXY ? names[mode] : "?";
-}
-
 static std::string holder(tunnel *t)
 {
     return ((client_info *)t->user)->peer;
@@ -187,7 +181,7 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
     stream *s = tunnel_open(o.t, m, nullptr);
     if (!s) {
         log_warn("refused %s on port %u: max_streams (%u) reached", who.c_str(), l->port, srv->cf.max_streams);
-        access_log("%s %s %s refused 0 0 0ms", who.c_str(), o.mode, o.name.c_str());
+        access_log("%s %s %s refused 0 0 0ms", who.c_str(), conf_mode_name(o.mode), o.name.c_str());
         srv->n.refused++;
         close(fd);
         return;
@@ -197,7 +191,7 @@ static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
               o.t->peer.c_str(), s->sid);
     relay *r = relay_new(fd, s, who);
     if (r) {
-        r->what = std::string(o.mode) + " " + o.name;
+        r->what = std::string(conf_mode_name(o.mode)) + " " + o.name;
         r->done = public_done;
     }
 }
@@ -474,7 +468,7 @@ static int claim(listener *l, const char *key, tunnel *t, uint32_t idx, const re
     o.t = t;
     o.idx = idx;
     o.name = m.name;
-    o.mode = m.mode == MODE_PROXY ? "proxy" : "tcp";
+    o.mode = m.mode;
     *port = l->port;
     return 0;
 }
@@ -504,7 +498,7 @@ static int claim_port(tunnel *t, uint32_t idx, const register_msg &m, std::strin
     o.t = t;
     o.idx = idx;
     o.name = m.name;
-    o.mode = m.mode == MODE_PROXY ? "proxy" : "tcp";
+    o.mode = m.mode;
     o.l = l;
     *port = p;
     return 0;
@@ -522,9 +516,9 @@ int server::on_register(tunnel *t, uint32_t idx, const register_msg &m, std::str
     }
     /* what a client's file could not hold (its name and domains go into
      * logs and /status as they are) */
-    if (!conf_valid_mapping_name(m.name) ||
-        ((m.mode == MODE_HTTP || m.mode == MODE_HTTPS) && !conf_valid_domains(m.domains))) {
-        *why = conf_valid_mapping_name(m.name) ? "bad domain name" : "bad mapping name";
+    bool name_ok = conf_valid_mapping_name(m.name);
+    if (!name_ok || ((m.mode == MODE_HTTP || m.mode == MODE_HTTPS) && !conf_valid_domains(m.domains))) {
+        *why = name_ok ? "bad domain name" : "bad mapping name";
         log_warn("mapping rejected index=%u peer=%s reason=\"%s\"", idx, t->peer.c_str(), why->c_str());
         return 1;
     }
@@ -568,7 +562,7 @@ int server::on_register(tunnel *t, uint32_t idx, const register_msg &m, std::str
     }
     if (st == 0) {
         ci->regs.push_back(reg{idx, m, port});
-        log_info("mapping registered name=%s mode=%s %s peer=%s", m.name.c_str(), mode_name(m.mode), where.c_str(),
+        log_info("mapping registered name=%s mode=%s %s peer=%s", m.name.c_str(), conf_mode_name(m.mode), where.c_str(),
                  t->peer.c_str());
     } else {
         log_warn("mapping rejected name=%s peer=%s reason=\"%s\"", m.name.c_str(), t->peer.c_str(), why->c_str());
@@ -722,7 +716,7 @@ static std::string status_json(void)
             o += "{\"name\":";
             json_str(&o, r.m.name);
             o += ",\"mode\":\"";
-            o += mode_name(r.m.mode);
+            o += conf_mode_name(r.m.mode);
             o += '"';
             if (r.m.mode == MODE_HTTP || r.m.mode == MODE_HTTPS) {
                 o += ",\"domains\":[";

@@ -49,6 +49,21 @@ uint16_t sock_addr_port(const sockaddr *sa)
     return 0;
 }
 
+bool sock_same_endpoint(const sockaddr *a, const sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return false;
+    if (a->sa_family == AF_INET) {
+        const sockaddr_in *x = (const sockaddr_in *)a, *y = (const sockaddr_in *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->sa_family == AF_INET6) {
+        const sockaddr_in6 *x = (const sockaddr_in6 *)a, *y = (const sockaddr_in6 *)b;
+        return x->sin6_port == y->sin6_port && !memcmp(&x->sin6_addr, &y->sin6_addr, 16);
+    }
+    return false;
+}
+
 int resolve_numeric(const std::string &host, uint16_t port, sockaddr_buf *out)
 {
     memset(&out->ss, 0, sizeof out->ss);
