@@ -472,7 +472,16 @@ static void forward_body(hsess *h)
             if (sc < 0) {
                 log_info("http %s: bad chunked request body", h->peer.c_str());
                 drop_stream(h);
-                answer(h, 400, "bad chunked body", false);
+                if (h->rs == R_HEAD) {
+                    answer(h, 400, "bad chunked body", false);
+                } else {
+                    /* the service's answer has begun (or ended): a 400
+                     * now would land inside it; cut it short and close */
+                    h->close_after = true;
+                    h->qs = Q_DONE;
+                    h->rs = R_IDLE;
+                    task_post(&h->run);
+                }
                 return;
             }
             take = (size_t)sc;
@@ -577,7 +586,13 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
         target = http_origin_form(target, &origin);
     }
     route_ref r;
-    if (host.p && http_host_key(host, key) > 0)
+    if (host.p && host.n > 0 && http_host_key(host, key) < 0) {
+        /* RFC 9112 3.2: an invalid Host value is a bad request */
+        drop_stream(h);
+        answer(h, 400, "bad Host", false);
+        return;
+    }
+    if (host.p && host.n > 0)
         r = route_find(h->https, key);
     h->qhost = host.p ? std::string(host.p, host.n) : "";
     if (!r) {

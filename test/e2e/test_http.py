@@ -876,6 +876,9 @@ def http_400_and_431(ctx):
            b"POST / HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding : chunked\r\n\r\n",
            b"POST / HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\r\n",
            b"GET / HTTP/1.1\r\nHost: e.test\r\n folded: x\r\n\r\n"]
+    # an invalid Host value (RFC 9112 3.2); these got 404 and kept the connection
+    bad += [b"GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % v
+            for v in (b"e.test/evil", b"e.test:99999", b"e.test:8o", b"e test", b"user@e.test", b"[::1")]
     for b in bad:
         rs, sock, f = exchange(hp, b)
         is_ours(rs[0], 400)
@@ -894,6 +897,36 @@ def http_400_and_431(ctx):
     sock.close()
     assert svc.requests == [], svc.requests
     assert one(hp, request("GET", "/", "e.test")).body == PAGE
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_bad_chunk_after_the_answer_began(ctx):
+    """A malformed chunk in a request body whose answer has already begun
+    (the service answers early): the answer is cut short and the connection
+    closed. Before, our 400 head and page went into the middle of the
+    service's 200 body, and filled out its Content-Length."""
+    def early(c):
+        c.recv(65536)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 40\r\n\r\n" + b"A" * 10)
+        c.settimeout(20)
+        while c.recv(65536):
+            pass
+    svc = TcpServer(ctx, early)
+    s, c, hp, _ = http_pair(ctx, http_mapping("svc", svc.port, "e.test"))
+    sock = connect(hp)
+    sock.sendall(b"POST /up HTTP/1.1\r\nHost: e.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    got = b""
+    while not got.endswith(b"A" * 10):
+        d = sock.recv(65536)
+        assert d, got
+        got += d
+    sock.sendall(b"zz\r\n")               # not a chunk size
+    got += read_until_close(sock)
+    assert got.count(b"HTTP/1.1") == 1, got
+    assert got.endswith(b"\r\n\r\n" + b"A" * 10), got
+    s.wait_log(r"bad chunked request body")
     assert c.stop() == 0
     assert s.stop() == 0
 
