@@ -59,6 +59,7 @@ enum reset_code {
     RST_LIMIT = 6,      /* max_streams */
     RST_RESET = 7,      /* the socket was reset */
     RST_DNS = 8,
+    RST_TUNNEL = 255,   /* never sent: the tunnel was lost under the stream */
 };
 
 enum goaway_code {

@@ -147,6 +147,7 @@ struct tunnel : io_handler, deferred {
     uint64_t hb_bytes = 0;      /* bytes_in + bytes_out at the last heartbeat */
     uint64_t dgrams_dropped = 0;
     bool closing = false;
+    bool lost = false;           /* closed by a failure, not by a GOAWAY or a stop */
     bool was_ready = false;      /* authenticated once: a close is "down", else "refused" */
     uint8_t peer_id[16] = {};    /* server: the client's id from its HELLO */
     void *user = nullptr;        /* the owner's per-tunnel data */
@@ -165,16 +166,24 @@ tunnel_conf tunnel_conf_of(const conf &cf, bool is_server);
 tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, const std::string &peer,
                    const uint8_t *initial = nullptr, size_t len = 0);
 /* Close: reset every stream, tell the owner, free later. code/why go in a
- * GOAWAY to the peer when the transport can still take it. */
+ * GOAWAY to the peer when the transport can still take it. GA_NORMAL and
+ * GA_SHUTDOWN end the streams as closed (a FIN to their sockets); any other
+ * code, or a connection that failed, as reset (RST_TUNNEL). */
 void tunnel_close(tunnel *t, uint8_t code, const char *why);
 /* Client: register mapping idx. Returns 0, or -1 when its domains and
  * rules do not fit in a REGISTER frame (16 KiB). */
 int tunnel_register(tunnel *t, uint32_t idx, const register_msg &m);
 /* Client: drop mapping idx (reload). */
 void tunnel_unregister(tunnel *t, uint32_t idx);
+/* Server: answer (or, later, take back) mapping idx: status 0 accepted,
+ * else rejected for the reason why. */
+void tunnel_registered(tunnel *t, uint32_t idx, uint8_t status, const char *why);
 /* Open a stream from this side. Returns nullptr at max_streams. */
 stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end);
 size_t tunnel_stream_count(const tunnel *t);
+/* Bytes queued for the peer that the kernel does not have yet: a stream
+ * gone after its last bytes were read may still have them here. */
+size_t tunnel_unsent(const tunnel *t);
 /* Send one datagram of flow for mapping idx, or drop it when the tunnel
  * cannot take it right now: datagrams never wait and never hold back
  * streams. Returns 0 sent, -1 dropped (counted in t->dgrams_dropped). */

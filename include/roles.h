@@ -15,8 +15,10 @@ int server_start(const conf &cf, std::string *err);
 int server_reload(const conf &cf, std::string *err);
 /* Close every listener; with drain, let streams finish (QUIT). */
 void server_stop(bool drain);
-/* Streams still open (for the QUIT drain). */
+/* Streams still open, and bytes not yet handed to the kernel (for the
+ * QUIT drain: a stream that is done may have its last bytes queued). */
 size_t server_streams(void);
+size_t server_unsent(void);
 
 int client_start(const conf &cf, std::string *err);
 /* The client's TLS context for cf (ca, cert, key, fingerprint, verify), or
@@ -25,5 +27,6 @@ struct tls_ctx *client_tls(const conf &cf, std::string *err);
 int client_reload(const conf &cf, std::string *err);
 void client_stop(bool drain);
 size_t client_streams(void);
+size_t client_unsent(void);
 
 #endif

@@ -558,6 +558,11 @@ size_t client_streams(void)
     return cl && cl->t ? tunnel_stream_count(cl->t) : 0;
 }
 
+size_t client_unsent(void)
+{
+    return cl && cl->t ? tunnel_unsent(cl->t) : 0;
+}
+
 void client_stop(bool drain)
 {
     if (!cl)

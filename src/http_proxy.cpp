@@ -1324,7 +1324,7 @@ void hsess::on_reset(uint8_t code, const char *why)
         /* no answer began yet (a 100 Continue at most): answer ourselves */
         int st = code == RST_TIMEOUT ? 504 : 502;
         std::string d = code == RST_TIMEOUT ? "the service did not accept the connection in time"
-                        : code == RST_CANCEL ? std::string("the tunnel to the service was lost (") + why + ")"
+                        : code == RST_CANCEL || code == RST_TUNNEL ? std::string("the tunnel to the service was lost (") + why + ")"
                                              : std::string("the service is unreachable (") + why + ")";
         log_info("http %s: mapping %s: %d %s", peer.c_str(), qmap.c_str(), st, d.c_str());
         answer(this, st, d.c_str(), false);

@@ -108,6 +108,11 @@ static size_t streams(void)
     return cf.role_ == ROLE_SERVER ? server_streams() : client_streams();
 }
 
+static size_t unsent(void)
+{
+    return cf.role_ == ROLE_SERVER ? server_unsent() : client_unsent();
+}
+
 static void stop_now(void)
 {
     if (cf.role_ == ROLE_SERVER)
@@ -119,7 +124,8 @@ static void stop_now(void)
 
 static void drain_check(void *)
 {
-    if (streams() == 0) {
+    /* done when the streams are gone and their last bytes have left */
+    if (streams() == 0 && unsent() == 0) {
         log_info("drained, stopping");
         return stop_now();
     }
@@ -146,7 +152,8 @@ static void on_signal(int signo, void *)
             client_stop(true);
         static timer deadline;
         deadline.fn = [](void *) {
-            log_info("shutdown_timeout reached with %zu stream(s) open, stopping", streams());
+            log_info("shutdown_timeout reached with %zu stream(s) open and %zu byte(s) unsent, stopping",
+                     streams(), unsent());
             stop_now();
         };
         timer_arm(&deadline, cf.shutdown_timeout_ms);

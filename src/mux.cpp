@@ -452,6 +452,11 @@ size_t tunnel_stream_count(const tunnel *t)
     return t->streams.size();
 }
 
+size_t tunnel_unsent(const tunnel *t)
+{
+    return t->state == TS_CLOSED ? 0 : t->txr.data + t->tx_overflow.size() + t->tr->buffered();
+}
+
 stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
 {
     if (t->state != TS_READY || t->streams.size() >= t->cf.max_streams)
@@ -474,14 +479,14 @@ stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
 
 /* ---- the tunnel ---- */
 
-static void reset_all(tunnel *t, const char *why)
+static void reset_all(tunnel *t, uint8_t code, const char *why)
 {
     while (!t->streams.empty()) {
         stream *s = t->streams.begin()->second;
         stream_end *e = s->end;
         stream_free(s);
         if (e)
-            e->on_reset(RST_CANCEL, why);
+            e->on_reset(code, why);
     }
 }
 
@@ -510,7 +515,11 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why)
     timer_cancel(&t->hb_timer);
     timer_cancel(&t->hs_timer);
     timer_cancel(&t->dead_timer);
-    reset_all(t, why);
+    /* a stop or a GOAWAY closes the streams; a tunnel lost under them
+     * resets them, so a truncated transfer does not look complete */
+    if (code != GA_NORMAL && code != GA_SHUTDOWN)
+        t->lost = true;
+    reset_all(t, t->lost ? RST_TUNNEL : RST_CANCEL, why);
     reactor_del(t->tr->fd, t);
     t->owner->on_down(t, why, auth);
     defer_delete(t);
@@ -751,6 +760,9 @@ static int dispatch(tunnel *t, const frame_hdr &h)
         std::string why = std::string("peer closed the tunnel: ") + goaway_code_name(code);
         if (!text.empty())
             why += ": " + text;
+        /* the peer's stop or reload closes the streams; its error
+         * (a protocol error, a timeout) resets them */
+        t->lost = code != GA_NORMAL && code != GA_SHUTDOWN;
         tunnel_close(t, code == GA_AUTH ? GA_AUTH : GA_NORMAL, why.c_str());
         return 1;
     }
@@ -942,8 +954,10 @@ static void tunnel_read(tunnel *t)
                 return;
             continue;
         }
-        if (r == 0)
+        if (r == 0) {
+            t->lost = true;     /* no GOAWAY: the peer died or was cut off */
             return tunnel_close(t, GA_NORMAL, "peer closed the connection");
+        }
         if (r == IO_AGAIN) {
             t->can_read = false;
             break;
@@ -1055,6 +1069,11 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
     else
         start_protocol(t);
     return t;
+}
+
+void tunnel_registered(tunnel *t, uint32_t idx, uint8_t status, const char *why)
+{
+    send_code(t, FT_REGISTERED, idx, status, why);
 }
 
 void tunnel_unregister(tunnel *t, uint32_t idx)

@@ -261,7 +261,8 @@ void relay::on_reset(uint8_t code, const char *why)
 {
     s = nullptr;
     log_debug("stream of %s reset: %s", peer.c_str(), why);
-    /* carry a reset as a reset; a vanished tunnel just closes */
+    /* carry a reset (and a lost tunnel) as a reset; a peer's or our own
+     * stop just closes */
     if (code != RST_CANCEL && fd >= 0)
         sock_linger0(fd);
     relay_close(this, RST_CANCEL);

@@ -1186,6 +1186,15 @@ size_t server_streams(void)
     return n + http_sessions() + proxy_sessions();
 }
 
+size_t server_unsent(void)
+{
+    size_t n = 0;
+    if (srv)
+        for (tunnel *t : srv->tunnels)
+            n += tunnel_unsent(t);
+    return n;
+}
+
 void server_stop(bool drain)
 {
     if (!srv)

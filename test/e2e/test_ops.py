@@ -533,6 +533,73 @@ def quit_drains_streams(ctx):
     assert c.stop() == 0
 
 
+def tx_queue(port):
+    """Bytes in the kernel send queues of the TCP sockets on local port."""
+    n = 0
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(name) as f:
+            for line in f.readlines()[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    n += int(fields[4].split(":")[0], 16)
+    return n
+
+
+@test(timeout=60)
+def quit_waits_for_bytes_queued_in_the_tunnel(ctx):
+    """QUIT on the server while the last bytes of a finished upload still
+    wait in the tunnel (the client is stopped, so the tunnel socket is full
+    and they sit in our own queue): the drain lasts until they leave, and
+    the service gets every byte. Before, the drain ended when the stream
+    did and those bytes were thrown away with no error anywhere."""
+    got = []
+
+    def sink(conn):
+        conn.shutdown(socket.SHUT_WR)        # the service answers nothing
+        n = 0
+        while True:
+            d = conn.recv(MiB)
+            if not d:
+                break
+            n += len(d)
+        got.append(n)
+    svc = TcpServer(ctx, sink)
+    rp, st = free_port(), free_port()
+    s, c, tport = start_pair(ctx, tcp_mapping("up", svc.port, rp),
+                             server_extra="allow_ports = %d\nstatus_addr = 127.0.0.1:%d\nshutdown_timeout = 20s\n"
+                             % (rp, st),
+                             client_extra="window = 16m\nmax_window = 16m\ntunnel_buffer = 64m\n")
+    user = connect(rp)
+    assert user.recv(10) == b""              # the service's FIN came through
+    c.signal(signal.SIGSTOP)
+    ctx.closers.append(lambda: c.proc.poll() is None and c.signal(signal.SIGCONT))
+    # fill the tunnel socket's kernel queues (their size varies), then a
+    # little more: that stays in the server's own queue
+    sent, last, still = 0, -1, 0
+    chunk = b"u" * 65536
+    while still < 3:
+        assert sent < 64 * MiB, "the tunnel's kernel queue never filled"
+        user.sendall(chunk)
+        sent += len(chunk)
+        time.sleep(0.03)
+        q = tx_queue(tport)
+        still = still + 1 if q == last else 0
+        last = q
+    user.sendall(b"v" * 100000)
+    sent += 100000
+    user.shutdown(socket.SHUT_WR)
+    wait_until(lambda: get_status(st)["streams"] == 0, 10, "the stream to finish on the server")
+    s.signal(signal.SIGQUIT)
+    s.wait_log(r"stopping gracefully")
+    c.signal(signal.SIGCONT)
+    wait_until(lambda: got, 15, "the service to see the end of the upload")
+    assert got == [sent], "the service got %d of %d bytes" % (got[0], sent)
+    assert s.proc.wait(10) == 0
+    assert "drained, stopping" in s.text(), s.text()[-2000:]
+    user.close()
+    assert c.stop() == 0
+
+
 @test(timeout=60)
 def quit_refuses_new_streams_and_reloads(ctx):
     """While the server drains after QUIT: a HUP does not open the listeners

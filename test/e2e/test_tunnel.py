@@ -42,6 +42,81 @@ def client_killed(ctx):
     assert s.stop() == 0
 
 
+def end_seen(sock, timeout=5):
+    """How a peer ended a connection: 'eof' or 'reset' (bytes still in
+    flight are read and dropped)."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+        return "eof"
+    except ConnectionResetError:
+        return "reset"
+
+
+def download_then_wait(seen):
+    """A service sending part of a 'file', then waiting for the rest of the
+    conversation; how its connection ended goes into seen."""
+    def handler(c):
+        c.sendall(b"x" * 100000)
+        seen.append(end_seen(c, 30))
+    return handler
+
+
+def partial_download(port):
+    sock = connect(port)
+    got = 0
+    while got < 100000:
+        d = sock.recv(65536)
+        assert d, "closed after %d bytes" % got
+        got += len(d)
+    return sock
+
+
+@test(timeout=60)
+def tunnel_lost_resets_streams(ctx):
+    """A tunnel that is lost (a peer killed) resets its streams on the
+    other side: the public user of a dead client, and the local service of
+    a dead server, see a reset, not a clean end that makes a truncated
+    transfer look complete."""
+    seen = []
+    svc = TcpServer(ctx, download_then_wait(seen))
+    rp = free_port()
+    mapping = tcp_mapping("dl", svc.port, rp)
+    s, c, tport = start_pair(ctx, mapping, server_extra="allow_ports = %d\n" % rp)
+    user = partial_download(rp)
+    c.kill()
+    assert end_seen(user) == "reset"
+    user.close()
+
+    c2 = Daemon(ctx, "client2", client_ini(tport, "", mapping)).start()
+    c2.wait_log(r"mapping registered name=dl", timeout=15)
+    user = partial_download(rp)
+    n = len(seen)
+    s.kill()
+    wait_until(lambda: len(seen) > n, 5, "the service's connection to end")
+    assert seen[-1] == "reset", seen
+    user.close()
+    assert c2.stop() == 0
+
+
+@test(timeout=60)
+def stopped_client_closes_streams(ctx):
+    """A client stopped with TERM closes its streams (SPEC 2: "closing
+    streams cleanly"): the service and the public user each see the end of
+    the stream, not a reset."""
+    seen = []
+    svc = TcpServer(ctx, download_then_wait(seen))
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp), server_extra="allow_ports = %d\n" % rp)
+    user = partial_download(rp)
+    assert c.stop() == 0
+    assert end_seen(user) == "eof"
+    wait_until(lambda: seen, 5, "the service's connection to end")
+    assert seen == ["eof"]
+    assert s.stop() == 0
+
+
 @test(timeout=60)
 def server_restarted(ctx):
     """The server stops (TERM) and comes back on the same port: the client
