@@ -85,7 +85,7 @@ struct server : tunnel_owner {
     listener *proxy_l = nullptr;            /* map_proxy_bind */
     listener *http_l = nullptr, *https_l = nullptr;
     listener *status_l = nullptr;
-    std::map<uint16_t, port_owner> owners;  /* by public port */
+    std::map<listener *, port_owner> owners; /* by public listener (two may share a port number) */
     std::map<uint16_t, udp_owner> uowners;  /* by public UDP port */
     std::set<tunnel *> tunnels;
     size_t preauth = 0;                     /* connections not authenticated yet */
@@ -165,7 +165,7 @@ static void public_done(relay *r)
 
 static void accept_public(listener *l, int fd, const sockaddr_buf &peer)
 {
-    auto it = srv->owners.find(l->port);
+    auto it = srv->owners.find(l);
     std::string who = sock_addr_text(peer.sa());
     if (it == srv->owners.end() || !it->second.t) {
         log_info("refused %s on port %u: no client serves it", who.c_str(), l->port);
@@ -459,12 +459,12 @@ static int claim(listener *l, const char *key, tunnel *t, uint32_t idx, const re
         *why = std::string("the server has no ") + key;
         return 1;
     }
-    auto it = srv->owners.find(l->port);
+    auto it = srv->owners.find(l);
     if (it != srv->owners.end()) {
         *why = std::string(key) + " is held by client " + holder(it->second.t);
         return 1;
     }
-    port_owner &o = srv->owners[l->port];
+    port_owner &o = srv->owners[l];
     o.t = t;
     o.idx = idx;
     o.name = m.name;
@@ -482,11 +482,11 @@ static int claim_port(tunnel *t, uint32_t idx, const register_msg &m, std::strin
         *why = "port " + std::to_string(p) + " is not in allow_ports";
         return 1;
     }
-    auto it = srv->owners.find(p);
-    if (it != srv->owners.end()) {
-        *why = "port " + std::to_string(p) + " is held by client " + holder(it->second.t);
-        return 1;
-    }
+    for (const auto &it : srv->owners)
+        if (it.second.l && it.first->port == p) {
+            *why = "port " + std::to_string(p) + " is held by client " + holder(it.second.t);
+            return 1;
+        }
     addr_conf a;
     a.set = true;
     a.host = cf.map_tcp_bind.set ? cf.map_tcp_bind.host : "";
@@ -494,7 +494,7 @@ static int claim_port(tunnel *t, uint32_t idx, const register_msg &m, std::strin
     listener *l = listen_on(a, LK_TCP, why);
     if (!l)
         return 1;
-    port_owner &o = srv->owners[p];
+    port_owner &o = srv->owners[l];
     o.t = t;
     o.idx = idx;
     o.name = m.name;
@@ -580,8 +580,9 @@ static void release(tunnel *t, const reg &r)
             srv->uowners.erase(it);
         }
     } else if (r.m.mode == MODE_TCP || r.m.mode == MODE_PROXY) {
-        auto it = srv->owners.find(r.port);
-        if (it != srv->owners.end() && it->second.t == t) {
+        for (auto it = srv->owners.begin(); it != srv->owners.end(); ++it) {
+            if (it->second.t != t || it->second.idx != r.idx)
+                continue;
             if (it->second.l) {
                 /* the port is free at once: a changed mapping registers it
                  * again in the same pass (UNREGISTER, then REGISTER) */
@@ -589,7 +590,27 @@ static void release(tunnel *t, const reg &r)
                 defer_delete(it->second.l);
             }
             srv->owners.erase(it);
+            return;
         }
+    }
+}
+
+/* Take back registration idx of t after a reload took its port away (its
+ * listener is gone, its remote_port left allow_ports): the client is told
+ * (REGISTERED, rejected) and asks again every 1.5 heartbeats, so the
+ * mapping gets its port back when a later reload restores it. */
+static void revoke(tunnel *t, uint32_t idx, const std::string &why)
+{
+    client_info *ci = (client_info *)t->user;
+    for (size_t i = 0; i < ci->regs.size(); i++) {
+        if (ci->regs[i].idx != idx)
+            continue;
+        reg r = ci->regs[i];
+        ci->regs.erase(ci->regs.begin() + (long)i);
+        release(t, r);
+        log_warn("mapping revoked name=%s peer=%s reason=\"%s\"", r.m.name.c_str(), t->peer.c_str(), why.c_str());
+        tunnel_registered(t, idx, 1, why.c_str());
+        return;
     }
 }
 
@@ -1013,17 +1034,17 @@ static void log_listeners(const server_parts &p, const server *old, const conf &
     }
 }
 
-/* Move the owners of a shared port whose listener changed port. */
+/* Move the owner of a shared listener that a reload replaced. */
 static void move_owner(listener *from, listener *to)
 {
-    if (!from || !to || from->port == to->port)
+    if (!from || !to || from == to)
         return;
-    auto it = srv->owners.find(from->port);
-    if (it == srv->owners.end() || it->second.l)
+    auto it = srv->owners.find(from);
+    if (it == srv->owners.end())
         return;
     port_owner o = it->second;
     srv->owners.erase(it);
-    srv->owners[to->port] = o;
+    srv->owners[to] = o;
     client_info *ci = (client_info *)o.t->user;
     for (reg &r : ci->regs)
         if (r.idx == o.idx)
@@ -1048,9 +1069,10 @@ static void apply_parts(const server_parts &p)
             continue;
         /* the mapping on a shared listener that is gone loses its port */
         if ((i == 1 || i == 2) && !news[i]) {
-            auto it = srv->owners.find(olds[i]->port);
-            if (it != srv->owners.end() && !it->second.l)
-                srv->owners.erase(it);
+            auto it = srv->owners.find(olds[i]);
+            if (it != srv->owners.end())
+                revoke(it->second.t, it->second.idx,
+                       std::string(i == 1 ? "map_tcp_bind" : "map_proxy_bind") + " was removed by a reload");
         }
         defer_delete(olds[i]);
     }
@@ -1168,8 +1190,17 @@ int server_reload(const conf &cf, std::string *err)
             srv->uowners[ur->port] = udp_owner{ut, nu};
             log_info("udp mapping of client %s moved to %s", holder(ut).c_str(), cf.map_udp_bind.text().c_str());
         } else {
-            log_warn("udp mapping of client %s lost its port: map_udp_bind is gone", holder(ut).c_str());
+            revoke(ut, ur->idx, "map_udp_bind was removed by a reload");
         }
+    }
+    /* a remote_port that left allow_ports is closed */
+    for (tunnel *t : srv->tunnels) {
+        std::vector<std::pair<uint32_t, uint16_t>> out;
+        for (const reg &r : ((client_info *)t->user)->regs)
+            if ((r.m.mode == MODE_TCP || r.m.mode == MODE_UDP) && r.m.remote_port && !cf.port_allowed(r.m.remote_port))
+                out.push_back({r.idx, r.m.remote_port});
+        for (auto &o : out)
+            revoke(t, o.first, "port " + std::to_string(o.second) + " is no longer in allow_ports");
     }
     srv->cf = cf;
     srv->tcf = tunnel_conf_of(cf, true);   /* new tunnels; established ones keep theirs */

@@ -671,6 +671,45 @@ def reload_client_changes_remote_port_mapping(ctx):
 
 
 @test(timeout=60)
+def server_reload_takes_ports_back_and_gives_them_back(ctx):
+    """A server reload that drops a client's remote_port from allow_ports,
+    and removes map_tcp_bind, closes both ports (before, the remote_port
+    kept forwarding) and tells the client; a later reload that restores them
+    brings both mappings back without a restart (before, the map_tcp_bind
+    mapping was refused "no client serves it" until the client reconnected)."""
+    e1 = TcpServer(ctx, echo_handler)
+    e2 = TcpServer(ctx, echo_handler)
+    rp, bp, other = free_port(), free_port(), free_port()
+    hb = "heartbeat = 1s\n"
+    full = hb + "allow_ports = %d\nmap_tcp_bind = 127.0.0.1:%d\n" % (rp, bp)
+    s, c, tport = start_pair(ctx, tcp_mapping("own", e1.port, rp) + tcp_mapping("shared", e2.port),
+                             server_extra=full, client_extra=hb)
+    assert echo_once(rp, b"one") == b"one"
+    assert echo_once(bp, b"two") == b"two"
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, hb + "allow_ports = %d\n" % other))
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"mapping revoked name=own .*reason=\"port %d is no longer in allow_ports\"" % rp, timeout=5)
+    s.wait_log(r"mapping revoked name=shared .*reason=\"map_tcp_bind was removed by a reload\"", timeout=5)
+    c.wait_log(r"mapping rejected name=own", timeout=5)
+    c.wait_log(r"mapping rejected name=shared", timeout=5)
+    assert refused(rp) and refused(bp)
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, full))
+    s.signal(signal.SIGHUP)
+
+    def serves(port):
+        try:
+            return echo_once(port, b"back", timeout=2) == b"back"
+        except OSError:
+            return False
+    wait_until(lambda: serves(rp), 8, "the remote_port mapping to serve again")
+    wait_until(lambda: serves(bp), 8, "the map_tcp_bind mapping to serve again")
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def quit_stuck_stream_times_out(ctx):
     """QUIT with a stream that never ends: the daemon exits 0 after
     shutdown_timeout (2s), closing it."""

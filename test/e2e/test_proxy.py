@@ -770,6 +770,39 @@ def proxy_mapping_into_private_network(ctx):
     assert o.accepted == 2, o.accepted
 
 
+@test(timeout=60)
+def proxy_and_tcp_bind_share_a_port_number(ctx):
+    """map_tcp_bind and map_proxy_bind on the same port of two addresses
+    (a valid file): each listener serves its own mapping. Before, owners
+    were kept by port number alone: the proxy mapping was rejected as held
+    by the tcp one, and users of the proxy address were carried to the tcp
+    mapping's private service."""
+    o = Origin(ctx, "A")
+    svc = TcpServer(ctx, lambda conn: conn.sendall(b"the tcp service\n"))
+    while True:
+        p = free_port()
+        k = socket.socket()
+        try:
+            k.bind(("127.0.0.2", p))
+            break
+        except OSError:
+            pass
+        finally:
+            k.close()
+    mappings = ("[mapping t]\nmode = tcp\nlocal_addr = 127.0.0.1:%d\n"
+                "[mapping px]\nmode = proxy\nflag = http\nusername = u\npassword = p\n" % svc.port)
+    s, c, _ = start_pair(ctx, mappings, server_extra="map_tcp_bind = 127.0.0.1:%d\nmap_proxy_bind = 127.0.0.2:%d\n"
+                         % (p, p))
+    assert "mapping rejected" not in c.text(), c.text()
+    r = curl("-U", "u:p", "-x", "http://127.0.0.2:%d" % p, "http://127.0.0.1:%d/" % o.port)
+    assert r.stdout == b"hello from A /\n", (r.stdout, r.stderr)
+    k = connect(p)
+    assert k.recv(100) == b"the tcp service\n"
+    k.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 @test(timeout=120)
 def socks5_lookups_are_bounded(ctx):
     """Names looked up for SOCKS5 users, against a DNS server that never
