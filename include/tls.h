@@ -76,6 +76,9 @@ int tls_handshake(tls_conn *t);
 ssize_t tls_read(tls_conn *t, void *buf, size_t len);
 /* Encrypt: bytes taken, IO_AGAIN, IO_ERR. */
 ssize_t tls_write(tls_conn *t, const void *buf, size_t len);
+/* TLS 1.3: queue a KeyUpdate (new sending keys; ask_peer: the peer is to
+ * change its keys too). 0, or IO_ERR (before the handshake, TLS 1.2). */
+int tls_key_update(tls_conn *t, bool ask_peer);
 /* Queue close_notify (nothing before the handshake ends). 0, IO_ERR. */
 int tls_close_notify(tls_conn *t);
 /* tls_read may give bytes without more input (true may mean a partial

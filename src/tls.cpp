@@ -33,6 +33,9 @@ enum {
     TLS_REC = 16384,          /* plaintext per record, the TLS maximum */
     TLS_READ_CHUNK = 32768,   /* ciphertext taken per read(2) */
     TLS_HIGH = 65536,         /* held ciphertext above which writev says IO_AGAIN */
+    TLS_OUT_MAX = 2 * TLS_HIGH, /* held ciphertext above which reading stops: what
+                                   reading makes (key update answers) the peer
+                                   does not take; writev never holds this much */
 };
 
 struct tls_ctx {
@@ -740,6 +743,18 @@ ssize_t tls_write(tls_conn *t, const void *buf, size_t len)
     return r;
 }
 
+int tls_key_update(tls_conn *t, bool ask_peer)
+{
+    if (t->dead || !SSL_is_init_finished(t->ssl))
+        return IO_ERR;
+    err_reset();
+    if (SSL_key_update(t->ssl, ask_peer ? SSL_KEY_UPDATE_REQUESTED : SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
+        return IO_ERR;
+    /* written now, into out: the memory BIO never says "want write" */
+    int r = SSL_do_handshake(t->ssl);
+    return r == 1 ? 0 : IO_ERR;
+}
+
 int tls_close_notify(tls_conn *t)
 {
     if (t->dead)
@@ -908,8 +923,16 @@ struct tls_transport : transport {
             if (r > 0) {
                 off += (size_t)r;
                 got += (size_t)r;
-                continue;
             }
+            if (tls_pending_out(c) > TLS_OUT_MAX) {
+                /* a peer that asks for key updates and never reads the
+                 * answers would make them pile up without end */
+                terr = "peer does not read what it asks for (key updates)";
+                rd_end = IO_ERR;
+                break;
+            }
+            if (r > 0)
+                continue;
             if (r == IO_AGAIN) {
                 int f = fill();
                 if (f == 1)

@@ -750,3 +750,68 @@ TEST_CASE("tls: a transport that moved bulk gives its record buffers back when q
     delete s;
     delete c;
 }
+
+/* Move what the memory engine p has for its peer into fd, as far as fd
+ * takes it (held: bytes it did not take yet). */
+static void engine_send(tls_conn *p, int fd, std::string *held)
+{
+    char b[16384];
+    size_t n;
+    while ((n = tls_drain(p, b, sizeof b)) > 0)
+        held->append(b, n);
+    while (!held->empty()) {
+        ssize_t k = write(fd, held->data(), held->size());
+        if (k <= 0)
+            break;
+        held->erase(0, (size_t)k);
+    }
+}
+
+TEST_CASE("tls: a peer that asks for key updates and never reads is cut off, in bounded memory")
+{
+    /* each KeyUpdate with update_requested makes OpenSSL queue one of its
+     * own; a peer that never reads them made that queue grow without end
+     * (a CONNECT session over a tc bind_addr has no timeout: 45 MiB after
+     * 40 s of it) */
+    unverified_ctxs x;
+    int sv[2];
+    nonblocking_pair(sv);
+    transport *s = tls_transport_new(x.sctx, sv[0], true, nullptr);
+    tls_conn *p = tls_conn_new(x.cctx, false, "127.0.0.1");
+    std::string held;
+    char b[65536];
+    int hs = IO_AGAIN, hp = IO_AGAIN;
+    for (int i = 0; i < 100 && (hs != 1 || hp != 1); i++) {
+        if (hs != 1)
+            hs = s->handshake();
+        if (hp != 1)
+            hp = tls_handshake(p);
+        engine_send(p, sv[1], &held);
+        ssize_t k = read(sv[1], b, sizeof b);
+        if (k > 0)
+            tls_feed(p, b, (size_t)k);
+    }
+    REQUIRE(hs == 1);
+    REQUIRE(hp == 1);
+
+    CHECK(tls_key_update(p, true) == 0);
+    engine_send(p, sv[1], &held);
+    iovec v = {b, sizeof b};
+    CHECK(s->readv(&v, 1) == IO_AGAIN);   /* one is answered, nothing more */
+
+    size_t most = 0;
+    ssize_t r = IO_AGAIN;
+    int i;
+    for (i = 0; i < 100000 && r == IO_AGAIN; i++) {
+        REQUIRE(tls_key_update(p, true) == 0);
+        engine_send(p, sv[1], &held);
+        r = s->readv(&v, 1);
+        most = s->buffered() > most ? s->buffered() : most;
+    }
+    INFO("key updates sent: " << i);
+    CHECK(r == IO_ERR);
+    CHECK(std::string(s->error()) == "peer does not read what it asks for (key updates)");
+    CHECK(most <= 2 * 65536 + 1024);
+    tls_conn_free(p);
+    delete s;
+}
