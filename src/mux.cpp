@@ -490,10 +490,14 @@ static void reset_all(tunnel *t, uint8_t code, const char *why)
     }
 }
 
-void tunnel_close(tunnel *t, uint8_t code, const char *why)
+void tunnel_close(tunnel *t, uint8_t code, const char *why_)
 {
     if (t->state == TS_CLOSED)
         return;
+    /* why may be the transport's error text, which the GOAWAY's write
+     * below can replace (a TLS peer that reset the connection) */
+    std::string reason = why_;
+    const char *why = reason.c_str();
     bool auth = code == GA_AUTH;
     if (t->state != TS_TLS && code != GA_NORMAL) {
         /* a last word for the peer, if the socket takes it right now */
