@@ -196,22 +196,32 @@ def answers(port, tries=2):
 def udp_map_udp_bind_moved_by_a_server_reload(ctx):
     """A server reload that moves map_udp_bind moves the mapping holding
     it: the new port answers and the old one is closed; a reload that
-    removes map_udp_bind closes it."""
+    removes map_udp_bind closes it and tells the client (the mapping is
+    revoked); one that puts it back brings the mapping back, the client
+    asking again every 1.5 heartbeats."""
     echo = UdpEcho(ctx)
     pub, pub2 = free_port(), free_port()
-    s, c, tport = start_pair(ctx, udp_mapping("echo", echo.port), server_extra="map_udp_bind = 127.0.0.1:%d\n" % pub)
+    hb = "heartbeat = 1s\n"
+    s, c, tport = start_pair(ctx, udp_mapping("echo", echo.port), server_extra=hb + "map_udp_bind = 127.0.0.1:%d\n" % pub,
+                             client_extra=hb)
     wait_udp_up(pub)
     with open(s.conf, "w") as f:
-        f.write(server_ini(tport, "map_udp_bind = 127.0.0.1:%d\n" % pub2))
+        f.write(server_ini(tport, hb + "map_udp_bind = 127.0.0.1:%d\n" % pub2))
     s.signal(signal.SIGHUP)
     s.wait_log(r"udp mapping of client \S+ moved to 127\.0\.0\.1:%d" % pub2)
     assert answers(pub2), "the new map_udp_bind does not answer"
     assert not answers(pub, 1), "the old map_udp_bind still answers"
     with open(s.conf, "w") as f:
-        f.write(server_ini(tport, ""))
+        f.write(server_ini(tport, hb))
     s.signal(signal.SIGHUP)
-    s.wait_log(r"udp mapping of client \S+ lost its port: map_udp_bind is gone")
+    s.wait_log(r"mapping revoked name=echo .*reason=\"map_udp_bind was removed by a reload\"")
+    c.wait_log(r"mapping rejected name=echo reason=\"map_udp_bind was removed by a reload\"")
     assert not answers(pub2, 1), "a removed map_udp_bind still answers"
+    with open(s.conf, "w") as f:
+        f.write(server_ini(tport, hb + "map_udp_bind = 127.0.0.1:%d\n" % pub2))
+    s.signal(signal.SIGHUP)
+    c.wait_log(r"mapping registered name=echo", count=2, timeout=10)
+    wait_udp_up(pub2)
     assert c.stop() == 0
     assert s.stop() == 0
 
