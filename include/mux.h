@@ -91,6 +91,9 @@ enum tunnel_state { TS_TLS, TS_PREFACE, TS_HELLO, TS_AUTH, TS_READY, TS_CLOSED }
 
 /* The role's side of a tunnel (server.cpp, client.cpp). */
 struct tunnel_owner {
+    /* Server: t authenticated; false refuses it (GOAWAY limit, why) before
+     * READY. */
+    virtual bool admit(tunnel *, std::string *) { return true; }
     /* Authenticated: the client registers now; the server waits. */
     virtual void on_ready(tunnel *t) = 0;
     /* Server: a mapping to register; returns 0 accepted, else the reason in *why. */

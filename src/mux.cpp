@@ -693,6 +693,16 @@ static void become_ready(tunnel *t)
     t->owner->on_ready(t);
 }
 
+/* Server: the client authenticated; READY unless the owner refuses it. */
+static void admit(tunnel *t)
+{
+    std::string why;
+    if (!t->owner->admit(t, &why))
+        return tunnel_close(t, GA_LIMIT, why.c_str());
+    send_ctl(t, FT_READY, 0, 0, nullptr, 0);
+    become_ready(t);
+}
+
 static int on_hello(tunnel *t, const uint8_t *p, size_t len)
 {
     hello_msg m;
@@ -705,10 +715,8 @@ static int on_hello(tunnel *t, const uint8_t *p, size_t len)
     timer_arm_at(&t->dead_timer, t->last_rx + 3ull * t->hb_ms);
     if (t->cf.is_server) {
         t->state = TS_AUTH;
-        if (t->cf.token.empty()) {
-            send_ctl(t, FT_READY, 0, 0, nullptr, 0);
-            become_ready(t);
-        }
+        if (t->cf.token.empty())
+            admit(t);
         return 0;
     }
     if (m.auth_required) {
@@ -730,8 +738,7 @@ static int on_auth(tunnel *t, const uint8_t *p, size_t len)
         tunnel_close(t, GA_AUTH, "wrong token");
         return 1;
     }
-    send_ctl(t, FT_READY, 0, 0, nullptr, 0);
-    become_ready(t);
+    admit(t);
     return 0;
 }
 
@@ -787,12 +794,12 @@ static int dispatch(tunnel *t, const frame_hdr &h)
     case FT_HELLO:
         if (on_hello(t, buf, h.len) < 0)
             return protocol_error(t, "bad HELLO");
-        return 0;
+        return t->state == TS_CLOSED;
     case FT_AUTH: {
         int r = on_auth(t, buf, h.len);
         if (r < 0)
             return protocol_error(t, "unexpected AUTH");
-        return r;
+        return t->state == TS_CLOSED;
     }
     case FT_READY:
         if (t->cf.is_server || t->state != TS_AUTH)

@@ -89,9 +89,11 @@ struct server : tunnel_owner {
     std::map<uint16_t, udp_owner> uowners;  /* by public UDP port */
     std::set<tunnel *> tunnels;
     size_t preauth = 0;                     /* connections not authenticated yet */
+    size_t ready = 0;                       /* tunnels authenticated: max_clients counts these */
     counters n;
     uint64_t started = 0;
 
+    bool admit(tunnel *t, std::string *why) override;
     void on_ready(tunnel *t) override;
     int on_register(tunnel *t, uint32_t idx, const register_msg &m, std::string *why) override;
     void on_registered(tunnel *, uint32_t, uint8_t, const std::string &) override {}
@@ -277,13 +279,9 @@ static void sniff_decide(sniff_conn *c, proxy_kind k)
         return sniff_fail(c, why);
     }
     if (k == PK_TUNNEL) {
-        if (srv->tunnels.size() >= srv->cf.max_clients) {
-            char why[64];
-            snprintf(why, sizeof why, "max_clients (%u) reached", srv->cf.max_clients);
-            log_warn("refused tunnel from %s: %s", c->peer.c_str(), why);
-            tell_client(c->tr->fd, why, GA_LIMIT);
-            return sniff_done(c);
-        }
+        /* max_clients is checked once the client authenticated (admit):
+         * connections that never do cannot lock the clients out, and a
+         * client that replaces its own dead tunnel is not refused */
         reactor_del(c->tr->fd, c);
         tunnel *t = tunnel_new(c->tr, srv->tcf, srv, c->peer, c->buf, c->len);
         c->tr = nullptr;
@@ -397,17 +395,37 @@ void listener::on_accept(int cfd, const sockaddr_buf &peer)
         accept_http(cfd, peer, kind == LK_HTTPS);
 }
 
+static bool same_client(const tunnel *a, const tunnel *b)
+{
+    static const uint8_t zero[16] = {};
+    return memcmp(a->peer_id, zero, sizeof zero) != 0 && memcmp(a->peer_id, b->peer_id, sizeof zero) == 0;
+}
+
+bool server::admit(tunnel *t, std::string *why)
+{
+    size_t n = ready;
+    if (n >= cf.max_clients)
+        for (tunnel *o : tunnels)
+            if (o != t && o->state == TS_READY && same_client(o, t))
+                n--;    /* replaced in on_ready */
+    if (n < cf.max_clients)
+        return true;
+    *why = "max_clients (" + std::to_string(cf.max_clients) + ") reached";
+    log_warn("refused tunnel from %s: %s", t->peer.c_str(), why->c_str());
+    return false;
+}
+
 void server::on_ready(tunnel *t)
 {
     preauth--;
+    ready++;
     /* the same client (its id) on a new connection: its address changed
      * and the old connection is dead without a FIN; replace it now rather
      * than refuse the mappings it still holds for 3 heartbeats */
-    static const uint8_t zero[16] = {};
-    if (memcmp(t->peer_id, zero, sizeof zero) != 0) {
+    {
         std::vector<tunnel *> old;
         for (tunnel *o : tunnels)
-            if (o != t && o->state == TS_READY && memcmp(o->peer_id, t->peer_id, sizeof zero) == 0)
+            if (o != t && o->state == TS_READY && same_client(o, t))
                 old.push_back(o);
         for (tunnel *o : old) {
             log_info("tunnel from %s replaces the one from %s (same client)", t->peer.c_str(), o->peer.c_str());
@@ -675,6 +693,7 @@ void server::on_down(tunnel *t, const char *why, bool auth_failure)
         else
             log_info("tunnel from %s failed before authentication: %s", t->peer.c_str(), why);
     } else {
+        ready--;
         log_info("tunnel down peer=%s reason=\"%s\"", t->peer.c_str(), why);
     }
     tunnels.erase(t);

@@ -608,6 +608,36 @@ def faults_max_clients_refuses_cleanly(ctx):
         assert d.stop() == 0, d.name
 
 
+@test(timeout=60)
+def faults_max_clients_counts_authenticated_tunnels(ctx):
+    """max_clients = 1 with a token: three connections that send the
+    tunnel preface and never authenticate do not take the one place; the
+    real client comes up and serves. Before, every connection past the
+    preface counted, so anyone who could reach bind_addr locked the
+    clients out by renewing a few such connections every
+    handshake_timeout."""
+    e = TcpServer(ctx, echo_handler)
+    rp = free_port()
+    tport = free_port()
+    s = lib.Daemon(ctx, "server", lib.server_ini(tport, "allow_ports = %d\nmax_clients = 1\ntoken = sesame\n" % rp,
+                                                 tls=False)).start()
+    s.wait_log(r"listening for tunnels")
+    idle = []
+    for _ in range(3):
+        k = connect(tport)
+        k.sendall(b"WMPX\0\x01\0\0")
+        idle.append(k)
+    c = lib.Daemon(ctx, "client", lib.client_ini(tport, "token = sesame\n", tcp_mapping("echo", e.port, rp),
+                                                 tls=False)).start()
+    c.wait_log(r"mapping registered name=echo", timeout=5)
+    assert echo_once(rp, b"in") == b"in"
+    assert "max_clients" not in s.text(), s.text()
+    for k in idle:
+        k.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for line in f:
