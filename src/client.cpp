@@ -468,8 +468,10 @@ int client_reload(const conf &nc, std::string *err)
     bool retunnel = oc.server.host != nc.server.host || oc.server.port != nc.server.port || oc.ts != nc.ts ||
                     oc.server_name != nc.server_name || oc.ca != nc.ca || oc.fingerprint != nc.fingerprint ||
                     oc.verify != nc.verify || oc.cert != nc.cert || oc.key != nc.key;
+    /* the files are read again on every reload: rewritten in place (a
+     * renewed certificate, a new CA) they serve the next connection */
     tls_ctx *ntls = nullptr;
-    if (nc.ts && retunnel && !(ntls = client_tls(nc, err)))
+    if (nc.ts && !(ntls = client_tls(nc, err)))
         return -1;
     bool rebind = oc.bind_addr.set != nc.bind_addr.set || oc.bind_addr.host != nc.bind_addr.host ||
                   oc.bind_addr.port != nc.bind_addr.port;
@@ -522,10 +524,12 @@ int client_reload(const conf &nc, std::string *err)
         resolve_udp(i);
         warn_open_proxy(next[i]);
     }
-    if (retunnel) {
+    if (retunnel || ntls) {
         /* the old context lives on while the live tunnel uses it */
         tls_ctx_free(cl->tls);
         cl->tls = ntls;
+    }
+    if (retunnel) {
         log_info("reload: the server or its TLS settings changed, reconnecting");
         cl->attempts = 0;
         cl->attempt_addr = 0;

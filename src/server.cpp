@@ -982,9 +982,10 @@ static int build_parts(const conf &cf, const server *old, server_parts *p, std::
 {
     const conf *oc = old ? &old->cf : nullptr;
     if (cf.tc) {
-        /* a generated certificate lives as long as the process */
-        if (old && old->tls && oc->cert == cf.cert && oc->key == cf.key && oc->client_ca == cf.client_ca &&
-            cf.cert.empty()) {
+        /* a generated certificate lives as long as the process; files are
+         * read again on every reload (they may have been rewritten in place) */
+        if (old && old->tls && oc->cert == cf.cert && oc->key == cf.key && cf.client_ca.empty() &&
+            oc->client_ca.empty() && cf.cert.empty()) {
             p->tls = old->tls;
         } else {
             tls_server_opts o;

@@ -317,6 +317,59 @@ def generated_certificate_kept_when_client_ca_changes(ctx):
     assert s.stop() == 0
 
 
+def rewrite(dst, src):
+    """Put src's bytes into dst in place (same path, same inode), as a
+    renewal script that overwrites the file does."""
+    with open(src, "rb") as f:
+        data = f.read()
+    with open(dst, "r+b") as f:
+        f.truncate(0)
+        f.write(data)
+
+
+@test(timeout=60)
+def reload_reads_rewritten_certificate_files(ctx):
+    """HUP reads certificate files again even when their paths did not
+    change: a server with a generated certificate whose client_ca file was
+    rewritten with another CA, and then a client whose cert and key files
+    were rewritten with ones from the CA the server trusts, each get the
+    tunnel up after their reload. Before, both kept the contexts of the old
+    files until a restart."""
+    a, b = certs(ctx, "a"), certs(ctx, "b")
+    ca = ctx.path("client-ca.pem")
+    ccert, ckey = ctx.path("client.pem"), ctx.path("client.key")
+    for dst, src in ((ca, pem(b, "ca.pem")), (ccert, pem(a, "client.pem")), (ckey, pem(a, "client.key"))):
+        open(dst, "w").close()
+        rewrite(dst, src)
+    e = TcpServer(ctx, echo_handler)
+    s, tport, pub = server(ctx, "tc = true\nclient_ca = %s\n" % ca)
+    fp = re.search(TLS_ON % tport, s.text()).group(1)
+    c = client(ctx, tport, "ts = true\nfingerprint = %s\ncert = %s\nkey = %s\n" % (fp, ccert, ckey), e.port)
+    c.wait_log(r"reconnecting to .* \(attempt 2\)", timeout=15)    # a's client, b's CA: refused
+    rewrite(ca, pem(a, "ca.pem"))
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"reloaded")
+    c.wait_log(r"mapping registered name=echo", timeout=15)
+    assert re.findall(TLS_ON % tport, s.text())[-1] == fp      # the generated certificate stays
+    assert echo_once(pub, b"one") == b"one"
+    assert c.stop() == 0
+
+    rewrite(ca, pem(b, "ca.pem"))                                # now b's clients only
+    s.signal(signal.SIGHUP)
+    s.wait_log(r"reloaded", count=2)
+    c = client(ctx, tport, "ts = true\nfingerprint = %s\ncert = %s\nkey = %s\n" % (fp, ccert, ckey), e.port,
+               name="client2")
+    c.wait_log(r"reconnecting to .* \(attempt 2\)", timeout=15)
+    rewrite(ccert, pem(b, "client.pem"))
+    rewrite(ckey, pem(b, "client.key"))
+    c.signal(signal.SIGHUP)
+    c.wait_log(r"reloaded")
+    c.wait_log(r"mapping registered name=echo", timeout=15)
+    assert echo_once(pub, b"two") == b"two"
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 @test(timeout=120)
 def reloads_with_certificate_files_do_not_grow(ctx):
     """Each reload with cert and map_cert builds new TLS contexts; the old
