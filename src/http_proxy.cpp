@@ -210,6 +210,7 @@ struct hsess : io_handler, stream_end, deferred {
     transport *tr = nullptr;
     std::string peer, peer_ip;
     bool https = false;
+    bool tls_up = false;          /* https: the handshake is done */
     http_proxy_conf hc;
     ring in, out;                /* allocated while in use, see release_idle() */
     bool can_read = true, can_write = true, down_eof = false;
@@ -1099,7 +1100,9 @@ static void linger(hsess *h)
 static void start_linger(hsess *h)
 {
     drop_stream(h);
-    if (h->down_eof || h->tr->shutdown_write() == IO_ERR)
+    /* our close_notify (https) and FIN go out even to a user who finished
+     * sending: it still reads to the end of ours */
+    if (h->tr->shutdown_write() == IO_ERR || h->down_eof)
         return hs_close(h);
     h->lingering = true;
     ring_free(&h->in);
@@ -1155,6 +1158,17 @@ static void stall_check(hsess *h)
         timer_arm_at(&h->stall_timer, h->user_io + USER_STALL_MS);
 }
 
+/* A failed TLS handshake is worth an operator's notice however it was
+ * found (by readv when its bytes came with the accept); after it, an error
+ * is only a user who went away. */
+static void log_io_error(hsess *h)
+{
+    if (h->https && !h->tls_up)
+        log_info("https %s: %s", h->peer.c_str(), h->tr->error());
+    else
+        log_debug("http %s: %s", h->peer.c_str(), h->tr->error());
+}
+
 static void hs_pump(hsess *h)
 {
     size_t moved = 0;
@@ -1177,7 +1191,7 @@ static void hs_pump(hsess *h)
             } else if (w == IO_AGAIN) {
                 h->can_write = false;
             } else {
-                log_debug("http %s: %s", h->peer.c_str(), h->tr->error());
+                log_io_error(h);
                 return hs_close(h);
             }
         }
@@ -1211,6 +1225,7 @@ static void hs_pump(hsess *h)
                     h->can_read = false;
                 ring_produce(&h->in, (size_t)r);
                 moved += (size_t)r;
+                h->tls_up = true;
                 h->user_io = now_ms();
                 progress = true;
                 if (h->qs == Q_HEAD && h->head_since == 0) {
@@ -1225,7 +1240,7 @@ static void hs_pump(hsess *h)
             } else if (r == IO_AGAIN) {
                 h->can_read = false;
             } else {
-                log_debug("http %s: %s", h->peer.c_str(), h->tr->error());
+                log_io_error(h);
                 return hs_close(h);
             }
         }
@@ -1288,10 +1303,13 @@ void hsess::on_io(unsigned ev)
         rdhup = true;
     if (ev & (EV_WRITE | EV_HUP | EV_ERR))
         can_write = true;
-    if (tr->handshake() == IO_ERR) {
-        log_info("https %s: %s", peer.c_str(), tr->error());
+    int hr = tr->handshake();
+    if (hr == IO_ERR) {
+        log_io_error(this);
         return hs_close(this);
     }
+    if (hr == 1)
+        tls_up = true;
     hs_run(this);
 }
 
