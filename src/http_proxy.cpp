@@ -242,6 +242,9 @@ struct hsess : io_handler, stream_end, deferred {
     route_ref rt;                /* route of s */
     tunnel *st = nullptr;        /* and its tunnel, to tell a stale route */
     uint32_t sidx = 0;
+    std::string again;           /* the head of a request without a body sent on a
+                                    kept stream: sent again on a new stream if the
+                                    service closed the kept one as it came */
 
     /* the response in flight */
     std::string rbuf;            /* taken from the stream, not yet processed */
@@ -338,6 +341,31 @@ static void hs_close(hsess *h)
         h->next->prev = h->prev;
     nsessions--;
     defer_delete(h);
+}
+
+/* Open a stream to route r for h. Returns 0, or -1 at max_streams. */
+static int open_upstream(hsess *h, const route_ref &r)
+{
+    open_msg m;
+    m.mapping = r->idx;
+    /* the addresses are for PROXY protocol; http mappings do not use them */
+    stream *s = tunnel_open(r->t, m, h);
+    if (!s)
+        return -1;
+    h->s = s;
+    h->rt = r;
+    h->st = r->t;
+    h->sidx = r->idx;
+    return 0;
+}
+
+static bool idempotent(http_str m)
+{
+    static const char *const ok[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE", nullptr};
+    for (int i = 0; ok[i]; i++)
+        if (m.n == strlen(ok[i]) && memcmp(m.p, ok[i], m.n) == 0)
+            return true;
+    return false;
 }
 
 static void drop_stream(hsess *h)
@@ -444,6 +472,23 @@ static size_t send_head(hsess *h, const char *p, size_t n)
     if (n)
         stream_send(h->s, p, n);
     return n;
+}
+
+/* The kept stream of a request in h->again ended before any answer: send
+ * the request again on a new stream, once. Returns true when it went. */
+static bool send_again(hsess *h, route_ref r)
+{
+    if (h->again.empty() || !r || h->rs != R_HEAD || !h->rbuf.empty())
+        return false;
+    std::string head;
+    head.swap(h->again);
+    drop_stream(h);
+    if (r->t->state != TS_READY || open_upstream(h, r) < 0)
+        return false;
+    log_info("http %s: mapping %s: the service closed a kept connection as the request came, sent again on a "
+             "new one", h->peer.c_str(), r->name.c_str());
+    h->qout.assign(head, send_head(h, head.data(), head.size()), std::string::npos);
+    return true;
 }
 
 /* Forward request body bytes from in to the stream, as far as credit and
@@ -608,19 +653,10 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
      * mapping and the service has neither closed nor sent anything since */
     if (h->s && (h->rt != r || h->st != r->t || h->sidx != r->idx || h->s->fin_recv || stream_rx_pending(h->s)))
         drop_stream(h);
-    if (!h->s) {
-        open_msg m;
-        m.mapping = r->idx;
-        /* the addresses are for PROXY protocol; http mappings do not use them */
-        stream *s = tunnel_open(r->t, m, h);
-        if (!s) {
-            answer(h, 502, "the client's tunnel is full (max_streams)", false);
-            return;
-        }
-        h->s = s;
-        h->rt = r;
-        h->st = r->t;
-        h->sidx = r->idx;
+    bool kept = h->s != nullptr;
+    if (!h->s && open_upstream(h, r) < 0) {
+        answer(h, 502, "the client's tunnel is full (max_streams)", false);
+        return;
     }
 
     static const char *const skip[] = {"X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", nullptr};
@@ -666,6 +702,13 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
     /* what stream credit and tunnel room allow goes now; forward_body()
      * sends the rest */
     h->qout.assign(out, send_head(h, out.data(), out.size()), std::string::npos);
+    /* a service may close a kept connection just as our request goes on
+     * it (its keep-alive timeout): one without a body that asks for no
+     * change (RFC 9110 9.2.2) is sent again, as nginx does */
+    if (kept && !has_body && !mi.upgrade && idempotent(q.method))
+        h->again = out;
+    else
+        h->again.clear();
     head_out_done();
     h->rs = R_HEAD;
     h->rbuf.clear();
@@ -946,6 +989,7 @@ static void pump_response(hsess *h)
             }
             if (!h->s || stream_rx_pending(h->s) == 0 || h->rbuf.size() >= HTTP_MAX_HEAD)
                 break;
+            h->again.clear();   /* the service answers: never sent twice */
             iovec iov[2];
             int n = stream_rx_spans(h->s, iov);
             size_t scanned = 0;
@@ -1011,6 +1055,8 @@ static void pump_response(hsess *h)
         } else if (h->rs == R_RAW) {
             h->close_after = true;
         } else if (h->rs == R_HEAD) {
+            if (send_again(h, h->rt))
+                return;
             drop_stream(h);
             answer(h, 502, "the service closed the connection without answering", false);
         } else if (h->rs == R_BODY) {
@@ -1333,10 +1379,14 @@ void hsess::on_writable()
 
 void hsess::on_reset(uint8_t code, const char *why)
 {
+    route_ref r;
+    r.swap(rt);
     s = nullptr;
-    rt = nullptr;
     st = nullptr;
     if (closed)
+        return;
+    /* the service reset a kept connection as the request came */
+    if ((code == RST_RESET || code == RST_CANCEL) && send_again(this, r))
         return;
     if (rs == R_HEAD) {
         /* no answer began yet (a 100 Continue at most): answer ourselves */

@@ -933,6 +933,55 @@ def http_bad_chunk_after_the_answer_began(ctx):
     assert s.stop() == 0
 
 
+@test(timeout=60)
+def http_kept_connection_closed_as_the_request_came(ctx):
+    """A service closes (or resets) a kept connection just as our next
+    request arrives on it (its keep-alive timeout ran out): a request
+    without a body is sent again on a new connection and answered, as nginx
+    does; one with a body gets 502, since the service may have acted on it.
+    Before, both got 502 ("closed the connection without answering")."""
+    def service(how):
+        def handler(c):
+            f = c.makefile("rb")
+            def head():
+                n = 0
+                while True:
+                    line = f.readline()
+                    if line in (b"\r\n", b""):
+                        return line == b"\r\n" and n
+                    n += 1
+            if not head():
+                return
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst")
+            head()                      # the next request: no answer, the end
+            if how == "rst":
+                c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+        return handler
+    svcs = {how: TcpServer(ctx, service(how)) for how in ("fin", "rst")}
+    s, c, hp, _ = http_pair(ctx, http_mapping("fin", svcs["fin"].port, "fin.test") +
+                            http_mapping("rst", svcs["rst"].port, "rst.test"))
+    for how in ("fin", "rst"):
+        host = how + ".test"
+        sock = connect(hp)
+        f = sock.makefile("rb")
+        sock.sendall(request("GET", "/1", host))
+        assert read_response(f).body == b"first"
+        sock.sendall(request("GET", "/2", host))
+        r = read_response(f)
+        assert (r.status, r.body) == (200, b"first"), (how, r)
+        s.wait_log(r"mapping %s: the service closed a kept connection as the request came, sent again on a new one"
+                   % how)
+        assert svcs[how].accepted == 2, svcs[how].accepted
+        sock.sendall(request("POST", "/3", host, body=b"data"))
+        r = read_response(f)
+        assert r.status == 502, (how, r)
+        assert svcs[how].accepted == 2, svcs[how].accepted
+        sock.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 @test(timeout=45)
 def http_408_head_timeout(ctx):
     """A head not complete 30 s after the connection opened, or after its
