@@ -55,7 +55,7 @@ struct udp_owner {
 
 /* One mapping a client registered, and what it holds. */
 struct reg {
-    uint32_t idx;
+    uint32_t idx = 0;
     register_msg m;
     uint16_t port = 0;         /* tcp/proxy: public TCP port; udp: UDP port */
 };
@@ -617,42 +617,46 @@ static void release(tunnel *t, const reg &r)
  * listener is gone, its remote_port left allow_ports): the client is told
  * (REGISTERED, rejected) and asks again every 1.5 heartbeats, so the
  * mapping gets its port back when a later reload restores it. */
-static void revoke(tunnel *t, uint32_t idx, const std::string &why)
+/* Forget registration idx of t and give back what it holds. Returns
+ * false when t has none by that index. */
+static bool take_reg(tunnel *t, uint32_t idx, reg *out)
 {
     client_info *ci = (client_info *)t->user;
     for (size_t i = 0; i < ci->regs.size(); i++) {
         if (ci->regs[i].idx != idx)
             continue;
-        reg r = ci->regs[i];
+        *out = ci->regs[i];
         ci->regs.erase(ci->regs.begin() + (long)i);
-        release(t, r);
-        log_warn("mapping revoked name=%s peer=%s reason=\"%s\"", r.m.name.c_str(), t->peer.c_str(), why.c_str());
-        tunnel_registered(t, idx, 1, why.c_str());
-        return;
+        release(t, *out);
+        return true;
     }
+    return false;
+}
+
+static void revoke(tunnel *t, uint32_t idx, const std::string &why)
+{
+    reg r;
+    if (!take_reg(t, idx, &r))
+        return;
+    log_warn("mapping revoked name=%s peer=%s reason=\"%s\"", r.m.name.c_str(), t->peer.c_str(), why.c_str());
+    tunnel_registered(t, idx, 1, why.c_str());
 }
 
 void server::on_unregister(tunnel *t, uint32_t idx)
 {
-    client_info *ci = (client_info *)t->user;
-    for (size_t i = 0; i < ci->regs.size(); i++) {
-        if (ci->regs[i].idx != idx)
-            continue;
-        reg r = ci->regs[i];
-        ci->regs.erase(ci->regs.begin() + (long)i);
-        release(t, r);
-        if (r.m.mode == MODE_HTTP || r.m.mode == MODE_HTTPS) {
-            /* routes go by tunnel: drop them all, put back the others */
-            http_routes_remove(t);
-            for (const reg &o : ci->regs)
-                if (o.m.mode == MODE_HTTP || o.m.mode == MODE_HTTPS) {
-                    std::string why;
-                    http_routes_add(o.m.mode == MODE_HTTPS, t, o.idx, o.m, &why);
-                }
-        }
-        log_info("mapping unregistered name=%s peer=%s", r.m.name.c_str(), t->peer.c_str());
+    reg r;
+    if (!take_reg(t, idx, &r))
         return;
+    if (r.m.mode == MODE_HTTP || r.m.mode == MODE_HTTPS) {
+        /* routes go by tunnel: drop them all, put back the others */
+        http_routes_remove(t);
+        for (const reg &o : ((client_info *)t->user)->regs)
+            if (o.m.mode == MODE_HTTP || o.m.mode == MODE_HTTPS) {
+                std::string why;
+                http_routes_add(o.m.mode == MODE_HTTPS, t, o.idx, o.m, &why);
+            }
     }
+    log_info("mapping unregistered name=%s peer=%s", r.m.name.c_str(), t->peer.c_str());
 }
 
 void server::on_open(tunnel *t, stream *s, const open_msg &)
