@@ -67,9 +67,6 @@ struct stream : deferred {
     int64_t rx_avail = 0;        /* credit the peer still holds */
     uint32_t rx_consumed = 0;    /* consumed since the last WINDOW */
     bool rx_starved = false;     /* the peer ran out of credit since the last WINDOW */
-    uint32_t rx_excess = 0;      /* credit the peer holds beyond rx_window (a window
-                                    shrunk while idle): withheld as it comes back */
-    uint64_t rx_at = 0;          /* when DATA last came (now_ms) */
     ring rx;                     /* what the end could not take yet; allocated on demand */
     size_t rx_last = 0;          /* the size rx had when it was last drained and freed */
 
@@ -145,7 +142,6 @@ struct tunnel : io_handler, deferred {
     uint32_t peer_window = 0;    /* the peer's initial window */
     uint64_t rx_buffered = 0;    /* bytes held in stream rx rings */
     uint64_t windows_sum = 0;    /* sum of rx windows, capped by tunnel_buffer */
-    uint64_t swept_at = 0;       /* when idle streams' windows were last shrunk */
     uint8_t nonce[NONCE_LEN];
     uint32_t hb_ms = 0;          /* agreed heartbeat */
     uint64_t last_rx = 0;

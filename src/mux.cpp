@@ -276,51 +276,14 @@ static uint32_t initial_window(const tunnel *t)
     return w < t->cf.window ? (uint32_t)w : t->cf.window;
 }
 
-/*
- * Windows that grew during a burst would keep their share of tunnel_buffer
- * for as long as their streams live, and a few long-lived streams that once
- * moved bulk would leave every new stream at its initial window (25 times
- * slower over 40 ms). So when the budget is short, streams that hold
- * nothing and got no DATA for IDLE_MS go back to the initial window. Credit
- * the peer already holds cannot be taken back: it is withheld as it returns
- * (rx_excess), and until then the tunnel may have granted more than
- * tunnel_buffer; what streams hold is still bounded by the pause at
- * tunnel_buffer (stream_data).
- */
-#define IDLE_MS 250
-#define SWEEP_MS 100    /* at most one sweep of the streams per SWEEP_MS */
-
-static void shrink_idle(tunnel *t)
-{
-    uint64_t now = now_ms();
-    uint32_t init = initial_window(t);
-    t->swept_at = now;
-    for (auto &e : t->streams) {
-        stream *s = e.second;
-        if (s->rx_window <= init || s->rx.data || now - s->rx_at < IDLE_MS)
-            continue;
-        uint32_t cut = s->rx_window - init;
-        s->rx_window = init;
-        s->rx_excess += cut;
-        t->windows_sum -= cut;
-    }
-}
-
-/* Whether the windows may grow by more bytes (see initial_window); sweep:
- * a starved stream may take what idle ones hold (a new one may not: each
- * would take 'window' from them, whether it ever needs it or not). */
-static bool may_grow(tunnel *t, uint64_t more, bool sweep)
+/* Whether the windows may grow by more bytes (see initial_window). */
+static bool may_grow(const tunnel *t, uint64_t more)
 {
     uint64_t n = t->streams.size(), reserve = 0;
     if (n < t->cf.max_streams)
         reserve = (t->cf.max_streams - n) * (uint64_t)initial_window(t);
     if (reserve > t->cf.tunnel_buffer / 2)
         reserve = t->cf.tunnel_buffer / 2;
-    if (t->windows_sum + more + reserve <= t->cf.tunnel_buffer)
-        return true;
-    if (!sweep || now_ms() - t->swept_at < SWEEP_MS)
-        return false;
-    shrink_idle(t);
     return t->windows_sum + more + reserve <= t->cf.tunnel_buffer;
 }
 
@@ -334,14 +297,9 @@ static void give_credit(stream *s, bool force)
     if (!force && s->rx_consumed < s->rx_window / 4)
         return;
     uint32_t inc = s->rx_consumed;
-    if (s->rx_excess) {
-        /* a window shrunk while idle: keep what the peer held beyond it */
-        uint32_t back = min32(inc, s->rx_excess);
-        s->rx_excess -= back;
-        inc -= back;
-    } else if (s->rx_starved && s->rx.data < s->rx_window / 4 && s->rx_window < t->cf.max_window) {
+    if (s->rx_starved && s->rx.data < s->rx_window / 4 && s->rx_window < t->cf.max_window) {
         uint32_t grow = min32(s->rx_window, t->cf.max_window - s->rx_window);
-        if (may_grow(t, grow, true)) {
+        if (may_grow(t, grow)) {
             s->rx_window += grow;
             t->windows_sum += grow;
             inc += grow;
@@ -349,8 +307,6 @@ static void give_credit(stream *s, bool force)
     }
     s->rx_starved = false;
     s->rx_consumed = 0;
-    if (inc == 0)
-        return;
     s->rx_avail += inc;
     uint8_t b[4];
     put_u32(b, inc);
@@ -387,7 +343,6 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
     if (s->fin_recv || (int64_t)len > s->rx_avail)
         return -1;
     s->rx_avail -= (int64_t)len;
-    s->rx_at = now_ms();
     s->bytes_in += len;
     t->bytes_in += len;
     size_t took = 0;
@@ -424,9 +379,8 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
         }
         t->rx_buffered += len - took;
         /* credit bounds what streams hold (4 KiB a stream may pass
-         * tunnel_buffer, see initial_window), but for the old credit of
-         * idle windows that shrank (shrink_idle): past both, the tunnel
-         * stops reading rather than grow */
+         * tunnel_buffer, see initial_window): more is an accounting bug,
+         * and the tunnel stops reading rather than grow */
         if (t->rx_buffered > t->cf.tunnel_buffer && t->rx_buffered > t->windows_sum)
             t->rx_paused = true;
     }
@@ -462,7 +416,7 @@ static void top_up(stream *s)
     if (s->rx_window >= t->cf.window)
         return;
     uint32_t more = t->cf.window - s->rx_window;
-    if (!may_grow(t, more, false))
+    if (!may_grow(t, more))
         return;   /* busy tunnel: this one grows when it needs to (give_credit) */
     s->rx_window += more;
     s->rx_avail += more;
@@ -486,7 +440,6 @@ static stream *stream_new(tunnel *t, uint32_t sid)
     s->send_credit = t->peer_window;
     s->rx_window = initial_window(t);
     s->rx_avail = s->rx_window;
-    s->rx_at = now_ms();
     s->wake.fn = wake_stream;
     s->wake.arg = s;
     t->windows_sum += s->rx_window;
