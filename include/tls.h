@@ -77,8 +77,12 @@ ssize_t tls_read(tls_conn *t, void *buf, size_t len);
 /* Encrypt: bytes taken, IO_AGAIN, IO_ERR. */
 ssize_t tls_write(tls_conn *t, const void *buf, size_t len);
 /* TLS 1.3: queue a KeyUpdate (new sending keys; ask_peer: the peer is to
- * change its keys too). 0, or IO_ERR (before the handshake, TLS 1.2). */
+ * change its keys too). 0, or IO_ERR (before the handshake, TLS 1.2).
+ * tls_write does it by itself every 2^24 records (RFC 8446 5.5); tests
+ * lower that with tls_ctx_set_rekey() and count with tls_key_updates(). */
 int tls_key_update(tls_conn *t, bool ask_peer);
+unsigned tls_key_updates(const tls_conn *t);
+void tls_ctx_set_rekey(tls_ctx *c, uint64_t records);
 /* Queue close_notify (nothing before the handshake ends). 0, IO_ERR. */
 int tls_close_notify(tls_conn *t);
 /* tls_read may give bytes without more input (true may mean a partial

@@ -38,8 +38,14 @@ enum {
                                    does not take; writev never holds this much */
 };
 
+/* RFC 8446 5.5: at most 2^24.5 full records under one AES-GCM key; new
+ * sending keys (KeyUpdate) after 2^24 records, whatever their size, so a
+ * tunnel that lives for months never nears the limit. */
+#define TLS_REKEY_RECORDS (1ull << 24)
+
 struct tls_ctx {
     int refs = 1;                   /* its owner's, and one per connection made from it */
+    uint64_t rekey = TLS_REKEY_RECORDS;
     SSL_CTX *ssl = nullptr;
     bool server = false;
     std::string pin;                /* client: 32 raw bytes, or empty */
@@ -53,6 +59,9 @@ struct tls_conn {
     BIO *rbio = nullptr;            /* peer's ciphertext, waiting for OpenSSL: in */
     BIO *wbio = nullptr;            /* OpenSSL's ciphertext, waiting for the peer: out */
     ring in, out;
+    uint64_t records = 0;           /* sent under the current keys (about: a write's
+                                       bytes / TLS_REC, rounded up) */
+    unsigned key_updates = 0;       /* ours, sent */
     bool dead = false;              /* a fatal error happened: err says which */
     std::string err;
     std::string fail;               /* certificate problem seen while verifying */
@@ -733,14 +742,33 @@ ssize_t tls_write(tls_conn *t, const void *buf, size_t len)
         return 0;
     err_reset();
     int r = SSL_write_ex(t->ssl, buf, len, &n);
-    if (r == 1)
+    if (r == 1) {
+        t->records += (n + TLS_REC - 1) / TLS_REC;
+        if (t->records >= t->ctx->rekey) {
+            t->records = 0;
+            /* TLS 1.3 only; the peer takes it as it comes (its keys for
+             * reading change, nothing is asked of it) */
+            if (SSL_version(t->ssl) == TLS1_3_VERSION && tls_key_update(t, false) == 0)
+                t->key_updates++;
+        }
         return (ssize_t)n;
+    }
     r = fail_result(t, r);
     if (r == 0) {       /* SSL_write never ends a stream: that is a failure */
         set_error(t, SSL_ERROR_ZERO_RETURN);
         return IO_ERR;
     }
     return r;
+}
+
+unsigned tls_key_updates(const tls_conn *t)
+{
+    return t->key_updates;
+}
+
+void tls_ctx_set_rekey(tls_ctx *c, uint64_t records)
+{
+    c->rekey = records;
 }
 
 int tls_key_update(tls_conn *t, bool ask_peer)

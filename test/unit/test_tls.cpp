@@ -815,3 +815,23 @@ TEST_CASE("tls: a peer that asks for key updates and never reads is cut off, in 
     tls_conn_free(p);
     delete s;
 }
+
+TEST_CASE("tls: sending keys change every so many records (RFC 8446 5.5), data intact both ways")
+{
+    /* every 2^24 records in use; 8 here, so 2 MiB each way (128 full
+     * records, more in smaller writes) changes them at least 16 times */
+    unverified_ctxs x;
+    tls_ctx_set_rekey(x.sctx, 8);
+    tls_ctx_set_rekey(x.cctx, 8);
+    tls_conn *c = tls_conn_new(x.cctx, false, "wmproxyd");
+    tls_conn *s = tls_conn_new(x.sctx, true, nullptr);
+    int rc, rs;
+    handshake_pair(c, s, &rc, &rs, 5);
+    REQUIRE(rc == 1);
+    REQUIRE(rs == 1);
+    exchange(c, s, 2 << 20, 31);
+    CHECK(tls_key_updates(c) >= 16);
+    CHECK(tls_key_updates(s) >= 16);
+    tls_conn_free(c);
+    tls_conn_free(s);
+}
