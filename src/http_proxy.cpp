@@ -478,12 +478,17 @@ static size_t send_head(hsess *h, const char *p, size_t n)
  * the request again on a new stream, once. Returns true when it went. */
 static bool send_again(hsess *h, route_ref r)
 {
+    char key[HTTP_HOST_MAX + 1];
     if (h->again.empty() || !r || h->rs != R_HEAD || !h->rbuf.empty())
         return false;
     std::string head;
     head.swap(h->again);
+    /* only to the mapping the Host still names (a reload may have taken
+     * it away since) */
+    if (http_host_key(http_sstr(h->qhost), key) < 0 || route_find(h->https, key) != r || r->t->state != TS_READY)
+        return false;
     drop_stream(h);
-    if (r->t->state != TS_READY || open_upstream(h, r) < 0)
+    if (open_upstream(h, r) < 0)
         return false;
     log_info("http %s: mapping %s: the service closed a kept connection as the request came, sent again on a "
              "new one", h->peer.c_str(), r->name.c_str());
@@ -1386,7 +1391,7 @@ void hsess::on_reset(uint8_t code, const char *why)
     if (closed)
         return;
     /* the service reset a kept connection as the request came */
-    if ((code == RST_RESET || code == RST_CANCEL) && send_again(this, r))
+    if (code == RST_RESET && send_again(this, r))
         return;
     if (rs == R_HEAD) {
         /* no answer began yet (a 100 Continue at most): answer ourselves */
