@@ -34,6 +34,7 @@
 #include "http.h"
 #include "log.h"
 #include "ring.h"
+#include "tls.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -637,6 +638,14 @@ static void start_request(hsess *h, const http_request &q, const http_msg_info &
         target = http_origin_form(target, &origin);
     }
     route_ref r;
+    std::string sni;
+    if (!host.p && h->https) {
+        /* HTTP/1.0 without Host: the name the user's TLS asked for (a
+         * domain is matched against Host or SNI) */
+        sni = tls_transport_sni(h->tr);
+        if (!sni.empty())
+            host = http_sstr(sni);
+    }
     if (host.p && host.n > 0 && http_host_key(host, key) < 0) {
         /* RFC 9112 3.2: an invalid Host value is a bad request */
         drop_stream(h);

@@ -1134,6 +1134,26 @@ def https_user_close_notify_answered_with_ours(ctx):
 
 
 @test(timeout=60)
+def https_http10_without_host_routed_by_sni(ctx):
+    """An HTTP/1.0 request without Host on map_https_bind goes to the
+    mapping whose domain the user's SNI names (SPEC 3: a domain is matched
+    against the Host header or SNI); with an SNI no mapping serves, 404.
+    Before, it always got 404."""
+    svc = HttpService(ctx, "svc")
+    s, c, _, sp = http_pair(ctx, http_mapping("svc", svc.port, "t.test", mode="https"), https=True)
+    for sni, want in (("t.test", b" 200 "), ("other.test", b" 404 ")):
+        u = TlsUser(sp, sni)
+        u.send(b"GET / HTTP/1.0\r\n\r\n")
+        data, _ = u.read_to_end()
+        u.sock.close()
+        assert want in data.split(b"\r\n")[0], (sni, data[:300])
+        if want == b" 200 ":
+            assert data.endswith(PAGE), data[-200:]
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def https_failed_handshakes_logged(ctx):
     """Each user whose TLS handshake fails on map_https_bind gets an INFO
     line, also when its bytes were there at once (sent while the server was
