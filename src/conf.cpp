@@ -1298,8 +1298,8 @@ static char *conf_reader(char *buf, int size, void *stream)
     if (p != buf)
         memmove(buf, p, strlen(p) + 1);
     /* a ';' or '#' after a blank starts a comment (inih knows only ';') */
-    for (p = buf + 1; *p; p++)
-        if ((*p == ';' || *p == '#') && (p[-1] == ' ' || p[-1] == '\t')) {
+    for (p = buf; *p; p++)
+        if ((*p == ';' || *p == '#') && p > buf && (p[-1] == ' ' || p[-1] == '\t')) {
             *p = '\0';
             break;
         }
