@@ -119,6 +119,8 @@ struct register_msg {
 };
 /* An encoded REGISTER is at most this long (PROTOCOL.md section 3). */
 #define REGISTER_MAX (16 * 1024)
+/* Appends m to out. Returns its length, or -1 when that is over
+ * REGISTER_MAX (it is appended all the same, for the message). */
 int register_encode(const register_msg &m, std::string *out);
 int register_decode(const uint8_t *p, size_t len, register_msg *m);
 

@@ -1121,8 +1121,7 @@ static int end_mapping(parse_state *ps)
     register_msg reg;
     std::string enc;
     conf_register_msg(m, &reg);
-    register_encode(reg, &enc);
-    if (enc.size() > REGISTER_MAX || reg.domains.size() > 0xffff || reg.rules.size() > 0xffff)
+    if (register_encode(reg, &enc) < 0)
         return fail(ps, ps->sect_line, "[mapping %s]: its domains and header rules take %zu bytes, over "
                     "the %d a registration may carry", m.name.c_str(), enc.size(), REGISTER_MAX);
 

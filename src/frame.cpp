@@ -154,7 +154,10 @@ int register_encode(const register_msg &m, std::string *out)
     out->append(m.domains);
     put16(out, (uint16_t)m.rules.size());
     out->append(m.rules);
-    return (int)(out->size() - start);
+    /* domains or rules over 65535 bytes, whose length field wrapped, are
+     * over the limit too */
+    size_t n = out->size() - start;
+    return n > REGISTER_MAX ? -1 : (int)n;
 }
 
 int register_decode(const uint8_t *p, size_t len, register_msg *m)

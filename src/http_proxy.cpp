@@ -497,6 +497,16 @@ static bool send_again(hsess *h, route_ref r)
     return true;
 }
 
+/* End the exchange in flight where it is: what of the answer is queued goes
+ * out, then the connection closes (the user sees the answer cut short). */
+static void cut_answer(hsess *h)
+{
+    h->close_after = true;
+    h->qs = Q_DONE;
+    h->rs = R_IDLE;
+    task_post(&h->run);
+}
+
 /* Forward request body bytes from in to the stream, as far as credit and
  * framing allow. */
 static void forward_body(hsess *h)
@@ -524,16 +534,12 @@ static void forward_body(hsess *h)
             if (sc < 0) {
                 log_info("http %s: bad chunked request body", h->peer.c_str());
                 drop_stream(h);
-                if (h->rs == R_HEAD) {
+                /* once the service's answer has begun (or ended) a 400
+                 * would land inside it: cut it short and close */
+                if (h->rs == R_HEAD)
                     answer(h, 400, "bad chunked body", false);
-                } else {
-                    /* the service's answer has begun (or ended): a 400
-                     * now would land inside it; cut it short and close */
-                    h->close_after = true;
-                    h->qs = Q_DONE;
-                    h->rs = R_IDLE;
-                    task_post(&h->run);
-                }
+                else
+                    cut_answer(h);
                 return;
             }
             take = (size_t)sc;
@@ -861,22 +867,6 @@ static void response_finished(hsess *h, bool by_fin)
 
 /* The first max bytes of b for a log line: printable ASCII as it is,
  * the rest as \xHH. */
-static std::string printable(const char *b, size_t len, size_t max)
-{
-    std::string out;
-    for (size_t i = 0; i < len && i < max; i++) {
-        unsigned char ch = (unsigned char)b[i];
-        if (ch >= 0x20 && ch < 0x7f && ch != '"' && ch != '\\') {
-            out += (char)ch;
-        } else {
-            char x[5];
-            snprintf(x, sizeof x, "\\x%02x", ch);
-            out += x;
-        }
-    }
-    return out;
-}
-
 /* resp_head() results besides a head length */
 #define RH_PARTIAL 0      /* no end of head in buf yet */
 #define RH_NO_ROOM (-1)   /* out has no room for the head yet */
@@ -898,8 +888,10 @@ static ssize_t resp_head(hsess *h, const char *buf, size_t len, size_t last)
     }
     http_msg_info mi;
     if (r < 0 || http_response_framing(resp_scratch.status, h->qhead, resp_scratch, &mi) < 0) {
+        std::string begins;
+        log_field(&begins, buf, len < 48 ? len : 48, true);
         log_info("http %s: malformed response from mapping %s: %s; it begins \"%s\"", h->peer.c_str(),
-                 h->qmap.c_str(), r < 0 ? "bad head" : mi.error, printable(buf, len, 48).c_str());
+                 h->qmap.c_str(), r < 0 ? "bad head" : mi.error, begins.c_str());
         drop_stream(h);
         answer(h, 502, "malformed response from the service", false);
         return RH_ANSWERED;
@@ -1411,9 +1403,7 @@ void hsess::on_reset(uint8_t code, const char *why)
         log_info("http %s: mapping %s: %d %s", peer.c_str(), qmap.c_str(), st, d.c_str());
         answer(this, st, d.c_str(), false);
     } else if (rs != R_IDLE) {
-        close_after = true;
-        qs = Q_DONE;
-        rs = R_IDLE;
+        cut_answer(this);
     }
     task_post(&run);
 }

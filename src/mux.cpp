@@ -1134,8 +1134,7 @@ int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, siz
 int tunnel_register(tunnel *t, uint32_t idx, const register_msg &m)
 {
     std::string p;
-    register_encode(m, &p);
-    if (p.size() > REGISTER_MAX || m.domains.size() > 0xffff || m.rules.size() > 0xffff)
+    if (register_encode(m, &p) < 0)
         return -1;
     send_ctl_str(t, FT_REGISTER, idx, p);
     return 0;

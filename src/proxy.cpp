@@ -704,6 +704,16 @@ static int body_step(psess *s, pside *e)
     return e->bdone && !e->pass ? msg_done(s, e) : 0;
 }
 
+/* Did the client send to a lately? (a is as recvfrom() gives it, in the
+ * socket's family, as udp_send() records it.) */
+static bool udp_known(const pudp *u, const sockaddr *a)
+{
+    for (int i = 0; i < u->ndest; i++)
+        if (sock_same_endpoint(u->dest[i].sa(), a))
+            return true;
+    return false;
+}
+
 /* ---- SOCKS5 ---- */
 
 static std::string s5_host(const socks5_addr &a)
@@ -732,25 +742,14 @@ static void udp_send(pudp *u, const sockaddr *sa, socklen_t len, const void *p, 
         log_debug("socks5 udp: sendto: %s", strerror(errno));
         return;
     }
-    for (int i = 0; i < u->ndest; i++)
-        if (sock_same_endpoint(u->dest[i].sa(), sa))
-            return;
+    if (udp_known(u, sa))
+        return;
     sockaddr_buf *d = &u->dest[u->dnext];
     memcpy(&d->ss, sa, len);
     d->len = len;
     u->dnext = (u->dnext + 1) % UDP_DESTS;
     if (u->ndest < UDP_DESTS)
         u->ndest++;
-}
-
-/* Did the client send to from lately? (from is as recvfrom() gave it, in
- * the socket's family, as udp_send() recorded it.) */
-static bool udp_known(const pudp *u, const sockaddr_buf &from)
-{
-    for (int i = 0; i < u->ndest; i++)
-        if (sock_same_endpoint(u->dest[i].sa(), from.sa()))
-            return true;
-    return false;
 }
 
 static void udp_resolved(void *arg, int st, const addr_list *l, const char *err)
@@ -826,7 +825,7 @@ static void udp_run(psess *s)
             u->cli.port = a.port;
             u->cli_sa = from;
             udp_from_client(s, d, (size_t)n);
-        } else if (u->cli_sa.len && udp_known(u, from)) {
+        } else if (u->cli_sa.len && udp_known(u, from.sa())) {
             socks5_udp_hdr h;
             h.frag = 0;
             h.addr = a;

@@ -89,7 +89,6 @@ struct server : tunnel_owner {
     std::map<uint16_t, udp_owner> uowners;  /* by public UDP port */
     std::set<tunnel *> tunnels;
     size_t preauth = 0;                     /* connections not authenticated yet */
-    size_t ready = 0;                       /* tunnels authenticated: max_clients counts these */
     counters n;
     uint64_t started = 0;
 
@@ -401,13 +400,12 @@ static bool same_client(const tunnel *a, const tunnel *b)
     return memcmp(a->peer_id, zero, sizeof zero) != 0 && memcmp(a->peer_id, b->peer_id, sizeof zero) == 0;
 }
 
+/* max_clients counts the tunnels up, not one on_ready() will replace */
 bool server::admit(tunnel *t, std::string *why)
 {
-    size_t n = ready;
-    if (n >= cf.max_clients)
-        for (tunnel *o : tunnels)
-            if (o != t && o->state == TS_READY && same_client(o, t))
-                n--;    /* replaced in on_ready */
+    size_t n = 0;
+    for (tunnel *o : tunnels)
+        n += o != t && o->state == TS_READY && !same_client(o, t);
     if (n < cf.max_clients)
         return true;
     *why = "max_clients (" + std::to_string(cf.max_clients) + ") reached";
@@ -418,19 +416,16 @@ bool server::admit(tunnel *t, std::string *why)
 void server::on_ready(tunnel *t)
 {
     preauth--;
-    ready++;
     /* the same client (its id) on a new connection: its address changed
      * and the old connection is dead without a FIN; replace it now rather
      * than refuse the mappings it still holds for 3 heartbeats */
-    {
-        std::vector<tunnel *> old;
-        for (tunnel *o : tunnels)
-            if (o != t && o->state == TS_READY && same_client(o, t))
-                old.push_back(o);
-        for (tunnel *o : old) {
-            log_info("tunnel from %s replaces the one from %s (same client)", t->peer.c_str(), o->peer.c_str());
-            tunnel_close(o, GA_REPLACED, "replaced by a new connection from the same client");
-        }
+    std::vector<tunnel *> old;
+    for (tunnel *o : tunnels)
+        if (o != t && o->state == TS_READY && same_client(o, t))
+            old.push_back(o);
+    for (tunnel *o : old) {
+        log_info("tunnel from %s replaces the one from %s (same client)", t->peer.c_str(), o->peer.c_str());
+        tunnel_close(o, GA_REPLACED, "replaced by a new connection from the same client");
     }
     std::string how = t->tr->describe();
     log_info("tunnel up peer=%s%s%s", t->peer.c_str(), how.empty() ? "" : " ", how.c_str());
@@ -613,10 +608,6 @@ static void release(tunnel *t, const reg &r)
     }
 }
 
-/* Take back registration idx of t after a reload took its port away (its
- * listener is gone, its remote_port left allow_ports): the client is told
- * (REGISTERED, rejected) and asks again every 1.5 heartbeats, so the
- * mapping gets its port back when a later reload restores it. */
 /* Forget registration idx of t and give back what it holds. Returns
  * false when t has none by that index. */
 static bool take_reg(tunnel *t, uint32_t idx, reg *out)
@@ -633,6 +624,10 @@ static bool take_reg(tunnel *t, uint32_t idx, reg *out)
     return false;
 }
 
+/* Take back registration idx of t after a reload took its port away (its
+ * listener is gone, its remote_port left allow_ports): the client is told
+ * (REGISTERED, rejected) and asks again every 1.5 heartbeats, so the
+ * mapping gets its port back when a later reload restores it. */
 static void revoke(tunnel *t, uint32_t idx, const std::string &why)
 {
     reg r;
@@ -697,7 +692,6 @@ void server::on_down(tunnel *t, const char *why, bool auth_failure)
         else
             log_info("tunnel from %s failed before authentication: %s", t->peer.c_str(), why);
     } else {
-        ready--;
         log_info("tunnel down peer=%s reason=\"%s\"", t->peer.c_str(), why);
     }
     tunnels.erase(t);
