@@ -53,6 +53,15 @@ struct stream_end {
     /* The stream is gone (peer reset, tunnel down): drop the pointer,
      * close, do not call any stream_* function on it again. */
     virtual void on_reset(uint8_t code, const char *why) = 0;
+    /* The tunnel closed cleanly (the peer's GOAWAY for a stop or a reload,
+     * our reload) while the stream still held bytes for the end, or the
+     * end had bytes of its own still to deliver. Return true to go on
+     * draining the stream, now an orphan: it has no tunnel, its peer's
+     * direction is finished (FIN) after what it holds, nothing can be sent
+     * on it, and it is closed with stream_close() or stream_reset(). One
+     * still open after the tunnel's drain time (shutdown_timeout) hears
+     * on_reset(RST_TUNNEL). false: on_reset(RST_CANCEL) follows at once. */
+    virtual bool on_orphan() { return false; }
 protected:
     ~stream_end() {}
 };
@@ -78,8 +87,12 @@ struct stream : deferred {
     uint64_t bytes_in = 0, bytes_out = 0;
     uint32_t mapping = 0;
     bool dead = false;           /* freed: the end must not use it */
+    uint64_t orphan_until = 0;   /* an orphan (t null, on_orphan()): reset at this time */
     ~stream() override;
 };
+
+/* Its tunnel closed and it drains what it holds (stream_end::on_orphan). */
+static inline bool stream_orphaned(const stream *s) { return !s->t; }
 
 /* The peer finished its direction and the end has taken every byte. */
 static inline bool stream_rx_done(const stream *s) { return s->fin_recv && s->rx.data == 0; }
@@ -117,6 +130,7 @@ struct tunnel_conf {
     uint64_t tunnel_buffer = 32ull << 20;
     uint32_t max_streams = 4096;
     uint32_t handshake_timeout_ms = 10000;
+    uint32_t drain_ms = 10000;    /* shutdown_timeout: how long orphans may drain */
     uint8_t client_id[16] = {};  /* client: sent in HELLO */
 };
 
@@ -184,6 +198,8 @@ void tunnel_registered(tunnel *t, uint32_t idx, uint8_t status, const char *why)
 /* Open a stream from this side. Returns nullptr at max_streams. */
 stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end);
 size_t tunnel_stream_count(const tunnel *t);
+/* Streams still draining after their tunnel closed (on_orphan()). */
+size_t stream_orphans(void);
 /* Bytes queued for the peer that the kernel does not have yet: a stream
  * gone after its last bytes were read may still have them here. */
 size_t tunnel_unsent(const tunnel *t);

@@ -7,6 +7,8 @@
  * or from the stream's own buffer for what the socket could not take.
  * Half-close travels both ways: EOF from the socket becomes FIN on the
  * stream, FIN from the stream becomes shutdown(SHUT_WR) once all is written.
+ * When the tunnel closes cleanly under it (a stop, a reload), the relay
+ * still writes what the stream holds, then closes as a lingering close.
  */
 #ifndef WMPROXY_RELAY_H
 #define WMPROXY_RELAY_H
@@ -30,6 +32,7 @@ struct relay : io_handler, stream_end, deferred {
     bool eof = false;             /* the socket said EOF: FIN sent or to send */
     bool shut = false;            /* we shut down the socket's write side */
     bool closed = false;
+    bool orphaned = false;        /* its tunnel closed cleanly: drains what the stream holds */
     std::string peer;             /* for the log */
     std::string what;             /* mapping name */
     uint64_t started = 0;
@@ -47,6 +50,7 @@ struct relay : io_handler, stream_end, deferred {
     void on_rx_ready() override;
     void on_writable() override;
     void on_reset(uint8_t code, const char *why) override;
+    bool on_orphan() override;
     ~relay() override;
 };
 

@@ -267,6 +267,7 @@ struct hsess : io_handler, stream_end, deferred {
     void on_rx_ready() override;
     void on_writable() override;
     void on_reset(uint8_t code, const char *why) override;
+    bool on_orphan() override;
     ~hsess() override;
 };
 
@@ -1406,6 +1407,18 @@ void hsess::on_reset(uint8_t code, const char *why)
         cut_answer(this);
     }
     task_post(&run);
+}
+
+/* The tunnel closed cleanly (the client's stop or reload): an answer under
+ * way goes on from what the stream holds, then ends as the stream's end
+ * (FIN) makes it end; anything else is as a reset. */
+bool hsess::on_orphan()
+{
+    if (closed || (rs != R_BODY && rs != R_RAW))
+        return false;
+    st = nullptr;
+    task_post(&run);
+    return true;
 }
 
 void http_serve(transport *tr, const std::string &peer, bool https, const http_proxy_conf &hc)

@@ -3,6 +3,7 @@
  */
 #include "conf.h"
 #include "log.h"
+#include "mux.h"
 #include "reactor.h"
 #include "roles.h"
 #include "tls.h"
@@ -103,9 +104,10 @@ static void usage(FILE *f)
             "  -h        this help\n");
 }
 
+/* Streams of the tunnels, and those still draining after theirs closed */
 static size_t streams(void)
 {
-    return cf.role_ == ROLE_SERVER ? server_streams() : client_streams();
+    return (cf.role_ == ROLE_SERVER ? server_streams() : client_streams()) + stream_orphans();
 }
 
 static size_t unsent(void)

@@ -119,7 +119,7 @@ static void unwait_tx(stream *s)
 size_t stream_send_room(stream *s)
 {
     tunnel *t = s->t;
-    if (t->state != TS_READY || s->fin_sent)
+    if (!t || t->state != TS_READY || s->fin_sent)
         return 0;
     if (s->send_credit <= 0) {
         s->want_credit = true;
@@ -192,7 +192,7 @@ int stream_send(stream *s, const void *buf, size_t len)
 {
     tunnel *t = s->t;
     const char *p = (const char *)buf;
-    if (len > tx_payload_room(t) || (int64_t)len > s->send_credit)
+    if (!t || s->fin_sent || len > tx_payload_room(t) || (int64_t)len > s->send_credit)
         return -1;
     while (len > 0) {
         size_t l = len < FRAME_MAX_DATA ? len : FRAME_MAX_DATA;
@@ -212,16 +212,25 @@ int stream_send(stream *s, const void *buf, size_t len)
  * others' goes back at once (the spare would only add to them). */
 static void rx_release(stream *s)
 {
-    if (s->t->rx_buffered)
+    if (!s->t || s->t->rx_buffered)
         ring_free_beside(&s->rx);
     else
         ring_free(&s->rx);
 }
 
+static void orphan_forget(stream *s);
+
 static void stream_free(stream *s)
 {
     tunnel *t = s->t;
     s->dead = true;
+    if (!t) {
+        orphan_forget(s);
+        ring_free_beside(&s->rx);
+        s->end = nullptr;
+        defer_delete(s);
+        return;
+    }
     unwait_tx(s);
     task_cancel(&s->wake);
     t->streams.erase(s->sid);
@@ -246,7 +255,8 @@ void stream_send_fin(stream *s)
 
 void stream_reset(stream *s, uint8_t code)
 {
-    send_code(s->t, FT_RESET, s->sid, code, "");
+    if (s->t)
+        send_code(s->t, FT_RESET, s->sid, code, "");
     stream_free(s);
 }
 
@@ -322,6 +332,11 @@ void stream_rx_consume(stream *s, size_t n)
 {
     tunnel *t = s->t;
     ring_consume(&s->rx, n);
+    if (!t) {   /* an orphan: no credit to give, no tunnel to count in */
+        if (s->rx.data == 0)
+            ring_free_beside(&s->rx);
+        return;
+    }
     t->rx_buffered -= n;
     s->rx_consumed += (uint32_t)n;
     if (s->rx.data == 0 && s->rx.area) {
@@ -479,11 +494,90 @@ stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
 
 /* ---- the tunnel ---- */
 
+/* ---- orphans: streams draining after their tunnel closed cleanly ---- */
+
+static stream *orphans;          /* linked by wnext (they wait for no tx) */
+static size_t orphans_n;
+static timer orphan_timer;
+
+size_t stream_orphans(void)
+{
+    return orphans_n;
+}
+
+static void orphan_arm(void)
+{
+    uint64_t first = 0;
+    for (stream *o = orphans; o; o = o->wnext)
+        if (!first || o->orphan_until < first)
+            first = o->orphan_until;
+    if (first)
+        timer_arm_at(&orphan_timer, first);
+    else
+        timer_cancel(&orphan_timer);
+}
+
+static void orphan_forget(stream *s)
+{
+    for (stream **pp = &orphans; *pp; pp = &(*pp)->wnext)
+        if (*pp == s) {
+            *pp = s->wnext;
+            s->wnext = nullptr;
+            orphans_n--;
+            orphan_arm();
+            return;
+        }
+}
+
+/* The drain time is over: what is left is cut, as a lost tunnel cuts it. */
+static void orphans_expire(void *)
+{
+    uint64_t now = now_ms();
+    for (stream *o = orphans; o;) {
+        stream *next = o->wnext;
+        if (o->orphan_until <= now) {
+            stream_end *e = o->end;
+            stream_free(o);
+            if (e)
+                e->on_reset(RST_TUNNEL, "the tunnel closed and shutdown_timeout passed");
+        }
+        o = next;
+    }
+    orphan_arm();
+}
+
+/* Detach s from its closing tunnel, keeping what it holds for its end;
+ * true when the end goes on draining it. */
+static bool orphan(stream *s)
+{
+    tunnel *t = s->t;
+    orphan_timer.fn = orphans_expire;
+    unwait_tx(s);
+    task_cancel(&s->wake);
+    t->streams.erase(s->sid);
+    t->rx_buffered -= s->rx.data;
+    t->windows_sum -= s->rx_window;
+    s->t = nullptr;
+    s->fin_recv = s->fin_sent = true;
+    s->want_credit = false;
+    s->orphan_until = now_ms() + t->cf.drain_ms;
+    s->wnext = orphans;
+    orphans = s;
+    orphans_n++;
+    if (!s->end->on_orphan())
+        return false;
+    orphan_arm();
+    return true;
+}
+
 static void reset_all(tunnel *t, uint8_t code, const char *why)
 {
     while (!t->streams.empty()) {
         stream *s = t->streams.begin()->second;
         stream_end *e = s->end;
+        /* a stop or a reload: ends with bytes still to deliver go on */
+        if (code == RST_CANCEL && e && orphan(s))
+            continue;
         stream_free(s);
         if (e)
             e->on_reset(code, why);
@@ -1103,6 +1197,7 @@ tunnel_conf tunnel_conf_of(const conf &cf, bool is_server)
     t.tunnel_buffer = cf.tunnel_buffer;
     t.max_streams = cf.max_streams;
     t.handshake_timeout_ms = cf.handshake_timeout_ms;
+    t.drain_ms = cf.shutdown_timeout_ms;
     return t;
 }
 

@@ -150,12 +150,42 @@ static int pump_in(relay *r)
     return 0;
 }
 
+/* An orphan delivered all it held and shut the socket's write side: read
+ * and drop what the socket still sends, up to its EOF. Closing it with
+ * bytes unread would reset the connection and throw away our last bytes
+ * still queued in the kernel (a lingering close, as nginx does one). */
+static int linger(relay *r)
+{
+    char buf[16384];
+    size_t budget = PUMP_MAX;
+    while (!r->eof) {
+        ssize_t n = read(r->fd, buf, sizeof buf);
+        if (n > 0) {
+            if ((size_t)n >= budget) {
+                task_post(&r->resume);   /* fairness, as pump_in() */
+                return 0;
+            }
+            budget -= (size_t)n;
+            continue;
+        }
+        if (n == 0)
+            r->eof = true;
+        else if (errno == EAGAIN || errno == EINTR)
+            r->can_read = false;
+        else
+            return -1;
+        break;
+    }
+    return 0;
+}
+
 static void relay_run(void *arg)
 {
     relay *r = (relay *)arg;
     if (r->closed || !r->s || r->connecting)
         return;
-    if (r->write_error || pump_out(r) < 0 || pump_in(r) < 0) {
+    bool orphan = stream_orphaned(r->s);
+    if (r->write_error || pump_out(r) < 0 || (orphan ? r->shut && linger(r) < 0 : pump_in(r) < 0)) {
         log_debug("relay %s: %s", r->peer.c_str(), strerror(errno));
         return relay_close(r, RST_RESET);
     }
@@ -262,10 +292,20 @@ void relay::on_reset(uint8_t code, const char *why)
     s = nullptr;
     log_debug("stream of %s reset: %s", peer.c_str(), why);
     /* carry a reset (and a lost tunnel) as a reset; a peer's or our own
-     * stop just closes */
-    if (code != RST_CANCEL && fd >= 0)
+     * stop just closes, and so does an orphan that delivered it all and
+     * only waited for the socket's EOF */
+    if (code != RST_CANCEL && fd >= 0 && !(orphaned && shut))
         sock_linger0(fd);
     relay_close(this, RST_CANCEL);
+}
+
+bool relay::on_orphan()
+{
+    if (connecting || fd < 0 || write_error)
+        return false;
+    orphaned = true;
+    task_post(&resume);
+    return true;
 }
 
 static void connect_timeout(void *arg)

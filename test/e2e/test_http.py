@@ -859,6 +859,39 @@ def http_502_tunnel_lost_mid_request(ctx):
     assert s.stop() == 0
 
 
+@test(timeout=90)
+def http_quit_client_leaves_the_server_to_deliver(ctx):
+    """QUIT on the client while the server still holds most of an answer
+    for a slow user (the service sent it all): the user gets all of it,
+    where the server used to throw away what it held when the client's
+    GOAWAY came, and cut the answer short."""
+    svc = HttpService(ctx, "dl")
+    n = 12 * MiB
+    target = "/download?n=%d" % n
+    # windows big enough for the whole answer: the server holds what the
+    # user has not read
+    s, c, hp, _ = http_pair(ctx, http_mapping("dl", svc.port, "dl.test"),
+                            server_extra="window = 16m\nmax_window = 16m\nmax_streams = 8\ntunnel_buffer = 256m\n",
+                            client_extra="shutdown_timeout = 1s\n")
+    user = socket.socket()
+    user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    user.settimeout(15)
+    user.connect(("127.0.0.1", hp))
+    user.sendall(request("GET", target, "dl.test"))
+    wait_until(lambda: target in svc.sent, 10, "the service to send the whole answer")
+    c.signal(signal.SIGQUIT)
+    assert c.proc.wait(25) == 0
+    s.wait_log(r"tunnel down")
+    f = user.makefile("rb")
+    r = read_response(f)
+    assert r.status == 200, r
+    assert len(r.body) == n, "the user got %d of %d bytes" % (len(r.body), n)
+    assert hashlib.sha256(r.body).hexdigest() == svc.sent[target]
+    f.close()
+    user.close()
+    assert s.stop() == 0
+
+
 @test(timeout=60)
 def http_400_and_431(ctx):
     """Malformed heads and smuggling attempts get 400, a head over 64 KiB

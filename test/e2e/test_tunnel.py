@@ -1,10 +1,12 @@
 """The tunnel's life: peers that die, freeze, restart or are refused, and
 several clients sharing one server."""
 import signal
+import socket
 import time
 
-from lib import (Daemon, TcpServer, client_ini, connect, echo_handler, echo_once, free_port, log_lines, refused,
-                 reply_handler, server_ini, start_pair, tcp_mapping, test, wait_closed, wait_until)
+from lib import (Daemon, TcpServer, client_ini, connect, echo_handler, echo_once, free_port, log_lines, pattern_bytes,
+                 recv_all, recv_count, refused, reply_handler, server_ini, start_pair, tcp_mapping, test, wait_closed,
+                 wait_until)
 
 HB = "heartbeat = 1s\n"
 
@@ -114,6 +116,95 @@ def stopped_client_closes_streams(ctx):
     assert end_seen(user) == "eof"
     wait_until(lambda: seen, 5, "the service's connection to end")
     assert seen == ["eof"]
+    assert s.stop() == 0
+
+
+def slow_reader(port):
+    """A public user that reads slowly: a small receive buffer, so that
+    most of what comes for it waits in the server, and its own direction
+    already finished."""
+    user = socket.socket()
+    user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    user.settimeout(15)
+    user.connect(("127.0.0.1", port))
+    user.shutdown(socket.SHUT_WR)
+    return user
+
+
+@test(timeout=90)
+def quit_client_leaves_the_server_to_deliver(ctx):
+    """QUIT on the client while the server still holds, for a slow public
+    user, bytes of a stream the client has finished (the service sent them
+    all and closed): the server delivers every one of them before the end
+    of the stream (a FIN), where it used to throw away what it held when
+    the GOAWAY came and close, a truncated download looking complete."""
+    n = 12 << 20
+    data = pattern_bytes(7, n)
+
+    sent = []
+
+    def send_all(c):
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        sent.append(True)
+        recv_count(c)                        # the user's half-close
+    svc = TcpServer(ctx, send_all)
+    rp = free_port()
+    # windows big enough for the whole download: the client finishes its
+    # stream at once, and the server holds what the user has not read
+    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
+                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
+                                      "tunnel_buffer = 256m\n" % rp,
+                         client_extra="shutdown_timeout = 20s\n")
+    user = slow_reader(rp)
+    wait_until(lambda: sent, 10, "the service to send it all")
+    c.signal(signal.SIGQUIT)
+    assert c.proc.wait(25) == 0
+    s.wait_log(r"tunnel down")
+    got = recv_all(user)
+    assert len(got) == n, "the user got %d of %d bytes" % (len(got), n)
+    assert got == data
+    user.close()
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def orphaned_stream_drains_for_shutdown_timeout_only(ctx):
+    """What the server still holds for a user after the client's GOAWAY
+    waits for that user for the server's shutdown_timeout at most: a user
+    that reads nothing in that time gets a reset (the download was cut),
+    and the server holds nothing more."""
+    n = 12 << 20
+    sent = []
+
+    def send_all(c):
+        c.sendall(b"d" * n)
+        c.shutdown(socket.SHUT_WR)
+        sent.append(True)
+        recv_count(c)
+    svc = TcpServer(ctx, send_all)
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
+                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
+                                      "tunnel_buffer = 256m\nshutdown_timeout = 1s\nlog_level = debug\n" % rp,
+                         client_extra="shutdown_timeout = 20s\n")
+    user = slow_reader(rp)
+    wait_until(lambda: sent, 10, "the service to send it all")
+    c.signal(signal.SIGQUIT)
+    assert c.proc.wait(25) == 0
+    s.wait_log(r"stream of 127\.0\.0\.1:\d+ reset: the tunnel closed and shutdown_timeout passed", timeout=5)
+    got = 0
+    try:
+        while True:
+            d = user.recv(1 << 20)
+            if not d:
+                break
+            got += len(d)
+        end = "eof"
+    except ConnectionResetError:
+        end = "reset"
+    assert end == "reset" and got < n, (end, got)
+    user.close()
     assert s.stop() == 0
 
 

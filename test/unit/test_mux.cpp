@@ -13,6 +13,10 @@
  * Stream buffers: what a lagging end does not take is held in a buffer that
  * grows with it, is freed once drained, and comes back at its last size.
  *
+ * Orphans: after the peer's GOAWAY for a stop, a stream whose end asks
+ * for it keeps what it holds and drains it without a tunnel, for the
+ * drain time at most; an end that declines, or a lost tunnel, resets.
+ *
  * A peer that stops reading: when our control frames overflow, the tunnel
  * closes at the end of the loop pass, never under a caller that is setting
  * up or draining a stream (tunnel_open, an OPEN's handler, a relay).
@@ -455,6 +459,114 @@ TEST_CASE("mux: a buffer drained while another stream's holds data leaves no spa
 }
 
 /* ---- a peer that never reads ---- */
+
+/* ---- orphans: a stream outlives its tunnel's clean close to drain ---- */
+
+struct orphan_end : lagging_end {
+    bool take = true;
+    int orphaned = 0;
+    uint8_t code = 0xee;
+    bool on_orphan() override
+    {
+        orphaned++;
+        return take;
+    }
+    void on_reset(uint8_t c, const char *) override
+    {
+        reset = true;
+        code = c;
+    }
+};
+
+/* A lag_pair whose client streams get an orphan_end, the drain time short. */
+struct orphan_pair : lag_pair {
+    orphan_end end;
+    orphan_pair() : lag_pair(conf()) { co.accept = &end; }
+    static tunnel_conf conf()
+    {
+        tunnel_conf c;
+        c.drain_ms = 300;
+        return c;
+    }
+};
+
+TEST_CASE("mux: after the peer's GOAWAY for a stop, a stream holding bytes drains them as an orphan, then closes")
+{
+    orphan_pair p;
+    stream *c;
+    p.open(20 * 1024, &c);
+    tunnel_close(p.srv, GA_SHUTDOWN, "server is stopping");
+    REQUIRE(run_until([&] { return p.co.down; }));
+    /* the end was asked, and the stream it keeps has no tunnel, sends
+     * nothing, and holds every byte, then the FIN */
+    CHECK(p.end.orphaned == 1);
+    CHECK(!p.end.reset);
+    CHECK(!c->dead);
+    CHECK(stream_orphaned(c));
+    CHECK(stream_orphans() == 1);
+    CHECK(stream_send_room(c) == 0);
+    CHECK(stream_send(c, "x", 1) == -1);
+    REQUIRE(c->rx.data == 20 * 1024);
+    std::string want = pattern(20 * 1024, 7), got(want.size(), '\0');
+    ring_peek(&c->rx, 0, &got[0], got.size());
+    CHECK(got == want);
+    CHECK(!stream_rx_done(c));
+    stream_rx_consume(c, 8 * 1024);
+    stream_rx_consume(c, 12 * 1024);
+    CHECK(stream_rx_done(c));
+    CHECK(c->rx.area == nullptr);
+    stream_close(c);
+    CHECK(stream_orphans() == 0);
+    one_pass();
+    CHECK(!p.end.reset);
+    ring_give_back();
+}
+
+TEST_CASE("mux: an orphan still open after the drain time hears a lost tunnel's reset")
+{
+    orphan_pair p;
+    stream *c;
+    p.open(20 * 1024, &c);
+    uint64_t t0 = now_ms();
+    tunnel_close(p.srv, GA_SHUTDOWN, "server is stopping");
+    REQUIRE(run_until([&] { return p.co.down; }));
+    REQUIRE(p.end.orphaned == 1);
+    REQUIRE(run_until([&] { return p.end.reset; }, 3000));
+    CHECK(p.end.code == RST_TUNNEL);
+    CHECK(now_ms() - t0 >= 300);
+    CHECK(stream_orphans() == 0);
+    one_pass();
+    ring_give_back();
+}
+
+TEST_CASE("mux: an end that declines, and any tunnel that is lost rather than closed, reset at once")
+{
+    SUBCASE("declined") {
+        orphan_pair p;
+        p.end.take = false;
+        stream *c;
+        p.open(20 * 1024, &c);
+        tunnel_close(p.srv, GA_SHUTDOWN, "server is stopping");
+        REQUIRE(run_until([&] { return p.co.down; }));
+        CHECK(p.end.orphaned == 1);
+        CHECK(p.end.reset);
+        CHECK(p.end.code == RST_CANCEL);
+        CHECK(stream_orphans() == 0);
+    }
+    SUBCASE("lost") {
+        orphan_pair p;
+        stream *c;
+        p.open(20 * 1024, &c);
+        tunnel_close(p.srv, GA_TIMEOUT, "peer silent");
+        REQUIRE(run_until([&] { return p.co.down; }));
+        CHECK(p.end.orphaned == 0);
+        CHECK(p.end.reset);
+        CHECK(p.end.code == RST_TUNNEL);
+        CHECK(stream_orphans() == 0);
+    }
+    one_pass();
+    ring_give_back();
+}
 
 static std::string frame(uint8_t type, uint8_t flags, uint32_t sid, const std::string &p)
 {
