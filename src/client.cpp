@@ -534,7 +534,9 @@ int client_reload(const conf &nc, std::string *err)
         cl->attempts = 0;
         cl->attempt_addr = 0;
         if (cl->t) {
-            tunnel_close(cl->t, GA_NORMAL, "reconnecting after a reload");
+            /* a clean close, as a stop: the server ends the old
+             * tunnel's streams with a FIN, not as lost */
+            tunnel_close(cl->t, GA_SHUTDOWN, "reconnecting after a reload");
         } else if (cl->state != CS_STOPPED) {
             /* an attempt under way goes to the old address: drop it */
             if (cl->state == CS_CONNECTING)

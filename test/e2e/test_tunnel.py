@@ -119,6 +119,36 @@ def stopped_client_closes_streams(ctx):
     assert s.stop() == 0
 
 
+@test(timeout=60)
+def reloaded_client_closes_streams(ctx):
+    """A client reload that makes it reconnect (its server settings
+    changed) closes the old tunnel's streams as a stop does: the public
+    user and the service each see the end of the stream, not a reset (the
+    server used to take the old tunnel's end for a lost connection), and
+    the mapping serves again on the new tunnel."""
+    seen = []
+    svc = TcpServer(ctx, download_then_wait(seen))
+    rp = free_port()
+    mapping = tcp_mapping("dl", svc.port, rp)
+    s, c, tport = start_pair(ctx, mapping, server_extra="allow_ports = %d\n" % rp)
+    user = partial_download(rp)
+    with open(c.conf, "w") as f:
+        # the same server under another name
+        f.write(client_ini(tport, "", mapping).replace("server = 127.0.0.1:", "server = localhost:"))
+    c.signal(signal.SIGHUP)
+    c.wait_log(r"reload: the server or its TLS settings changed, reconnecting")
+    assert end_seen(user) == "eof"
+    user.close()
+    wait_until(lambda: seen, 5, "the service's connection to end")
+    assert seen == ["eof"]
+    s.wait_log(r"tunnel down .*reconnecting after a reload")
+    c.wait_log(r"mapping registered name=dl", count=2, timeout=15)
+    user = partial_download(rp)
+    user.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 def slow_reader(port):
     """A public user that reads slowly: a small receive buffer, so that
     most of what comes for it waits in the server, and its own direction
