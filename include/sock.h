@@ -84,6 +84,14 @@ int sock_connect_result(int fd);
 void sock_nodelay(int fd);
 /* On close, send RST instead of FIN (to carry a reset). */
 void sock_linger0(int fd);
+/* Close fd after our last bytes (a lingering close): shut our write side,
+ * a FIN behind what the kernel still has to send, then read and drop what
+ * the peer sends until it closes too, or ms pass. Closed at once with
+ * input unread, or with input arriving after, the kernel would reset the
+ * connection and throw away what it had not sent yet. */
+void sock_close_lingering(int fd, uint32_t ms);
+/* Connections sock_close_lingering() still holds. */
+size_t sock_lingering(void);
 
 /* ---- asynchronous resolution ----
  * getaddrinfo() blocks, so each name is looked up on a short-lived helper

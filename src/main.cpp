@@ -6,6 +6,7 @@
 #include "mux.h"
 #include "reactor.h"
 #include "roles.h"
+#include "sock.h"
 #include "tls.h"
 #include "version.h"
 
@@ -26,6 +27,7 @@
 
 static conf cf;
 static bool draining;
+#define TERM_LINGER_MS 1000   /* TERM: how long peers have to read our GOAWAY */
 static bool detached;
 static timer drain_timer;
 static int pid_fd = -1;             /* our pid file, locked while we run */
@@ -115,21 +117,41 @@ static size_t unsent(void)
     return cf.role_ == ROLE_SERVER ? server_unsent() : client_unsent();
 }
 
-static void stop_now(void)
+static bool stopped;
+static timer linger_wait;
+static uint64_t linger_until;
+
+/* The tunnels' connections close once their peers have read our GOAWAY
+ * (sock_close_lingering): the loop runs on until they have, or until. */
+static void wait_lingering(void *)
 {
+    if (sock_lingering() == 0 || now_ms() >= linger_until)
+        return reactor_stop();
+    timer_arm(&linger_wait, 20);
+}
+
+static void stop_now(uint64_t until)
+{
+    if (stopped)
+        return reactor_stop();   /* a second signal, or QUIT's deadline: at once */
+    stopped = true;
     if (cf.role_ == ROLE_SERVER)
         server_stop(false);
     else
         client_stop(false);
-    reactor_stop();
+    linger_until = until;
+    linger_wait.fn = wait_lingering;
+    wait_lingering(nullptr);
 }
+
+static uint64_t quit_deadline;
 
 static void drain_check(void *)
 {
     /* done when the streams are gone and their last bytes have left */
     if (streams() == 0 && unsent() == 0) {
         log_info("drained, stopping");
-        return stop_now();
+        return stop_now(quit_deadline);
     }
     timer_arm(&drain_timer, 100);
 }
@@ -140,10 +162,11 @@ static void on_signal(int signo, void *)
     case SIGTERM:
     case SIGINT:
         log_info("stopping (signal %s)", signo == SIGTERM ? "TERM" : "INT");
-        stop_now();
+        /* at once, but for a moment for the peers to read our GOAWAY */
+        stop_now(now_ms() + (cf.shutdown_timeout_ms < TERM_LINGER_MS ? cf.shutdown_timeout_ms : TERM_LINGER_MS));
         break;
     case SIGQUIT: {
-        if (draining)
+        if (draining || stopped)
             break;
         draining = true;
         log_info("stopping gracefully: no new connections, draining streams for up to %ums",
@@ -154,10 +177,12 @@ static void on_signal(int signo, void *)
             client_stop(true);
         static timer deadline;
         deadline.fn = [](void *) {
-            log_info("shutdown_timeout reached with %zu stream(s) open and %zu byte(s) unsent, stopping",
-                     streams(), unsent());
-            stop_now();
+            if (!stopped)
+                log_info("shutdown_timeout reached with %zu stream(s) open and %zu byte(s) unsent, stopping",
+                         streams(), unsent());
+            stop_now(now_ms());
         };
+        quit_deadline = now_ms() + cf.shutdown_timeout_ms;
         timer_arm(&deadline, cf.shutdown_timeout_ms);
         drain_timer.fn = drain_check;
         drain_check(nullptr);
@@ -166,7 +191,7 @@ static void on_signal(int signo, void *)
     case SIGHUP: {
         conf next;
         std::string err;
-        if (draining) {
+        if (draining || stopped) {
             /* a reload would open the listeners QUIT closed */
             log_warn("reload ignored: stopping gracefully");
             break;

@@ -5,6 +5,7 @@
 #include "mux.h"
 #include "conf.h"
 #include "log.h"
+#include "sock.h"
 #include "version.h"
 
 #include <stdarg.h>
@@ -593,6 +594,7 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why_)
     std::string reason = why_;
     const char *why = reason.c_str();
     bool auth = code == GA_AUTH;
+    bool said = false;   /* the GOAWAY and all before it went to the kernel */
     if (t->state != TS_TLS && code != GA_NORMAL) {
         /* a last word for the peer, if the socket takes it right now */
         std::string p;
@@ -605,8 +607,7 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why_)
         if (t->tx_overflow.empty() && ring_put(&t->txr, p.data(), p.size()) == 0) {
             iovec iov[2];
             int n = ring_data_spans(&t->txr, 0, t->txr.data, iov);
-            t->tr->writev(iov, n);
-            t->tr->flush();
+            said = t->tr->writev(iov, n) == (ssize_t)t->txr.data && t->tr->flush() == 1;
         }
     }
     t->state = TS_CLOSED;
@@ -619,6 +620,13 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why_)
         t->lost = true;
     reset_all(t, t->lost ? RST_TUNNEL : RST_CANCEL, why);
     reactor_del(t->tr->fd, t);
+    /* a stop's connection lingers, so that frames the peer sends before
+     * it reads the GOAWAY do not make our kernel reset the connection and
+     * throw away what it has not sent yet (the end of a QUIT's drain) */
+    if (said && code == GA_SHUTDOWN) {
+        sock_close_lingering(t->tr->fd, t->cf.drain_ms);
+        t->tr->fd = -1;
+    }
     t->owner->on_down(t, why, auth);
     defer_delete(t);
 }

@@ -243,6 +243,81 @@ void sock_linger0(int fd)
     setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
 }
 
+/* ---- lingering close ---- */
+
+#define LINGER_READS 64          /* reads per turn: a flood does not hold the loop */
+
+struct lingerer : io_handler, deferred {
+    int fd = -1;
+    timer deadline;
+    task more;
+    void on_io(unsigned) override;
+    ~lingerer() override
+    {
+        timer_cancel(&deadline);
+        task_cancel(&more);
+    }
+};
+
+static size_t lingering_n;
+
+static void linger_end(void *arg)
+{
+    lingerer *l = (lingerer *)arg;
+    if (l->fd < 0)
+        return;
+    reactor_del(l->fd, l);
+    close(l->fd);
+    l->fd = -1;
+    lingering_n--;
+    timer_cancel(&l->deadline);
+    task_cancel(&l->more);
+    defer_delete(l);
+}
+
+static void linger_read(void *arg)
+{
+    lingerer *l = (lingerer *)arg;
+    char buf[16384];
+    for (int i = 0; i < LINGER_READS; i++) {
+        ssize_t n = read(l->fd, buf, sizeof buf);
+        if (n > 0)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        return linger_end(l);   /* the peer closed too, or the connection failed */
+    }
+    task_post(&l->more);
+}
+
+void lingerer::on_io(unsigned)
+{
+    linger_read(this);
+}
+
+void sock_close_lingering(int fd, uint32_t ms)
+{
+    lingerer *l = new lingerer;
+    l->fd = fd;
+    if (shutdown(fd, SHUT_WR) < 0 || reactor_add(fd, l) < 0) {
+        close(fd);
+        delete l;
+        return;
+    }
+    lingering_n++;
+    l->deadline.fn = linger_end;
+    l->deadline.arg = l;
+    timer_arm(&l->deadline, ms);
+    l->more.fn = linger_read;
+    l->more.arg = l;
+    task_post(&l->more);
+}
+
+size_t sock_lingering(void)
+{
+    return lingering_n;
+}
+
 /* ---- resolver ----
  * One job per name being looked up: the requests for that name wait on it
  * (each with its own port) and share its answer. Jobs beyond the threads

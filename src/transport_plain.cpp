@@ -11,7 +11,11 @@
 struct plain_transport : transport {
     int err = 0;
     explicit plain_transport(int fd_) : transport(fd_) {}
-    ~plain_transport() override { close(fd); }
+    ~plain_transport() override
+    {
+        if (fd >= 0)   /* -1: taken for a lingering close */
+            close(fd);
+    }
 
     int handshake() override { return 1; }
 

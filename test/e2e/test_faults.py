@@ -9,6 +9,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -175,6 +176,54 @@ def faults_lossy_slow_path_transfers_intact(ctx):
     assert "tunnel down" not in c.text(), c.text()[-2000:]
     assert c.stop() == 0
     assert s.stop() == 0
+
+
+@test(timeout=120)
+def faults_quit_over_a_slow_link_delivers_everything(ctx):
+    """QUIT on the server over a slow link (20 Mbit/s, 20 ms each way) as
+    an upload finishes: the drain ends once the last bytes are in the
+    kernel's queue, which still has a while to send them. The service gets
+    every byte, then the end of the stream (a FIN). The server used to exit
+    there: the client's WINDOW frames for the bytes on their way then met a
+    closed socket, the server's kernel reset the connection and threw away
+    what it had not sent, and the client reset the service's connection as
+    a lost tunnel's."""
+    size = 8 * MiB
+    ns_s, ns_c = Netns(ctx), Netns(ctx)
+    ln = LossyLink(ctx, ns_s, ns_c, 14, delay_ms=20, rate_mbit=20)
+    got = []
+
+    def sink(conn):
+        conn.shutdown(socket.SHUT_WR)        # the service answers nothing
+        n, end = 0, "eof"
+        try:
+            while True:
+                d = conn.recv(1 << 16)
+                if not d:
+                    break
+                n += len(d)
+        except ConnectionResetError:
+            end = "reset"
+        got.append((n, end))
+    svc = ns_tcp_server(ctx, ns_c, sink)
+    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %d\nshutdown_timeout = 60s\n"
+                 % (ln.ip_a, PUB)).start()
+    s.wait_log(r"listening for tunnels")
+    c = NsDaemon(ctx, ns_c, "client", "[client]\nserver = %s:7000\n\n%s" % (
+        ln.ip_a, tcp_mapping("up", svc.port, PUB))).start()
+    c.wait_log(r"mapping registered", timeout=20)
+    u = ns_s.connect((ln.ip_a, PUB), timeout=60)
+    assert u.recv(10) == b""                 # the service's FIN came through
+    u.sendall(lib.pattern_bytes(5, size))
+    u.shutdown(socket.SHUT_WR)
+    s.signal(signal.SIGQUIT)
+    s.wait_log(r"stopping gracefully")
+    assert s.proc.wait(60) == 0
+    assert "drained, stopping" in s.text(), s.text()[-2000:]
+    wait_until(lambda: got, 30, "the service to see the end of the upload")
+    assert got == [(size, "eof")], "the service got %d of %d bytes, then %s" % (got[0][0], size, got[0][1])
+    u.close()
+    assert c.stop() == 0
 
 
 LFP_MBIT = 100      # the long fat pipe: rate and one-way delay, both directions

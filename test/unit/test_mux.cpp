@@ -21,6 +21,11 @@
  * closes at the end of the loop pass, never under a caller that is setting
  * up or draining a stream (tunnel_open, an OPEN's handler, a relay).
  *
+ * Lingering close (sock.cpp, for a stop's tunnel connection): our last
+ * bytes and a FIN reach the peer though input was unread and more came
+ * after; it ends when the peer closes, or at its deadline; a plain close
+ * of the same exchange is reset.
+ *
  * The reactor is initialised once for the process here (as test_timer.cpp
  * does for itself); every test closes its tunnels and lets the loop reap
  * them, leaving no timer armed and no descriptor registered.
@@ -31,9 +36,12 @@
 #include "mux.h"
 #include "reactor.h"
 #include "relay.h"
+#include "sock.h"
 #include "transport.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -853,4 +861,99 @@ TEST_CASE("resolver: one lookup per name, each request its own port; a cancelled
     CHECK(a.status == 0);
     CHECK(a.port == 7);
     CHECK(b.n == 0);
+}
+
+/* ---- lingering close ---- */
+
+/* A TCP connection on loopback: *ours nonblocking, *theirs blocking with
+ * a 2 s receive timeout. */
+static void tcp_pair(int *ours, int *theirs)
+{
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    REQUIRE(bind(l, (sockaddr *)&a, sizeof a) == 0);
+    REQUIRE(listen(l, 1) == 0);
+    REQUIRE(getsockname(l, (sockaddr *)&a, &len) == 0);
+    *theirs = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(connect(*theirs, (sockaddr *)&a, sizeof a) == 0);
+    *ours = accept4(l, nullptr, nullptr, SOCK_NONBLOCK);
+    REQUIRE(*ours >= 0);
+    close(l);
+    timeval tv = {2, 0};
+    setsockopt(*theirs, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+}
+
+/* What the peer reads to the end: the bytes, then "eof" or "reset". */
+static std::string read_end(int fd, std::string *got)
+{
+    char buf[4096];
+    for (;;) {
+        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        if (n > 0) {
+            got->append(buf, (size_t)n);
+            continue;
+        }
+        return n == 0 ? "eof" : errno == ECONNRESET ? "reset" : strerror(errno);
+    }
+}
+
+TEST_CASE("sock: a lingering close ends with our bytes and a FIN though input is unread and more comes")
+{
+    up();
+    int ours, theirs;
+    tcp_pair(&ours, &theirs);
+    /* input we never read, then our last word */
+    REQUIRE(send(theirs, "unread", 6, 0) == 6);
+    REQUIRE(run_until([&] {
+        char c;
+        return recv(ours, &c, 1, MSG_PEEK) == 1;
+    }));
+    REQUIRE(write(ours, "bye", 3) == 3);
+    sock_close_lingering(ours, 2000);
+    CHECK(sock_lingering() == 1);
+    one_pass();
+    /* more comes after the close: a closed socket would answer it with a
+     * reset, which can take back what it has not sent yet */
+    REQUIRE(send(theirs, "late", 4, 0) == 4);
+    one_pass();
+    std::string got;
+    CHECK(read_end(theirs, &got) == "eof");
+    CHECK(got == "bye");
+    CHECK(sock_lingering() == 1);   /* until the peer closes too */
+    close(theirs);
+    CHECK(run_until([&] { return sock_lingering() == 0; }));
+    one_pass();
+}
+
+TEST_CASE("sock: a lingering close gives up at its deadline")
+{
+    up();
+    int ours, theirs;
+    tcp_pair(&ours, &theirs);
+    uint64_t t0 = now_ms();
+    sock_close_lingering(ours, 150);
+    CHECK(run_until([&] { return sock_lingering() == 0; }, 3000));
+    CHECK(now_ms() - t0 >= 150);
+    one_pass();
+    close(theirs);
+}
+
+TEST_CASE("sock: without the lingering close the same exchange is reset (the case it exists for)")
+{
+    up();
+    int ours, theirs;
+    tcp_pair(&ours, &theirs);
+    REQUIRE(send(theirs, "unread", 6, 0) == 6);
+    REQUIRE(run_until([&] {
+        char c;
+        return recv(ours, &c, 1, MSG_PEEK) == 1;
+    }));
+    REQUIRE(write(ours, "bye", 3) == 3);
+    close(ours);
+    std::string got;
+    CHECK(read_end(theirs, &got) == "reset");
+    close(theirs);
 }
