@@ -88,6 +88,7 @@ struct stream : deferred {
     uint32_t mapping = 0;
     bool dead = false;           /* freed: the end must not use it */
     uint64_t orphan_until = 0;   /* an orphan (t null, on_orphan()): reset at this time */
+    stream *oprev = nullptr;     /* the orphans' list: oprev and wnext */
     ~stream() override;
 };
 
@@ -200,6 +201,8 @@ stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end);
 size_t tunnel_stream_count(const tunnel *t);
 /* Streams still draining after their tunnel closed (on_orphan()). */
 size_t stream_orphans(void);
+/* The process stops: every orphan's time is up now (on_reset(RST_TUNNEL)). */
+void stream_orphans_cut(void);
 /* Bytes queued for the peer that the kernel does not have yet: a stream
  * gone after its last bytes were read may still have them here. */
 size_t tunnel_unsent(const tunnel *t);

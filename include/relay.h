@@ -7,8 +7,9 @@
  * or from the stream's own buffer for what the socket could not take.
  * Half-close travels both ways: EOF from the socket becomes FIN on the
  * stream, FIN from the stream becomes shutdown(SHUT_WR) once all is written.
- * When the tunnel closes cleanly under it (a stop, a reload), the relay
- * still writes what the stream holds, then closes as a lingering close.
+ * When the tunnel closes cleanly under it (a stop, a reload) while the
+ * stream holds bytes for the socket, the relay still writes them, then
+ * closes as a lingering close (reset if it had to drop the socket's own).
  */
 #ifndef WMPROXY_RELAY_H
 #define WMPROXY_RELAY_H
@@ -33,6 +34,7 @@ struct relay : io_handler, stream_end, deferred {
     bool shut = false;            /* we shut down the socket's write side */
     bool closed = false;
     bool orphaned = false;        /* its tunnel closed cleanly: drains what the stream holds */
+    bool dropped = false;         /* an orphan read and dropped the socket's bytes */
     std::string peer;             /* for the log */
     std::string what;             /* mapping name */
     uint64_t started = 0;

@@ -92,6 +92,11 @@ void sock_linger0(int fd);
 void sock_close_lingering(int fd, uint32_t ms);
 /* Connections sock_close_lingering() still holds. */
 size_t sock_lingering(void);
+/* Close them all now (the process stops). */
+void sock_lingering_end(void);
+/* Bytes written to fd that the peer has not acknowledged yet (0 where the
+ * system cannot tell). */
+int sock_unacked(int fd);
 
 /* ---- asynchronous resolution ----
  * getaddrinfo() blocks, so each name is looked up on a short-lived helper

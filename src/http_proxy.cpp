@@ -33,6 +33,7 @@
 #include "http_proxy.h"
 #include "http.h"
 #include "log.h"
+#include "sock.h"
 #include "ring.h"
 #include "tls.h"
 
@@ -217,6 +218,7 @@ struct hsess : io_handler, stream_end, deferred {
     bool can_read = true, can_write = true, down_eof = false;
     bool rdhup = false;       /* the user's FIN was seen: read on to the EOF */
     bool close_after = false;    /* close once out is written */
+    bool reset_after = false;    /* and with a reset, not a FIN (a cut answer ended by the close) */
     bool lingering = false;      /* our side is shut: reading to the user's EOF */
     bool draining = false;       /* QUIT: no keep-alive after this response */
     bool closed = false;
@@ -502,6 +504,10 @@ static bool send_again(hsess *h, route_ref r)
  * out, then the connection closes (the user sees the answer cut short). */
 static void cut_answer(hsess *h)
 {
+    /* an answer that ends where the connection does must not look whole:
+     * the user gets a reset, not a FIN */
+    if (h->rs == R_BODY && h->rbody == HTTP_BODY_CLOSE)
+        h->reset_after = true;
     h->close_after = true;
     h->qs = Q_DONE;
     h->rs = R_IDLE;
@@ -1250,8 +1256,12 @@ static void hs_pump(hsess *h)
         }
         if (h->tr->buffered() && h->tr->flush() == IO_AGAIN)
             h->can_write = false;
-        if (h->out.data == 0 && h->close_after && !h->tr->buffered())
-            return start_linger(h);
+        if (h->out.data == 0 && h->close_after && !h->tr->buffered()) {
+            if (!h->reset_after)
+                return start_linger(h);
+            sock_linger0(h->tr->fd);
+            return hs_close(h);
+        }
 
         /* from the user: a request's head and body; while a response is
          * on its way, pipelined requests up to a head's worth */
@@ -1392,6 +1402,7 @@ void hsess::on_reset(uint8_t code, const char *why)
     st = nullptr;
     if (closed)
         return;
+    log_debug("http %s: stream reset: %s", peer.c_str(), why);
     /* the service reset a kept connection as the request came */
     if (code == RST_RESET && send_again(this, r))
         return;
@@ -1410,11 +1421,13 @@ void hsess::on_reset(uint8_t code, const char *why)
 }
 
 /* The tunnel closed cleanly (the client's stop or reload): an answer under
- * way goes on from what the stream holds, then ends as the stream's end
- * (FIN) makes it end; anything else is as a reset. */
+ * way, or whose first bytes came, goes on from what the stream holds, then
+ * ends as the stream's end (FIN) makes it end; anything else is as a
+ * reset. */
 bool hsess::on_orphan()
 {
-    if (closed || (rs != R_BODY && rs != R_RAW))
+    /* an answer under way, or one whose head arrived with the GOAWAY */
+    if (closed || !(rs == R_BODY || rs == R_RAW || (rs == R_HEAD && stream_rx_pending(s))))
         return false;
     st = nullptr;
     task_post(&run);

@@ -122,18 +122,27 @@ static timer linger_wait;
 static uint64_t linger_until;
 
 /* The tunnels' connections close once their peers have read our GOAWAY
- * (sock_close_lingering): the loop runs on until they have, or until. */
+ * (sock_close_lingering), and streams our stop left holding bytes write
+ * them out (orphans): the loop runs on until they are done, or until.
+ * Orphans still holding bytes then are cut (a reset, not a FIN that would
+ * make what they delivered look whole). */
 static void wait_lingering(void *)
 {
-    if (sock_lingering() == 0 || now_ms() >= linger_until)
+    if ((sock_lingering() == 0 && stream_orphans() == 0) || now_ms() >= linger_until) {
+        stream_orphans_cut();
+        sock_lingering_end();
         return reactor_stop();
+    }
     timer_arm(&linger_wait, 20);
 }
 
 static void stop_now(uint64_t until)
 {
-    if (stopped)
+    if (stopped) {
+        stream_orphans_cut();
+        sock_lingering_end();
         return reactor_stop();   /* a second signal, or QUIT's deadline: at once */
+    }
     stopped = true;
     if (cf.role_ == ROLE_SERVER)
         server_stop(false);

@@ -495,9 +495,13 @@ stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
 
 /* ---- the tunnel ---- */
 
-/* ---- orphans: streams draining after their tunnel closed cleanly ---- */
+/* ---- orphans: streams draining after their tunnel closed cleanly ----
+ * A list in order of deadline (each is its tunnel's drain time after its
+ * close, so new ones almost always go last), doubly linked through wnext
+ * (they wait for no tx) and oprev: adding, forgetting and arming the one
+ * timer for the first deadline cost the same for one orphan or 30,000. */
 
-static stream *orphans;          /* linked by wnext (they wait for no tx) */
+static stream *orphans, *orphans_tail;
 static size_t orphans_n;
 static timer orphan_timer;
 
@@ -508,43 +512,69 @@ size_t stream_orphans(void)
 
 static void orphan_arm(void)
 {
-    uint64_t first = 0;
-    for (stream *o = orphans; o; o = o->wnext)
-        if (!first || o->orphan_until < first)
-            first = o->orphan_until;
-    if (first)
-        timer_arm_at(&orphan_timer, first);
+    if (orphans)
+        timer_arm_at(&orphan_timer, orphans->orphan_until);
     else
         timer_cancel(&orphan_timer);
 }
 
+static void orphan_add(stream *s)
+{
+    stream *after = orphans_tail;
+    while (after && after->orphan_until > s->orphan_until)
+        after = after->oprev;
+    s->oprev = after;
+    s->wnext = after ? after->wnext : orphans;
+    if (s->wnext)
+        s->wnext->oprev = s;
+    else
+        orphans_tail = s;
+    if (after)
+        after->wnext = s;
+    else
+        orphans = s;
+    orphans_n++;
+    if (orphans == s)
+        orphan_arm();
+}
+
 static void orphan_forget(stream *s)
 {
-    for (stream **pp = &orphans; *pp; pp = &(*pp)->wnext)
-        if (*pp == s) {
-            *pp = s->wnext;
-            s->wnext = nullptr;
-            orphans_n--;
-            orphan_arm();
-            return;
-        }
+    bool first = orphans == s;
+    if (s->oprev)
+        s->oprev->wnext = s->wnext;
+    else
+        orphans = s->wnext;
+    if (s->wnext)
+        s->wnext->oprev = s->oprev;
+    else
+        orphans_tail = s->oprev;
+    s->wnext = s->oprev = nullptr;
+    orphans_n--;
+    if (first)
+        orphan_arm();
 }
 
 /* The drain time is over: what is left is cut, as a lost tunnel cuts it. */
+static void orphans_expire_until(uint64_t until)
+{
+    while (orphans && orphans->orphan_until <= until) {
+        stream *o = orphans;
+        stream_end *e = o->end;
+        stream_free(o);
+        if (e)
+            e->on_reset(RST_TUNNEL, "the tunnel closed and shutdown_timeout passed");
+    }
+}
+
 static void orphans_expire(void *)
 {
-    uint64_t now = now_ms();
-    for (stream *o = orphans; o;) {
-        stream *next = o->wnext;
-        if (o->orphan_until <= now) {
-            stream_end *e = o->end;
-            stream_free(o);
-            if (e)
-                e->on_reset(RST_TUNNEL, "the tunnel closed and shutdown_timeout passed");
-        }
-        o = next;
-    }
-    orphan_arm();
+    orphans_expire_until(now_ms());
+}
+
+void stream_orphans_cut(void)
+{
+    orphans_expire_until(UINT64_MAX);
 }
 
 /* Detach s from its closing tunnel, keeping what it holds for its end;
@@ -562,13 +592,8 @@ static bool orphan(stream *s)
     s->fin_recv = s->fin_sent = true;
     s->want_credit = false;
     s->orphan_until = now_ms() + t->cf.drain_ms;
-    s->wnext = orphans;
-    orphans = s;
-    orphans_n++;
-    if (!s->end->on_orphan())
-        return false;
-    orphan_arm();
-    return true;
+    orphan_add(s);
+    return s->end->on_orphan();
 }
 
 static void reset_all(tunnel *t, uint8_t code, const char *why)

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #define PUMP_MAX (256 * 1024)  /* bytes socket->tunnel per relay per pass */
+#define ORPHAN_POLL_MS 50      /* an orphan waiting for its last bytes' acknowledgement */
 
 static void relay_run(void *arg);
 
@@ -150,10 +151,11 @@ static int pump_in(relay *r)
     return 0;
 }
 
-/* An orphan delivered all it held and shut the socket's write side: read
- * and drop what the socket still sends, up to its EOF. Closing it with
- * bytes unread would reset the connection and throw away our last bytes
- * still queued in the kernel (a lingering close, as nginx does one). */
+/* An orphan delivered all it held and shut the socket's write side. What
+ * the socket still sends can go nowhere: read and drop it up to the EOF
+ * rather than close with it unread, which would make the kernel reset the
+ * connection and throw away our last bytes not yet sent (a lingering
+ * close, as nginx does one). Returns 0, or -1 on an error. */
 static int linger(relay *r)
 {
     char buf[16384];
@@ -161,6 +163,7 @@ static int linger(relay *r)
     while (!r->eof) {
         ssize_t n = read(r->fd, buf, sizeof buf);
         if (n > 0) {
+            r->dropped = true;
             if ((size_t)n >= budget) {
                 task_post(&r->resume);   /* fairness, as pump_in() */
                 return 0;
@@ -179,17 +182,52 @@ static int linger(relay *r)
     return 0;
 }
 
+static void relay_poll(void *arg)
+{
+    task_post(&((relay *)arg)->resume);
+}
+
+/* How an orphan ends once it delivered all: cleanly when its socket's
+ * program finished too (EOF) and sent nothing we had to drop; with a
+ * reset when we dropped its bytes, so that they do not look delivered,
+ * but only once it has taken all of ours (nothing left unacknowledged),
+ * which a reset would throw away. The stream's drain time bounds both. */
+static void orphan_end(relay *r)
+{
+    if (!r->shut)
+        return;   /* still writing out what the stream holds */
+    if (linger(r) < 0) {
+        log_debug("relay %s: %s", r->peer.c_str(), strerror(errno));
+        return relay_close(r, RST_RESET);
+    }
+    if (r->dropped) {
+        if (sock_unacked(r->fd) > 0) {
+            r->connect_timer.fn = relay_poll;   /* long connected: free for this */
+            r->connect_timer.arg = r;
+            timer_arm(&r->connect_timer, ORPHAN_POLL_MS);
+            return;
+        }
+        log_debug("relay %s: its bytes after the tunnel closed were dropped: reset", r->peer.c_str());
+        sock_linger0(r->fd);
+        return relay_close(r, RST_RESET);
+    }
+    if (r->eof)
+        relay_close(r, RST_CANCEL);
+}
+
 static void relay_run(void *arg)
 {
     relay *r = (relay *)arg;
     if (r->closed || !r->s || r->connecting)
         return;
     bool orphan = stream_orphaned(r->s);
-    if (r->write_error || pump_out(r) < 0 || (orphan ? r->shut && linger(r) < 0 : pump_in(r) < 0)) {
+    if (r->write_error || pump_out(r) < 0 || (!orphan && pump_in(r) < 0)) {
         log_debug("relay %s: %s", r->peer.c_str(), strerror(errno));
         return relay_close(r, RST_RESET);
     }
-    if (r->eof && r->shut)
+    if (orphan)
+        orphan_end(r);
+    else if (r->eof && r->shut)
         relay_close(r, RST_CANCEL);   /* both directions finished cleanly */
 }
 
@@ -294,14 +332,15 @@ void relay::on_reset(uint8_t code, const char *why)
     /* carry a reset (and a lost tunnel) as a reset; a peer's or our own
      * stop just closes, and so does an orphan that delivered it all and
      * only waited for the socket's EOF */
-    if (code != RST_CANCEL && fd >= 0 && !(orphaned && shut))
+    if (code != RST_CANCEL && fd >= 0 && !(orphaned && shut && !dropped))
         sock_linger0(fd);
     relay_close(this, RST_CANCEL);
 }
 
 bool relay::on_orphan()
 {
-    if (connecting || fd < 0 || write_error)
+    /* nothing to deliver: closed at once, as before orphans */
+    if (connecting || fd < 0 || write_error || (!stream_rx_pending(s) && prefix.empty()))
         return false;
     orphaned = true;
     task_post(&resume);

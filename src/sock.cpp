@@ -13,7 +13,11 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <linux/sockios.h>
+#endif
 
 #include <unordered_map>
 #include <vector>
@@ -251,6 +255,7 @@ struct lingerer : io_handler, deferred {
     int fd = -1;
     timer deadline;
     task more;
+    lingerer *prev = nullptr, *next = nullptr;   /* all of them, for sock_lingering_end() */
     void on_io(unsigned) override;
     ~lingerer() override
     {
@@ -260,6 +265,7 @@ struct lingerer : io_handler, deferred {
 };
 
 static size_t lingering_n;
+static lingerer *lingerers;
 
 static void linger_end(void *arg)
 {
@@ -270,6 +276,12 @@ static void linger_end(void *arg)
     close(l->fd);
     l->fd = -1;
     lingering_n--;
+    if (l->prev)
+        l->prev->next = l->next;
+    else
+        lingerers = l->next;
+    if (l->next)
+        l->next->prev = l->prev;
     timer_cancel(&l->deadline);
     task_cancel(&l->more);
     defer_delete(l);
@@ -305,6 +317,10 @@ void sock_close_lingering(int fd, uint32_t ms)
         return;
     }
     lingering_n++;
+    l->next = lingerers;
+    if (lingerers)
+        lingerers->prev = l;
+    lingerers = l;
     l->deadline.fn = linger_end;
     l->deadline.arg = l;
     timer_arm(&l->deadline, ms);
@@ -316,6 +332,29 @@ void sock_close_lingering(int fd, uint32_t ms)
 size_t sock_lingering(void)
 {
     return lingering_n;
+}
+
+void sock_lingering_end(void)
+{
+    while (lingerers)
+        linger_end(lingerers);
+}
+
+int sock_unacked(int fd)
+{
+    int n = 0;
+#if defined(SIOCOUTQ)
+    if (ioctl(fd, SIOCOUTQ, &n) < 0)
+        n = 0;
+#elif defined(SO_NWRITE)
+    socklen_t l = sizeof n;
+    if (getsockopt(fd, SOL_SOCKET, SO_NWRITE, &n, &l) < 0)
+        n = 0;
+#elif defined(FIONWRITE)
+    if (ioctl(fd, FIONWRITE, &n) < 0)
+        n = 0;
+#endif
+    return n;
 }
 
 /* ---- resolver ----

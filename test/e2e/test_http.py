@@ -893,6 +893,94 @@ def http_quit_client_leaves_the_server_to_deliver(ctx):
 
 
 @test(timeout=60)
+def http_answer_arriving_with_the_goaway_is_delivered(ctx):
+    """The client's stop (GOAWAY) reaches the server in the same read as a
+    whole answer (here the server was paused meanwhile): the user gets
+    that answer, not a 502 saying the tunnel was lost."""
+    go = threading.Event()
+    asked = []
+
+    def h(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        asked.append(True)
+        go.wait(10)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(4096):
+            pass
+    svc = TcpServer(ctx, h)
+    s, c, hp, _ = http_pair(ctx, http_mapping("a", svc.port, "a.test"))
+    u = connect(hp)
+    u.sendall(request("GET", "/", "a.test"))
+    wait_until(lambda: asked, 10, "the request to reach the service")
+    s.signal(signal.SIGSTOP)
+    ctx.closers.append(lambda: s.proc.poll() is None and s.signal(signal.SIGCONT))
+    go.set()
+    time.sleep(0.3)     # the answer on its way to the paused server; no wait can see it arrive
+    assert c.stop() == 0
+    s.signal(signal.SIGCONT)
+    s.wait_log(r"tunnel down")
+    r = read_response(u.makefile("rb"))
+    assert (r.status, r.body) == (200, b"hello"), r
+    u.close()
+    assert s.stop() == 0
+
+
+@test(timeout=90)
+def http_answer_delimited_by_close_cut_is_reset(ctx):
+    """An answer whose end is the connection's end (no length), cut short
+    because the user did not read it all within the server's
+    shutdown_timeout after the client's stop: the user gets a reset, not a
+    FIN that would make the cut answer look whole."""
+    n = 12 * MiB
+    sent = []
+
+    def h(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"b" * n)
+        c.shutdown(socket.SHUT_WR)
+        sent.append(True)
+        while c.recv(4096):
+            pass
+    svc = TcpServer(ctx, h)
+    s, c, hp, _ = http_pair(ctx, http_mapping("dl", svc.port, "dl.test"),
+                            server_extra="window = 16m\nmax_window = 16m\nmax_streams = 8\ntunnel_buffer = 256m\n"
+                                         "shutdown_timeout = 1s\nlog_level = debug\n",
+                            client_extra="shutdown_timeout = 1s\n")
+    u = socket.socket()
+    u.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    u.settimeout(15)
+    u.connect(("127.0.0.1", hp))
+    u.sendall(request("GET", "/", "dl.test"))
+    wait_until(lambda: sent, 10, "the service to send the whole answer")
+    c.signal(signal.SIGQUIT)
+    assert c.proc.wait(25) == 0
+    s.wait_log(r"http \S+: stream reset: the tunnel closed and shutdown_timeout passed", timeout=10)
+    got, end = 0, "eof"
+    try:
+        while True:
+            d = u.recv(1 << 20)
+            if not d:
+                break
+            got += len(d)
+    except ConnectionResetError:
+        end = "reset"
+    assert end == "reset" and got < n, (got, end)
+    u.close()
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def http_400_and_431(ctx):
     """Malformed heads and smuggling attempts get 400, a head over 64 KiB
     gets 431, each with Server: wmproxy, then the connection closes; the

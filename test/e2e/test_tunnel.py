@@ -199,6 +199,79 @@ def quit_client_leaves_the_server_to_deliver(ctx):
 
 
 @test(timeout=60)
+def stopped_client_uploading_user_sees_the_end(ctx):
+    """A user still uploading when the client stops, with nothing held for
+    it: its connection is closed at once (the server's shutdown_timeout is
+    long), and its next writes fail. The server must not swallow what it
+    sends after the stop: a cut upload that looks accepted."""
+    svc = TcpServer(ctx, lambda c: recv_count(c))
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("up", svc.port, rp),
+                         server_extra="allow_ports = %d\nshutdown_timeout = 30s\n" % rp)
+    user = connect(rp)
+    user.sendall(b"u" * 100000)
+    assert c.stop() == 0
+    s.wait_log(r"tunnel down")
+    t0 = time.monotonic()
+    failed = None
+    while time.monotonic() - t0 < 5:
+        try:
+            user.sendall(b"x" * 65536)
+        except OSError as e:
+            failed = e
+            break
+        time.sleep(0.02)
+    assert isinstance(failed, (BrokenPipeError, ConnectionResetError)), failed
+    user.close()
+    assert s.stop() == 0
+
+
+@test(timeout=90)
+def orphan_that_drops_the_users_bytes_resets_after_delivering(ctx):
+    """After the client's stop the server writes out what it holds for a
+    slow user, then the end of the stream; the user, still sending, has
+    those bytes dropped (they can go nowhere). It gets every byte held for
+    it, then the end, and its writes fail from then on (the server resets
+    the connection once it has taken all), so that its own bytes do not
+    look delivered."""
+    n = 12 << 20
+    sent = []
+
+    def send_all(c):
+        c.sendall(b"d" * n)
+        sent.append(True)
+        recv_count(c)
+    svc = TcpServer(ctx, send_all)
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
+                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
+                                      "tunnel_buffer = 256m\nshutdown_timeout = 30s\n" % rp,
+                         client_extra="shutdown_timeout = 1s\n")
+    user = socket.socket()
+    user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    user.settimeout(15)
+    user.connect(("127.0.0.1", rp))
+    wait_until(lambda: sent, 10, "the service to send it all")
+    c.signal(signal.SIGQUIT)                 # its stream is not finished: drained for 1s
+    assert c.proc.wait(25) == 0
+    s.wait_log(r"tunnel down")
+    user.sendall(b"late" * 1000)             # after the tunnel closed: nowhere to go
+    assert recv_count(user) == n
+    t0 = time.monotonic()
+    failed = None
+    while time.monotonic() - t0 < 5:
+        try:
+            user.sendall(b"more")
+        except OSError as e:
+            failed = e
+            break
+        time.sleep(0.02)
+    assert isinstance(failed, (BrokenPipeError, ConnectionResetError)), failed
+    user.close()
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def orphaned_stream_drains_for_shutdown_timeout_only(ctx):
     """What the server still holds for a user after the client's GOAWAY
     waits for that user for the server's shutdown_timeout at most: a user
