@@ -89,6 +89,7 @@ struct stream : deferred {
     bool dead = false;           /* freed: the end must not use it */
     uint64_t orphan_until = 0;   /* an orphan (t null, on_orphan()): reset at this time */
     stream *oprev = nullptr;     /* the orphans' list: oprev and wnext */
+    uint32_t orphan_ms = 0;      /* the drain time, which names its list */
     ~stream() override;
 };
 

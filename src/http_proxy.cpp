@@ -984,12 +984,14 @@ static void pump_response(hsess *h)
     }
     if (!out_reserve(h, 0))
         return hs_close(h);
+    bool head_partial = false;   /* the staged head, scanned last, is incomplete */
     for (;;) {
         if (h->rs == R_IDLE || h->closed)
             return;
         if (h->rs == R_HEAD) {
             if (!h->rbuf.empty()) {
                 ssize_t r = resp_head(h, h->rbuf.data(), h->rbuf.size(), h->rlast);
+                head_partial = r == RH_PARTIAL;
                 if (r > 0) {
                     h->rbuf.erase(0, (size_t)r);
                     h->rlast = 0;
@@ -1061,17 +1063,36 @@ static void pump_response(hsess *h)
         if (t < iov[0].iov_len)
             break;
     }
-    /* the stream ended: a close-delimited body is complete, others are cut */
-    if (h->s && stream_rx_done(h->s) && h->rbuf.empty() && !h->closed) {
-        if (h->rs == R_BODY && h->rbody == HTTP_BODY_CLOSE) {
+    /* the stream ended: a close-delimited body is complete, others are cut.
+     * An orphan's end is only its tunnel's closing (a stop): the service
+     * did not close, so a close-delimited body is cut too. */
+    if (!h->s || !stream_rx_done(h->s) || h->closed)
+        return;
+    bool orphan = stream_orphaned(h->s);
+    if (h->rs == R_HEAD && !h->rbuf.empty() && head_partial) {
+        /* part of a head, and nothing more will come */
+        drop_stream(h);
+        h->rbuf.clear();
+        answer(h, 502, orphan ? "the tunnel to the service closed in the middle of the answer's head"
+                              : "the service closed the connection in the middle of its answer's head", false);
+        return;
+    }
+    if (h->rbuf.empty()) {
+        if (h->rs == R_BODY && h->rbody == HTTP_BODY_CLOSE && !orphan) {
             response_finished(h, true);
         } else if (h->rs == R_RAW) {
             h->close_after = true;
         } else if (h->rs == R_HEAD) {
-            if (send_again(h, h->rt))
+            if (!orphan && send_again(h, h->rt))
                 return;
             drop_stream(h);
-            answer(h, 502, "the service closed the connection without answering", false);
+            answer(h, 502, orphan ? "the tunnel to the service closed before it answered"
+                                  : "the service closed the connection without answering", false);
+        } else if (h->rs == R_BODY && h->rbody == HTTP_BODY_CLOSE) {
+            log_info("http %s: response from mapping %s cut short by the tunnel's closing", h->peer.c_str(),
+                     h->qmap.c_str());
+            drop_stream(h);
+            cut_answer(h);   /* with a reset: it ends where the connection does */
         } else if (h->rs == R_BODY) {
             log_info("http %s: response from mapping %s cut short", h->peer.c_str(), h->qmap.c_str());
             drop_stream(h);

@@ -144,6 +144,7 @@ static void stop_now(uint64_t until)
         return reactor_stop();   /* a second signal, or QUIT's deadline: at once */
     }
     stopped = true;
+    timer_cancel(&drain_timer);   /* a TERM during a QUIT drain: its own wait, not the drain's end */
     if (cf.role_ == ROLE_SERVER)
         server_stop(false);
     else

@@ -496,70 +496,92 @@ stream *tunnel_open(tunnel *t, const open_msg &m, stream_end *end)
 /* ---- the tunnel ---- */
 
 /* ---- orphans: streams draining after their tunnel closed cleanly ----
- * A list in order of deadline (each is its tunnel's drain time after its
- * close, so new ones almost always go last), doubly linked through wnext
- * (they wait for no tx) and oprev: adding, forgetting and arming the one
- * timer for the first deadline cost the same for one orphan or 30,000. */
+ * One list per drain time (a reload can give tunnels different ones), so
+ * that appending keeps each in order of deadline; each list has a timer
+ * for its first. Doubly linked through wnext (they wait for no tx) and
+ * oprev: adding, forgetting and arming cost the same for one orphan or
+ * 30,000. */
 
-static stream *orphans, *orphans_tail;
+struct orphan_list {
+    uint32_t ms;
+    stream *head = nullptr, *tail = nullptr;
+    timer t;
+    orphan_list *next;           /* the lists: a few, kept for the process's life */
+};
+
+static orphan_list *orphan_lists;
 static size_t orphans_n;
-static timer orphan_timer;
 
 size_t stream_orphans(void)
 {
     return orphans_n;
 }
 
-static void orphan_arm(void)
+static orphan_list *orphan_list_of(uint32_t ms)
 {
-    if (orphans)
-        timer_arm_at(&orphan_timer, orphans->orphan_until);
-    else
-        timer_cancel(&orphan_timer);
+    for (orphan_list *l = orphan_lists; l; l = l->next)
+        if (l->ms == ms)
+            return l;
+    return nullptr;
 }
 
-static void orphan_add(stream *s)
+static void orphan_arm(orphan_list *l)
 {
-    stream *after = orphans_tail;
-    while (after && after->orphan_until > s->orphan_until)
-        after = after->oprev;
-    s->oprev = after;
-    s->wnext = after ? after->wnext : orphans;
-    if (s->wnext)
-        s->wnext->oprev = s;
+    if (l->head)
+        timer_arm_at(&l->t, l->head->orphan_until);
     else
-        orphans_tail = s;
-    if (after)
-        after->wnext = s;
+        timer_cancel(&l->t);
+}
+
+static void orphans_expire(void *arg);
+
+static void orphan_add(stream *s, uint32_t ms)
+{
+    orphan_list *l = orphan_list_of(ms);
+    if (!l) {
+        l = new orphan_list;
+        l->ms = ms;
+        l->t.fn = orphans_expire;
+        l->t.arg = l;
+        l->next = orphan_lists;
+        orphan_lists = l;
+    }
+    s->orphan_ms = ms;
+    s->oprev = l->tail;
+    s->wnext = nullptr;
+    if (l->tail)
+        l->tail->wnext = s;
     else
-        orphans = s;
+        l->head = s;
+    l->tail = s;
     orphans_n++;
-    if (orphans == s)
-        orphan_arm();
+    if (l->head == s)
+        orphan_arm(l);
 }
 
 static void orphan_forget(stream *s)
 {
-    bool first = orphans == s;
+    orphan_list *l = orphan_list_of(s->orphan_ms);
+    bool first = l->head == s;
     if (s->oprev)
         s->oprev->wnext = s->wnext;
     else
-        orphans = s->wnext;
+        l->head = s->wnext;
     if (s->wnext)
         s->wnext->oprev = s->oprev;
     else
-        orphans_tail = s->oprev;
+        l->tail = s->oprev;
     s->wnext = s->oprev = nullptr;
     orphans_n--;
     if (first)
-        orphan_arm();
+        orphan_arm(l);
 }
 
 /* The drain time is over: what is left is cut, as a lost tunnel cuts it. */
-static void orphans_expire_until(uint64_t until)
+static void orphans_expire_until(orphan_list *l, uint64_t until)
 {
-    while (orphans && orphans->orphan_until <= until) {
-        stream *o = orphans;
+    while (l->head && l->head->orphan_until <= until) {
+        stream *o = l->head;
         stream_end *e = o->end;
         stream_free(o);
         if (e)
@@ -567,14 +589,15 @@ static void orphans_expire_until(uint64_t until)
     }
 }
 
-static void orphans_expire(void *)
+static void orphans_expire(void *arg)
 {
-    orphans_expire_until(now_ms());
+    orphans_expire_until((orphan_list *)arg, now_ms());
 }
 
 void stream_orphans_cut(void)
 {
-    orphans_expire_until(UINT64_MAX);
+    for (orphan_list *l = orphan_lists; l; l = l->next)
+        orphans_expire_until(l, UINT64_MAX);
 }
 
 /* Detach s from its closing tunnel, keeping what it holds for its end;
@@ -582,7 +605,6 @@ void stream_orphans_cut(void)
 static bool orphan(stream *s)
 {
     tunnel *t = s->t;
-    orphan_timer.fn = orphans_expire;
     unwait_tx(s);
     task_cancel(&s->wake);
     t->streams.erase(s->sid);
@@ -592,7 +614,7 @@ static bool orphan(stream *s)
     s->fin_recv = s->fin_sent = true;
     s->want_credit = false;
     s->orphan_until = now_ms() + t->cf.drain_ms;
-    orphan_add(s);
+    orphan_add(s, t->cf.drain_ms);
     return s->end->on_orphan();
 }
 

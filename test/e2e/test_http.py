@@ -981,6 +981,86 @@ def http_answer_delimited_by_close_cut_is_reset(ctx):
 
 
 @test(timeout=60)
+def http_answer_delimited_by_close_cut_by_a_stop_is_reset(ctx):
+    """An answer ended by the close, under way when the client stops
+    (TERM) while the service still holds its connection open: the end of
+    the stream is only the tunnel's closing, not the service's, so the
+    user gets a reset, not a FIN that would make the answer look whole."""
+    ready = []
+
+    def h(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"b" * 100000)
+        ready.append(True)
+        while c.recv(4096):
+            pass
+    svc = TcpServer(ctx, h)
+    s, c, hp, _ = http_pair(ctx, http_mapping("dl", svc.port, "dl.test"))
+    u = connect(hp)
+    u.sendall(request("GET", "/", "dl.test"))
+    got = 0
+    while got < 100000:      # the whole body so far has come through
+        d = u.recv(65536)
+        assert d
+        got += len(d)
+    assert c.stop() == 0
+    end = "eof"
+    u.settimeout(10)
+    try:
+        while u.recv(65536):
+            pass
+    except ConnectionResetError:
+        end = "reset"
+    assert end == "reset"
+    u.close()
+    assert s.stop() == 0
+
+
+@test(timeout=60)
+def http_part_of_a_head_with_the_goaway_gets_502_at_once(ctx):
+    """The client's stop reaches the server with only part of an answer's
+    head: nothing more can come, so the user gets a 502 at once, not after
+    the server's shutdown_timeout."""
+    go = threading.Event()
+    asked = []
+
+    def h(c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                return
+            buf += d
+        asked.append(True)
+        go.wait(10)
+        c.sendall(b"HTTP/1.1 200 OK\r\nContent-")
+        while c.recv(4096):
+            pass
+    svc = TcpServer(ctx, h)
+    s, c, hp, _ = http_pair(ctx, http_mapping("a", svc.port, "a.test"), server_extra="shutdown_timeout = 20s\n")
+    u = connect(hp)
+    u.sendall(request("GET", "/", "a.test"))
+    wait_until(lambda: asked, 10, "the request to reach the service")
+    s.signal(signal.SIGSTOP)
+    ctx.closers.append(lambda: s.proc.poll() is None and s.signal(signal.SIGCONT))
+    go.set()
+    time.sleep(0.3)     # the half head on its way to the paused server; no wait can see it arrive
+    assert c.stop() == 0
+    s.signal(signal.SIGCONT)
+    t0 = time.monotonic()
+    r = read_response(u.makefile("rb"))
+    is_ours(r, 502)
+    assert time.monotonic() - t0 < 5, "the 502 took %.1fs" % (time.monotonic() - t0)
+    u.close()
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def http_400_and_431(ctx):
     """Malformed heads and smuggling attempts get 400, a head over 64 KiB
     gets 431, each with Server: wmproxy, then the connection closes; the

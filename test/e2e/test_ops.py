@@ -601,6 +601,32 @@ def quit_waits_for_bytes_queued_in_the_tunnel(ctx):
 
 
 @test(timeout=60)
+def term_during_a_quit_drain_still_lingers(ctx):
+    """TERM while a QUIT drain is under way (a stream still open) stops as
+    a TERM does: the tunnel's connection is given its second for the peer
+    to read the GOAWAY and close (here the peer is paused, so the whole
+    second), not cut at once by the drain's check that follows."""
+    svc = TcpServer(ctx, echo_handler)
+    pub = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("echo", svc.port), server_extra="map_tcp_bind = 127.0.0.1:%d\n" % pub)
+    held = connect(pub)
+    held.sendall(b"a")
+    assert held.recv(10) == b"a"
+    s.signal(signal.SIGSTOP)
+    ctx.closers.append(lambda: s.proc.poll() is None and s.signal(signal.SIGCONT))
+    c.signal(signal.SIGQUIT)
+    c.wait_log(r"stopping gracefully")
+    t0 = time.monotonic()
+    c.signal(signal.SIGTERM)
+    assert c.proc.wait(10) == 0
+    took = time.monotonic() - t0
+    assert 0.8 <= took < 5, "stopped after %.2fs" % took
+    s.signal(signal.SIGCONT)
+    held.close()
+    assert s.stop() == 0
+
+
+@test(timeout=60)
 def quit_refuses_new_streams_and_reloads(ctx):
     """While the server drains after QUIT: a HUP does not open the listeners
     again (it is logged and ignored), a stream a client opens for its

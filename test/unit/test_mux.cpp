@@ -489,11 +489,11 @@ struct orphan_end : lagging_end {
 /* A lag_pair whose client streams get an orphan_end, the drain time short. */
 struct orphan_pair : lag_pair {
     orphan_end end;
-    orphan_pair() : lag_pair(conf()) { co.accept = &end; }
-    static tunnel_conf conf()
+    explicit orphan_pair(uint32_t drain_ms = 300) : lag_pair(conf(drain_ms)) { co.accept = &end; }
+    static tunnel_conf conf(uint32_t drain_ms)
     {
         tunnel_conf c;
-        c.drain_ms = 300;
+        c.drain_ms = drain_ms;
         return c;
     }
 };
@@ -542,6 +542,31 @@ TEST_CASE("mux: an orphan still open after the drain time hears a lost tunnel's 
     REQUIRE(run_until([&] { return p.end.reset; }, 3000));
     CHECK(p.end.code == RST_TUNNEL);
     CHECK(now_ms() - t0 >= 300);
+    CHECK(stream_orphans() == 0);
+    one_pass();
+    ring_give_back();
+}
+
+TEST_CASE("mux: orphans of tunnels with different drain times (a reload between) each end at their own")
+{
+    orphan_pair slow(5000), fast(300);
+    stream *a, *b;
+    slow.open(4096, &a);
+    fast.open(4096, &b);
+    uint64_t t0 = now_ms();
+    tunnel_close(slow.srv, GA_SHUTDOWN, "stop");
+    tunnel_close(fast.srv, GA_SHUTDOWN, "stop");
+    REQUIRE(run_until([&] { return slow.co.down && fast.co.down; }));
+    CHECK(stream_orphans() == 2);
+    /* the later-closed tunnel's orphan, with the shorter time, goes first */
+    REQUIRE(run_until([&] { return fast.end.reset; }, 3000));
+    CHECK(now_ms() - t0 < 5000);
+    CHECK(!slow.end.reset);
+    CHECK(stream_orphans() == 1);
+    /* the process stops: the rest are cut at once */
+    stream_orphans_cut();
+    CHECK(slow.end.reset);
+    CHECK(slow.end.code == RST_TUNNEL);
     CHECK(stream_orphans() == 0);
     one_pass();
     ring_give_back();
