@@ -859,6 +859,18 @@ def http_502_tunnel_lost_mid_request(ctx):
     assert s.stop() == 0
 
 
+def request_head_read(c):
+    """A raw service: read a request's head (and drop it); False when the
+    connection closed first."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = c.recv(4096)
+        if not d:
+            return False
+        buf += d
+    return True
+
+
 @test(timeout=90)
 def http_quit_client_leaves_the_server_to_deliver(ctx):
     """QUIT on the client while the server still holds most of an answer
@@ -901,12 +913,8 @@ def http_answer_arriving_with_the_goaway_is_delivered(ctx):
     asked = []
 
     def h(c):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(4096)
-            if not d:
-                return
-            buf += d
+        if not request_head_read(c):
+            return
         asked.append(True)
         go.wait(10)
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
@@ -941,12 +949,8 @@ def http_answer_delimited_by_close_cut_is_reset(ctx):
     sent = []
 
     def h(c):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(4096)
-            if not d:
-                return
-            buf += d
+        if not request_head_read(c):
+            return
         c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"b" * n)
         c.shutdown(socket.SHUT_WR)
         sent.append(True)
@@ -989,12 +993,8 @@ def http_answer_delimited_by_close_cut_by_a_stop_is_reset(ctx):
     ready = []
 
     def h(c):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(4096)
-            if not d:
-                return
-            buf += d
+        if not request_head_read(c):
+            return
         c.sendall(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"b" * 100000)
         ready.append(True)
         while c.recv(4096):
@@ -1030,12 +1030,8 @@ def http_part_of_a_head_with_the_goaway_gets_502_at_once(ctx):
     asked = []
 
     def h(c):
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(4096)
-            if not d:
-                return
-            buf += d
+        if not request_head_read(c):
+            return
         asked.append(True)
         go.wait(10)
         c.sendall(b"HTTP/1.1 200 OK\r\nContent-")

@@ -648,13 +648,15 @@ def quit_refuses_new_streams_and_reloads(ctx):
     s.signal(signal.SIGHUP)
     s.wait_log(r"reload ignored: stopping gracefully")
     assert refused(tport) and refused(pub), "a reload during the drain opened the listeners again"
-    k = connect(cb)
-    try:    # the refusal may reset the connection before the request is even sent
+    k = None
+    try:    # the refusal may reset the connection before the request is sent, even before
+        k = connect(cb)         # connect() has seen it complete
         k.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: x\r\n\r\n" % echo.port)
         got = recv_all(k)       # closed, or reset: refused either way
     except (ConnectionResetError, BrokenPipeError):
         got = b""
-    k.close()
+    if k:
+        k.close()
     assert not got.startswith(b"HTTP/1.1 200"), got
     s.wait_log(r"proxy stream from \S+ refused: stopping gracefully")
     # a mapping a client registers now gets no port

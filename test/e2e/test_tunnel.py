@@ -149,16 +149,51 @@ def reloaded_client_closes_streams(ctx):
     assert s.stop() == 0
 
 
-def slow_reader(port):
-    """A public user that reads slowly: a small receive buffer, so that
-    most of what comes for it waits in the server, and its own direction
-    already finished."""
+def writes_fail(sock, chunk, within=5):
+    """Whether writing chunk after chunk fails (the peer reset the
+    connection) within that many seconds."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < within:
+        try:
+            sock.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def held_download_then_client_quit(ctx, data, finished=True, server_extra="", client_extra=""):
+    """A service sends data to a slow public user (a small receive
+    buffer) through windows big enough for all of it, so that the server
+    holds what the user has not read; then QUIT on the client, which exits.
+    finished: the service and the user each end their direction at once,
+    so the client's stream is over and its drain ends; else the client's
+    drain waits for its shutdown_timeout. Returns (server, user)."""
+    sent = []
+
+    def send_all(c):
+        c.sendall(data)
+        if finished:
+            c.shutdown(socket.SHUT_WR)
+        sent.append(True)
+        recv_count(c)
+    svc = TcpServer(ctx, send_all)
+    rp = free_port()
+    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
+                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
+                                      "tunnel_buffer = 256m\n%s" % (rp, server_extra),
+                         client_extra=client_extra or "shutdown_timeout = 20s\n")
     user = socket.socket()
     user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     user.settimeout(15)
-    user.connect(("127.0.0.1", port))
-    user.shutdown(socket.SHUT_WR)
-    return user
+    user.connect(("127.0.0.1", rp))
+    if finished:
+        user.shutdown(socket.SHUT_WR)
+    wait_until(lambda: sent, 10, "the service to send it all")
+    c.signal(signal.SIGQUIT)
+    assert c.proc.wait(25) == 0
+    s.wait_log(r"tunnel down")
+    return s, user
 
 
 @test(timeout=90)
@@ -170,27 +205,7 @@ def quit_client_leaves_the_server_to_deliver(ctx):
     the GOAWAY came and close, a truncated download looking complete."""
     n = 12 << 20
     data = pattern_bytes(7, n)
-
-    sent = []
-
-    def send_all(c):
-        c.sendall(data)
-        c.shutdown(socket.SHUT_WR)
-        sent.append(True)
-        recv_count(c)                        # the user's half-close
-    svc = TcpServer(ctx, send_all)
-    rp = free_port()
-    # windows big enough for the whole download: the client finishes its
-    # stream at once, and the server holds what the user has not read
-    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
-                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
-                                      "tunnel_buffer = 256m\n" % rp,
-                         client_extra="shutdown_timeout = 20s\n")
-    user = slow_reader(rp)
-    wait_until(lambda: sent, 10, "the service to send it all")
-    c.signal(signal.SIGQUIT)
-    assert c.proc.wait(25) == 0
-    s.wait_log(r"tunnel down")
+    s, user = held_download_then_client_quit(ctx, data)
     got = recv_all(user)
     assert len(got) == n, "the user got %d of %d bytes" % (len(got), n)
     assert got == data
@@ -212,16 +227,7 @@ def stopped_client_uploading_user_sees_the_end(ctx):
     user.sendall(b"u" * 100000)
     assert c.stop() == 0
     s.wait_log(r"tunnel down")
-    t0 = time.monotonic()
-    failed = None
-    while time.monotonic() - t0 < 5:
-        try:
-            user.sendall(b"x" * 65536)
-        except OSError as e:
-            failed = e
-            break
-        time.sleep(0.02)
-    assert isinstance(failed, (BrokenPipeError, ConnectionResetError)), failed
+    assert writes_fail(user, b"x" * 65536)
     user.close()
     assert s.stop() == 0
 
@@ -235,38 +241,12 @@ def orphan_that_drops_the_users_bytes_resets_after_delivering(ctx):
     the connection once it has taken all), so that its own bytes do not
     look delivered."""
     n = 12 << 20
-    sent = []
-
-    def send_all(c):
-        c.sendall(b"d" * n)
-        sent.append(True)
-        recv_count(c)
-    svc = TcpServer(ctx, send_all)
-    rp = free_port()
-    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
-                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
-                                      "tunnel_buffer = 256m\nshutdown_timeout = 30s\n" % rp,
-                         client_extra="shutdown_timeout = 1s\n")
-    user = socket.socket()
-    user.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    user.settimeout(15)
-    user.connect(("127.0.0.1", rp))
-    wait_until(lambda: sent, 10, "the service to send it all")
-    c.signal(signal.SIGQUIT)                 # its stream is not finished: drained for 1s
-    assert c.proc.wait(25) == 0
-    s.wait_log(r"tunnel down")
+    # the client's stream is not finished: its drain lasts its 1s
+    s, user = held_download_then_client_quit(ctx, b"d" * n, finished=False, server_extra="shutdown_timeout = 30s\n",
+                                             client_extra="shutdown_timeout = 1s\n")
     user.sendall(b"late" * 1000)             # after the tunnel closed: nowhere to go
     assert recv_count(user) == n
-    t0 = time.monotonic()
-    failed = None
-    while time.monotonic() - t0 < 5:
-        try:
-            user.sendall(b"more")
-        except OSError as e:
-            failed = e
-            break
-        time.sleep(0.02)
-    assert isinstance(failed, (BrokenPipeError, ConnectionResetError)), failed
+    assert writes_fail(user, b"more")
     user.close()
     assert s.stop() == 0
 
@@ -278,23 +258,7 @@ def orphaned_stream_drains_for_shutdown_timeout_only(ctx):
     that reads nothing in that time gets a reset (the download was cut),
     and the server holds nothing more."""
     n = 12 << 20
-    sent = []
-
-    def send_all(c):
-        c.sendall(b"d" * n)
-        c.shutdown(socket.SHUT_WR)
-        sent.append(True)
-        recv_count(c)
-    svc = TcpServer(ctx, send_all)
-    rp = free_port()
-    s, c, _ = start_pair(ctx, tcp_mapping("dl", svc.port, rp),
-                         server_extra="allow_ports = %d\nwindow = 16m\nmax_window = 16m\nmax_streams = 8\n"
-                                      "tunnel_buffer = 256m\nshutdown_timeout = 1s\nlog_level = debug\n" % rp,
-                         client_extra="shutdown_timeout = 20s\n")
-    user = slow_reader(rp)
-    wait_until(lambda: sent, 10, "the service to send it all")
-    c.signal(signal.SIGQUIT)
-    assert c.proc.wait(25) == 0
+    s, user = held_download_then_client_quit(ctx, b"d" * n, server_extra="shutdown_timeout = 1s\nlog_level = debug\n")
     s.wait_log(r"stream of 127\.0\.0\.1:\d+ reset: the tunnel closed and shutdown_timeout passed", timeout=5)
     got = 0
     try:

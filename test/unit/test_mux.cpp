@@ -925,18 +925,23 @@ static std::string read_end(int fd, std::string *got)
     }
 }
 
-TEST_CASE("sock: a lingering close ends with our bytes and a FIN though input is unread and more comes")
+/* A connection whose peer sent bytes we never read, and our last word. */
+static void unread_then_bye(int *ours, int *theirs)
 {
     up();
-    int ours, theirs;
-    tcp_pair(&ours, &theirs);
-    /* input we never read, then our last word */
-    REQUIRE(send(theirs, "unread", 6, 0) == 6);
+    tcp_pair(ours, theirs);
+    REQUIRE(send(*theirs, "unread", 6, 0) == 6);
     REQUIRE(run_until([&] {
         char c;
-        return recv(ours, &c, 1, MSG_PEEK) == 1;
+        return recv(*ours, &c, 1, MSG_PEEK) == 1;
     }));
-    REQUIRE(write(ours, "bye", 3) == 3);
+    REQUIRE(write(*ours, "bye", 3) == 3);
+}
+
+TEST_CASE("sock: a lingering close ends with our bytes and a FIN though input is unread and more comes")
+{
+    int ours, theirs;
+    unread_then_bye(&ours, &theirs);
     sock_close_lingering(ours, 2000);
     CHECK(sock_lingering() == 1);
     one_pass();
@@ -968,15 +973,8 @@ TEST_CASE("sock: a lingering close gives up at its deadline")
 
 TEST_CASE("sock: without the lingering close the same exchange is reset (the case it exists for)")
 {
-    up();
     int ours, theirs;
-    tcp_pair(&ours, &theirs);
-    REQUIRE(send(theirs, "unread", 6, 0) == 6);
-    REQUIRE(run_until([&] {
-        char c;
-        return recv(ours, &c, 1, MSG_PEEK) == 1;
-    }));
-    REQUIRE(write(ours, "bye", 3) == 3);
+    unread_then_bye(&ours, &theirs);
     close(ours);
     std::string got;
     CHECK(read_end(theirs, &got) == "reset");
