@@ -151,11 +151,11 @@ static int pump_in(relay *r)
     return 0;
 }
 
-/* An orphan delivered all it held and shut the socket's write side. What
- * the socket still sends can go nowhere: read and drop it up to the EOF
- * rather than close with it unread, which would make the kernel reset the
- * connection and throw away our last bytes not yet sent (a lingering
- * close, as nginx does one). Returns 0, or -1 on an error. */
+/* What an orphan's socket sends can go nowhere: read and drop it up to
+ * the EOF rather than leave it unread, which would stall a program that
+ * writes before it reads, and make closing reset the connection and throw
+ * away our last bytes not yet sent (a lingering close, as nginx does one).
+ * Returns 0, or -1 on an error. */
 static int linger(relay *r)
 {
     char buf[16384];
@@ -194,12 +194,14 @@ static void relay_poll(void *arg)
  * which a reset would throw away. The stream's drain time bounds both. */
 static void orphan_end(relay *r)
 {
-    if (!r->shut)
-        return;   /* still writing out what the stream holds */
+    /* from the start, not only once ours are out: a program that writes
+     * before it reads would otherwise never read what we hold for it */
     if (linger(r) < 0) {
         log_debug("relay %s: %s", r->peer.c_str(), strerror(errno));
         return relay_close(r, RST_RESET);
     }
+    if (!r->shut)
+        return;   /* still writing out what the stream holds */
     if (r->dropped) {
         if (sock_unacked(r->fd) > 0) {
             r->connect_timer.fn = relay_poll;   /* long connected: free for this */

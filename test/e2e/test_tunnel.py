@@ -236,15 +236,17 @@ def stopped_client_uploading_user_sees_the_end(ctx):
 def orphan_that_drops_the_users_bytes_resets_after_delivering(ctx):
     """After the client's stop the server writes out what it holds for a
     slow user, then the end of the stream; the user, still sending, has
-    those bytes dropped (they can go nowhere). It gets every byte held for
-    it, then the end, and its writes fail from then on (the server resets
-    the connection once it has taken all), so that its own bytes do not
-    look delivered."""
+    those bytes dropped (they can go nowhere), and dropped as they come:
+    here it writes 8 MiB before it reads at all, which used to stall it
+    until the server's shutdown_timeout. It gets every byte held for it,
+    then the end, and its writes fail from then on (the server resets the
+    connection once it has taken all), so that its own bytes do not look
+    delivered."""
     n = 12 << 20
     # the client's stream is not finished: its drain lasts its 1s
     s, user = held_download_then_client_quit(ctx, b"d" * n, finished=False, server_extra="shutdown_timeout = 30s\n",
                                              client_extra="shutdown_timeout = 1s\n")
-    user.sendall(b"late" * 1000)             # after the tunnel closed: nowhere to go
+    user.sendall(b"late" * (2 << 20))        # after the tunnel closed: nowhere to go
     assert recv_count(user) == n
     assert writes_fail(user, b"more")
     user.close()
