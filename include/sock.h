@@ -97,6 +97,11 @@ void sock_lingering_end(void);
 /* Bytes written to fd that the peer has not acknowledged yet (0 where the
  * system cannot tell). */
 int sock_unacked(int fd);
+/* Read and drop what fd has, at most max bytes (*dropped counts them).
+ * Returns DISCARD_AGAIN (nothing more for now), DISCARD_MORE (max reached:
+ * go on in a later turn), DISCARD_EOF, or -1 with errno. */
+enum { DISCARD_AGAIN = 0, DISCARD_MORE = 1, DISCARD_EOF = 2 };
+int sock_discard(int fd, size_t max, size_t *dropped);
 
 /* ---- asynchronous resolution ----
  * getaddrinfo() blocks, so each name is looked up on a short-lived helper

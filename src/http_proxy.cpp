@@ -1088,17 +1088,11 @@ static void pump_response(hsess *h)
             drop_stream(h);
             answer(h, 502, orphan ? "the tunnel to the service closed before it answered"
                                   : "the service closed the connection without answering", false);
-        } else if (h->rs == R_BODY && h->rbody == HTTP_BODY_CLOSE) {
-            log_info("http %s: response from mapping %s cut short by the tunnel's closing", h->peer.c_str(),
-                     h->qmap.c_str());
-            drop_stream(h);
-            cut_answer(h);   /* with a reset: it ends where the connection does */
         } else if (h->rs == R_BODY) {
-            log_info("http %s: response from mapping %s cut short", h->peer.c_str(), h->qmap.c_str());
+            log_info("http %s: response from mapping %s cut short%s", h->peer.c_str(), h->qmap.c_str(),
+                     orphan ? " by the tunnel's closing" : "");
             drop_stream(h);
-            h->close_after = true;
-            h->qs = Q_DONE;
-            h->rs = R_IDLE;
+            cut_answer(h);   /* one ended by the close with a reset */
         }
     }
 }

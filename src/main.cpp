@@ -126,23 +126,24 @@ static uint64_t linger_until;
  * them out (orphans): the loop runs on until they are done, or until.
  * Orphans still holding bytes then are cut (a reset, not a FIN that would
  * make what they delivered look whole). */
+static void finish(void)
+{
+    stream_orphans_cut();
+    sock_lingering_end();
+    reactor_stop();
+}
+
 static void wait_lingering(void *)
 {
-    if ((sock_lingering() == 0 && stream_orphans() == 0) || now_ms() >= linger_until) {
-        stream_orphans_cut();
-        sock_lingering_end();
-        return reactor_stop();
-    }
+    if ((sock_lingering() == 0 && stream_orphans() == 0) || now_ms() >= linger_until)
+        return finish();
     timer_arm(&linger_wait, 20);
 }
 
 static void stop_now(uint64_t until)
 {
-    if (stopped) {
-        stream_orphans_cut();
-        sock_lingering_end();
-        return reactor_stop();   /* a second signal, or QUIT's deadline: at once */
-    }
+    if (stopped)
+        return finish();   /* a second signal, or QUIT's deadline: at once */
     stopped = true;
     timer_cancel(&drain_timer);   /* a TERM during a QUIT drain: its own wait, not the drain's end */
     if (cf.role_ == ROLE_SERVER)

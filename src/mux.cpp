@@ -221,29 +221,40 @@ static void rx_release(stream *s)
 
 static void orphan_forget(stream *s);
 
-static void stream_free(stream *s)
+/* Streams drained below half of tunnel_buffer: a paused tunnel reads on. */
+static void rx_resume(tunnel *t)
+{
+    if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
+        t->rx_paused = false;
+        task_post(&t->read_task);
+    }
+}
+
+/* Take s out of its tunnel: no more waiting there, counted there, found
+ * there. What it holds stays with it. */
+static void stream_detach(stream *s)
 {
     tunnel *t = s->t;
-    s->dead = true;
-    if (!t) {
-        orphan_forget(s);
-        ring_free_beside(&s->rx);
-        s->end = nullptr;
-        defer_delete(s);
-        return;
-    }
     unwait_tx(s);
     task_cancel(&s->wake);
     t->streams.erase(s->sid);
     t->rx_buffered -= s->rx.data;
     t->windows_sum -= s->rx_window;
+}
+
+static void stream_free(stream *s)
+{
+    tunnel *t = s->t;
+    s->dead = true;
+    if (t)
+        stream_detach(s);
+    else
+        orphan_forget(s);
     rx_release(s);
     s->end = nullptr;
     defer_delete(s);
-    if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
-        t->rx_paused = false;
-        task_post(&t->read_task);
-    }
+    if (t)
+        rx_resume(t);
 }
 
 void stream_send_fin(stream *s)
@@ -333,22 +344,17 @@ void stream_rx_consume(stream *s, size_t n)
 {
     tunnel *t = s->t;
     ring_consume(&s->rx, n);
-    if (!t) {   /* an orphan: no credit to give, no tunnel to count in */
-        if (s->rx.data == 0)
-            ring_free_beside(&s->rx);
-        return;
-    }
-    t->rx_buffered -= n;
+    if (t)
+        t->rx_buffered -= n;
     s->rx_consumed += (uint32_t)n;
     if (s->rx.data == 0 && s->rx.area) {
         s->rx_last = s->rx.size;
         rx_release(s);   /* idle streams hold no buffers */
     }
+    if (!t)
+        return;   /* an orphan: no credit to give */
     give_credit(s, false);
-    if (t->rx_paused && t->rx_buffered <= t->cf.tunnel_buffer / 2) {
-        t->rx_paused = false;
-        task_post(&t->read_task);
-    }
+    rx_resume(t);
 }
 
 /* DATA for s, in one or two spans of the rx ring. Returns 0, or -1 when
@@ -605,11 +611,7 @@ void stream_orphans_cut(void)
 static bool orphan(stream *s)
 {
     tunnel *t = s->t;
-    unwait_tx(s);
-    task_cancel(&s->wake);
-    t->streams.erase(s->sid);
-    t->rx_buffered -= s->rx.data;
-    t->windows_sum -= s->rx_window;
+    stream_detach(s);
     s->t = nullptr;
     s->fin_recv = s->fin_sent = true;
     s->want_credit = false;

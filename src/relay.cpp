@@ -158,28 +158,19 @@ static int pump_in(relay *r)
  * Returns 0, or -1 on an error. */
 static int linger(relay *r)
 {
-    char buf[16384];
-    size_t budget = PUMP_MAX;
-    while (!r->eof) {
-        ssize_t n = read(r->fd, buf, sizeof buf);
-        if (n > 0) {
-            r->dropped = true;
-            if ((size_t)n >= budget) {
-                task_post(&r->resume);   /* fairness, as pump_in() */
-                return 0;
-            }
-            budget -= (size_t)n;
-            continue;
-        }
-        if (n == 0)
-            r->eof = true;
-        else if (errno == EAGAIN || errno == EINTR)
-            r->can_read = false;
-        else
-            return -1;
-        break;
-    }
-    return 0;
+    if (r->eof)
+        return 0;
+    size_t dropped = 0;
+    int k = sock_discard(r->fd, PUMP_MAX, &dropped);
+    if (dropped)
+        r->dropped = true;
+    if (k == DISCARD_MORE)
+        task_post(&r->resume);   /* fairness, as pump_in() */
+    else if (k == DISCARD_EOF)
+        r->eof = true;
+    else if (k == DISCARD_AGAIN)
+        r->can_read = false;
+    return k < 0 ? -1 : 0;
 }
 
 static void relay_poll(void *arg)

@@ -249,7 +249,24 @@ void sock_linger0(int fd)
 
 /* ---- lingering close ---- */
 
-#define LINGER_READS 64          /* reads per turn: a flood does not hold the loop */
+#define LINGER_TURN (1024 * 1024) /* bytes dropped per turn: a flood does not hold the loop */
+
+int sock_discard(int fd, size_t max, size_t *dropped)
+{
+    char buf[16384];
+    while (*dropped < max) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n > 0)
+            *dropped += (size_t)n;
+        else if (n == 0)
+            return DISCARD_EOF;
+        else if (errno == EAGAIN || errno == EINTR)
+            return DISCARD_AGAIN;
+        else
+            return -1;
+    }
+    return DISCARD_MORE;
+}
 
 struct lingerer : io_handler, deferred {
     int fd = -1;
@@ -257,14 +274,8 @@ struct lingerer : io_handler, deferred {
     task more;
     lingerer *prev = nullptr, *next = nullptr;   /* all of them, for sock_lingering_end() */
     void on_io(unsigned) override;
-    ~lingerer() override
-    {
-        timer_cancel(&deadline);
-        task_cancel(&more);
-    }
 };
 
-static size_t lingering_n;
 static lingerer *lingerers;
 
 static void linger_end(void *arg)
@@ -275,7 +286,6 @@ static void linger_end(void *arg)
     reactor_del(l->fd, l);
     close(l->fd);
     l->fd = -1;
-    lingering_n--;
     if (l->prev)
         l->prev->next = l->next;
     else
@@ -290,16 +300,12 @@ static void linger_end(void *arg)
 static void linger_read(void *arg)
 {
     lingerer *l = (lingerer *)arg;
-    char buf[16384];
-    for (int i = 0; i < LINGER_READS; i++) {
-        ssize_t n = read(l->fd, buf, sizeof buf);
-        if (n > 0)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EINTR))
-            return;
-        return linger_end(l);   /* the peer closed too, or the connection failed */
-    }
-    task_post(&l->more);
+    size_t dropped = 0;
+    int r = sock_discard(l->fd, LINGER_TURN, &dropped);
+    if (r == DISCARD_MORE)
+        task_post(&l->more);
+    else if (r != DISCARD_AGAIN)
+        linger_end(l);   /* the peer closed too, or the connection failed */
 }
 
 void lingerer::on_io(unsigned)
@@ -316,7 +322,6 @@ void sock_close_lingering(int fd, uint32_t ms)
         delete l;
         return;
     }
-    lingering_n++;
     l->next = lingerers;
     if (lingerers)
         lingerers->prev = l;
@@ -331,7 +336,10 @@ void sock_close_lingering(int fd, uint32_t ms)
 
 size_t sock_lingering(void)
 {
-    return lingering_n;
+    size_t n = 0;
+    for (lingerer *l = lingerers; l; l = l->next)
+        n++;
+    return n;
 }
 
 void sock_lingering_end(void)
