@@ -81,6 +81,8 @@ struct stream : deferred {
 
     bool fin_sent = false, fin_recv = false;
     bool waiting_tx = false;     /* on t->tx_waiters */
+    uint32_t tx_round = 0;       /* the round of turns tx_used counts in */
+    uint32_t tx_used = 0;        /* bytes sent in that round */
     stream *wnext = nullptr;     /* tx_waiters link */
     bool want_credit = false;
     task wake;                   /* runs end->on_writable() */
@@ -148,6 +150,10 @@ struct tunnel : io_handler, deferred {
     ring rxr, txr;
     std::string tx_overflow;     /* control frames that found tx full */
     stream *tx_waiters = nullptr, *tx_waiters_tail = nullptr;
+    uint32_t tx_round = 0;       /* rounds of turns (tunnel_flush): each stream may */
+    uint32_t tx_share = 0;       /* send tx_share in a round; 0: no limit */
+    size_t tx_cap = 0;           /* bytes of DATA tx may hold (tx_tune) */
+    uint64_t tuned_at = 0;       /* now_ms() of its last reading of the rate */
     task flush_task, read_task;
     task overflow_task;          /* closes the tunnel once control frames overflowed */
     bool overflowed = false;     /* tx_overflow passed its cap: no more frames, closing */

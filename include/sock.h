@@ -82,6 +82,14 @@ static inline bool addr_list_more(const addr_list *l) { return l && l->next < l-
 /* The result of a nonblocking connect: 0 connected, else the errno. */
 int sock_connect_result(int fd);
 void sock_nodelay(int fd);
+/* Let the kernel hold at most bytes not yet sent (TCP_NOTSENT_LOWAT, where
+ * the system has it): the rest waits in our buffers, where later data of
+ * other streams can still pass it. */
+void sock_notsent_lowat(int fd, int bytes);
+/* The rate TCP lets fd send at now, in bytes per second: its congestion
+ * window over its smoothed round-trip time. 0 where the system does not
+ * tell. */
+uint64_t sock_send_rate(int fd);
 /* On close, send RST instead of FIN (to carry a reset). */
 void sock_linger0(int fd);
 /* Close fd after our last bytes (a lingering close): shut our write side,

@@ -21,6 +21,12 @@
 #define OVERFLOW_MAX (1024 * 1024)   /* a peer that never reads our control frames */
 #define PASS_MAX (256 * 1024)        /* bytes read from the tunnel per loop pass */
 #define STREAM_RX_MIN (16 * 1024)    /* first buffer of a stream whose reader lags */
+#define TURN_MIN (4 * 1024)          /* the least share of tx room a woken stream gets */
+#define TX_RING_MS 10                /* DATA in tx: this long at the tunnel's rate, */
+#define TX_UNSENT_MS 40              /* bytes the kernel holds unsent: this long, */
+#define TX_QUEUE_MIN (64 * 1024)     /* but each at least this much, */
+#define TX_UNSENT_MAX (4096 * 1024)  /* and at most all of tx, or this */
+#define TX_TUNE_MS 100               /* how often a busy tunnel rereads its rate */
 #define CALL_FRAMES 16               /* DATA frames per readv() or writev(): 256 KiB */
 
 static void tunnel_flush(void *arg);
@@ -78,6 +84,10 @@ static size_t tx_payload_room(const tunnel *t)
     if (!t->tx_overflow.empty())
         return 0;
     size_t room = ring_room(&t->txr);
+    /* DATA fills the ring only up to tx_cap: what waits there, every
+     * stream's next frame waits behind */
+    if (t->txr.data + room > t->tx_cap + CTL_RESERVE)
+        room = t->txr.data < t->tx_cap ? t->tx_cap + CTL_RESERVE - t->txr.data : CTL_RESERVE;
     if (room <= CTL_RESERVE + FRAME_HDR)
         return 0;
     room -= CTL_RESERVE;
@@ -131,11 +141,28 @@ size_t stream_send_room(stream *s)
         wait_tx(s);
         return 0;
     }
+    /* a round of turns is on (streams woke for room): each gets its share
+     * of it, so that the first woken does not take it all and leave the
+     * others to wait again behind it, round after round */
+    if (t->tx_share) {
+        if (s->tx_round != t->tx_round) {
+            s->tx_round = t->tx_round;
+            s->tx_used = 0;
+        }
+        if (s->tx_used >= t->tx_share) {
+            wait_tx(s);
+            return 0;
+        }
+        if (room > t->tx_share - s->tx_used)
+            room = t->tx_share - s->tx_used;
+    }
     return room < (uint64_t)s->send_credit ? room : (size_t)s->send_credit;
 }
 
 static void account_sent(stream *s, size_t n)
 {
+    if (s->tx_round == s->t->tx_round)
+        s->tx_used += (uint32_t)n;
     s->send_credit -= (int64_t)n;
     s->bytes_out += n;
     s->t->bytes_out += n;
@@ -693,6 +720,30 @@ tunnel::~tunnel()
     ring_free(&txr);
 }
 
+/* The tunnel's connection is what limits it (tx filled up): size the two
+ * queues every stream's next frame waits behind to the rate the connection
+ * sends at now, TX_RING_MS of it for DATA in tx (tx_cap) and TX_UNSENT_MS
+ * for bytes the kernel holds unsent (TCP_NOTSENT_LOWAT). A fixed size is
+ * seconds on a slow link, or too little to keep a fast one busy; where the
+ * system does not tell the rate, tx is all DATA's as before. */
+static void tx_tune(tunnel *t)
+{
+    uint64_t now = now_ms();
+    if (now - t->tuned_at < TX_TUNE_MS)
+        return;
+    t->tuned_at = now;
+    uint64_t rate = sock_send_rate(t->tr->fd);
+    uint64_t ring = rate * TX_RING_MS / 1000, unsent = rate * TX_UNSENT_MS / 1000;
+    if (rate == 0 || ring > TX_RING - CTL_RESERVE)
+        ring = TX_RING - CTL_RESERVE;
+    else if (ring < TX_QUEUE_MIN)
+        ring = TX_QUEUE_MIN;
+    t->tx_cap = (size_t)ring;
+    if (rate)
+        sock_notsent_lowat(t->tr->fd, (int)(unsent < TX_QUEUE_MIN ? TX_QUEUE_MIN
+                                            : unsent > TX_UNSENT_MAX ? TX_UNSENT_MAX : unsent));
+}
+
 static void tunnel_flush(void *arg)
 {
     tunnel *t = (tunnel *)arg;
@@ -725,12 +776,29 @@ static void tunnel_flush(void *arg)
         }
         return tunnel_close(t, GA_PROTOCOL, t->tr->error());
     }
-    /* wake the streams that waited for room, in order; each may fill the
-     * ring again, the rest keep waiting */
-    while (t->tx_waiters && tx_payload_room(t) >= FRAME_MAX_DATA) {
-        stream *s = t->tx_waiters;
-        unwait_tx(s);
-        task_post(&s->wake);
+    if (!t->can_write)
+        tx_tune(t);
+    /* a new round of turns: wake the streams that waited for room, each
+     * with an equal share of it (several wait) or all of it (one); those
+     * that got nothing in the last round go first, then the others, each
+     * group in the order it waited */
+    size_t room = tx_payload_room(t);
+    if (t->tx_waiters && room >= FRAME_MAX_DATA) {
+        stream *list = t->tx_waiters;
+        uint32_t n = 0, last = t->tx_round++;
+        for (stream *s = list; s; s = s->wnext)
+            n++;
+        t->tx_share = n < 2 ? 0 : (uint32_t)(room / n > TURN_MIN ? room / n : TURN_MIN);
+        t->tx_waiters = t->tx_waiters_tail = nullptr;
+        for (int served = 0; served < 2; served++)
+            for (stream *s = list; s; s = s->wnext)
+                if ((s->tx_round == last && s->tx_used > 0) == (served == 1))
+                    task_post(&s->wake);
+        for (stream *s = list, *next; s; s = next) {
+            next = s->wnext;
+            s->wnext = nullptr;
+            s->waiting_tx = false;
+        }
     }
 }
 
@@ -1212,6 +1280,10 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
     t->started = t->last_rx = now_ms();
     if (cf.is_server)
         RAND_bytes(t->nonce, NONCE_LEN);
+    /* until tx_tune() knows the rate, the queues every stream waits
+     * behind start short */
+    t->tx_cap = TX_QUEUE_MIN;
+    sock_notsent_lowat(tr->fd, TX_QUEUE_MIN);
     if (ring_alloc(&t->rxr, RX_RING) < 0 || ring_alloc(&t->txr, TX_RING) < 0) {
         delete t;
         return nullptr;

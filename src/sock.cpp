@@ -241,6 +241,30 @@ void sock_nodelay(int fd)
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
 }
 
+void sock_notsent_lowat(int fd, int bytes)
+{
+#ifdef TCP_NOTSENT_LOWAT
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &bytes, sizeof bytes);
+#else
+    (void)fd;
+    (void)bytes;
+#endif
+}
+
+uint64_t sock_send_rate(int fd)
+{
+#if defined(__linux__) && defined(TCP_INFO)
+    struct tcp_info ti;
+    socklen_t len = sizeof ti;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_rtt == 0)
+        return 0;
+    return (uint64_t)ti.tcpi_snd_cwnd * ti.tcpi_snd_mss * 1000000 / ti.tcpi_rtt;
+#else
+    (void)fd;
+    return 0;
+#endif
+}
+
 void sock_linger0(int fd)
 {
     struct linger l = {1, 0};

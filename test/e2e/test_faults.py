@@ -226,6 +226,80 @@ def faults_quit_over_a_slow_link_delivers_everything(ctx):
     assert c.stop() == 0
 
 
+@test(timeout=120)
+def faults_interactive_stream_beside_bulk_downloads(ctx):
+    """Over a 20 Mbit/s link (10 ms each way), 64-byte round trips on one
+    stream while four others download as fast as the link goes: each round
+    trip waits behind the tunnel's queues, so they must stay short. The
+    bound, 250 ms at the median, is what 600 KiB take on that link. With a
+    512 KiB transmit buffer filled first come first served and the kernel
+    let hold megabytes unsent it was 1.05 s; turns shared among the streams
+    waiting for room, and both queues sized to the link's rate (10 ms of
+    it in ours, 40 ms unsent in the kernel, 64 KiB at least), bring it to
+    about 0.13 s. The downloads keep the link busy all the while."""
+    ns_s, ns_c = Netns(ctx), Netns(ctx)
+    ln = LossyLink(ctx, ns_s, ns_c, 15, delay_ms=10, rate_mbit=20, limit=300)
+
+    def source(c):
+        blk = b"z" * 65536
+        try:
+            while True:
+                c.sendall(blk)
+        except OSError:
+            pass
+    echo = ns_tcp_server(ctx, ns_c, echo_handler)
+    bulk = ns_tcp_server(ctx, ns_c, source)
+    maps = tcp_mapping("echo", echo.port, PUB) + tcp_mapping("bulk", bulk.port, PUB + 1)
+    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %d-%d\n"
+                 % (ln.ip_a, PUB, PUB + 1)).start()
+    s.wait_log(r"listening for tunnels")
+    c = NsDaemon(ctx, ns_c, "client", "[client]\nserver = %s:7000\n\n%s" % (ln.ip_a, maps)).start()
+    c.wait_log(r"mapping registered", count=2, timeout=20)
+    e = ns_s.connect((ln.ip_a, PUB), timeout=10)
+    e.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def rtt():
+        t0 = time.monotonic()
+        e.sendall(b"x" * 64)
+        got = 0
+        while got < 64:
+            d = e.recv(64 - got)
+            assert d
+            got += len(d)
+        return (time.monotonic() - t0) * 1000
+    idle = sorted(rtt() for _ in range(10))[5]
+    downs = [ns_s.connect((ln.ip_a, PUB + 1), timeout=10) for _ in range(4)]
+    moved = [0]
+    stop = []
+
+    def reader():
+        while not stop:
+            for d in downs:
+                moved[0] += len(d.recv(1 << 20))
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    wait_until(lambda: moved[0] > 4 * MiB, 20, "the downloads to fill the link")
+    m0, t0 = moved[0], time.monotonic()
+    busy = []
+    for _ in range(30):
+        busy.append(rtt())
+        time.sleep(0.03)
+    rate = (moved[0] - m0) * 8 / (time.monotonic() - t0) / 1e6
+    stop.append(True)
+    busy.sort()
+    p50 = busy[len(busy) // 2]
+    print("    round trip idle %.0f ms; beside 4 downloads p50 %.0f, max %.0f ms; downloads %.1f Mbit/s"
+          % (idle, p50, busy[-1], rate))
+    assert rate > 12, "the downloads moved only %.1f Mbit/s" % rate
+    assert p50 < 250, "round trips beside the downloads: p50 %.0f ms" % p50
+    th.join(5)
+    e.close()
+    for d in downs:
+        d.close()
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
 LFP_MBIT = 100      # the long fat pipe: rate and one-way delay, both directions
 LFP_DELAY_MS = 50
 
