@@ -725,7 +725,7 @@ tunnel::~tunnel()
  * sends at now, TX_RING_MS of it for DATA in tx (tx_cap) and TX_UNSENT_MS
  * for bytes the kernel holds unsent (TCP_NOTSENT_LOWAT). A fixed size is
  * seconds on a slow link, or too little to keep a fast one busy; where the
- * system does not tell the rate, tx is all DATA's as before. */
+ * system does not tell the rate, both are as large as they go. */
 static void tx_tune(tunnel *t)
 {
     uint64_t now = now_ms();
@@ -738,10 +738,12 @@ static void tx_tune(tunnel *t)
         ring = TX_RING - CTL_RESERVE;
     else if (ring < TX_QUEUE_MIN)
         ring = TX_QUEUE_MIN;
+    if (rate == 0 || unsent > TX_UNSENT_MAX)
+        unsent = TX_UNSENT_MAX;
+    else if (unsent < TX_QUEUE_MIN)
+        unsent = TX_QUEUE_MIN;
     t->tx_cap = (size_t)ring;
-    if (rate)
-        sock_notsent_lowat(t->tr->fd, (int)(unsent < TX_QUEUE_MIN ? TX_QUEUE_MIN
-                                            : unsent > TX_UNSENT_MAX ? TX_UNSENT_MAX : unsent));
+    sock_notsent_lowat(t->tr->fd, (int)unsent);
 }
 
 static void tunnel_flush(void *arg)
@@ -1332,10 +1334,12 @@ tunnel_conf tunnel_conf_of(const conf &cf, bool is_server)
 
 bool tunnel_dgram_room(const tunnel *t)
 {
-    /* datagrams only while the ring is mostly empty: a busy tunnel is
-     * busy with streams, and they come first; a quarter of the ring always
-     * holds a datagram of the largest size */
-    return t->state == TS_READY && t->tx_overflow.empty() && t->txr.data <= TX_RING / 4;
+    /* datagrams only while the ring holds under a quarter of what DATA may
+     * fill it with: a busy tunnel is busy with streams, and they come first
+     * (at 3/4 of tx_cap and more, datagrams would keep the ring above the
+     * level where waiting streams are woken); the ring's room beyond that
+     * always holds a datagram of the largest size */
+    return t->state == TS_READY && t->tx_overflow.empty() && t->txr.data <= t->tx_cap / 4;
 }
 
 int tunnel_send_dgram(tunnel *t, uint32_t flow, uint32_t idx, const void *p, size_t len)
