@@ -6,9 +6,16 @@
  */
 #include "reactor-backend.h"
 #include "fake_backend.h"
+#include "sock.h"
 
 int fake_backend_fail_add;  /* next backend_add() calls that fail */
 int fake_backend_handlers;  /* registered, for leak checks */
+uint64_t fake_send_rate;    /* what sock_send_rate() says, bytes a second */
+
+/* The tunnel's TCP, as mux.cpp asks it (sock.cpp needs the whole daemon). */
+uint64_t sock_send_rate(int) { return fake_send_rate; }
+void sock_notsent_lowat(int, int) {}
+void sock_close_lingering(int, uint32_t) {}    /* the fake transports' fds are not open */
 
 int backend_init(void) { return 0; }
 void backend_free(void) {}

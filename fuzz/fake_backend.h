@@ -4,6 +4,7 @@
 
 extern int fake_backend_fail_add;
 extern int fake_backend_handlers;
+extern uint64_t fake_send_rate;
 void fake_reactor_pass(void);
 
 #endif

@@ -478,6 +478,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!rng_state)
         rng_state = 1;
 
+    /* the rate the tunnel's TCP tells: unknown, or one that caps DATA in
+     * tx anywhere from 64 KiB to the whole ring */
+    fake_send_rate = chance(4) ? 0 : (uint64_t)(rnd() % 64) << 20;
+
     std::vector<uint8_t> in;
     if (c0 & 4) {
         uint8_t p[PREFACE_LEN];
