@@ -24,8 +24,10 @@
 #define TURN_MIN (4 * 1024)          /* the least share of tx room a woken stream gets */
 #define TX_RING_MS 10                /* DATA in tx: this long at the tunnel's rate, */
 #define TX_UNSENT_MS 40              /* bytes the kernel holds unsent: this long, */
-#define TX_QUEUE_MIN (64 * 1024)     /* but each at least this much, */
-#define TX_UNSENT_MAX (4096 * 1024)  /* and at most all of tx, or this */
+#define TX_RING_MIN (32 * 1024)      /* DATA in tx at least two frames (waiting
+                                        streams wake at FRAME_MAX_DATA of room), */
+#define TX_UNSENT_MIN (16 * 1024)    /* unsent at least this, */
+#define TX_UNSENT_MAX (4096 * 1024)  /* and at most this (DATA: all of tx) */
 #define TX_TUNE_MS 100               /* how often a busy tunnel rereads its rate */
 #define CALL_FRAMES 16               /* DATA frames per readv() or writev(): 256 KiB */
 
@@ -736,12 +738,12 @@ static void tx_tune(tunnel *t)
     uint64_t ring = rate * TX_RING_MS / 1000, unsent = rate * TX_UNSENT_MS / 1000;
     if (rate == 0 || ring > TX_RING - CTL_RESERVE)
         ring = TX_RING - CTL_RESERVE;
-    else if (ring < TX_QUEUE_MIN)
-        ring = TX_QUEUE_MIN;
+    else if (ring < TX_RING_MIN)
+        ring = TX_RING_MIN;
     if (rate == 0 || unsent > TX_UNSENT_MAX)
         unsent = TX_UNSENT_MAX;
-    else if (unsent < TX_QUEUE_MIN)
-        unsent = TX_QUEUE_MIN;
+    else if (unsent < TX_UNSENT_MIN)
+        unsent = TX_UNSENT_MIN;
     t->tx_cap = (size_t)ring;
     sock_notsent_lowat(t->tr->fd, (int)unsent);
 }
@@ -1284,8 +1286,8 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
         RAND_bytes(t->nonce, NONCE_LEN);
     /* until tx_tune() knows the rate, the queues every stream waits
      * behind start short */
-    t->tx_cap = TX_QUEUE_MIN;
-    sock_notsent_lowat(tr->fd, TX_QUEUE_MIN);
+    t->tx_cap = TX_RING_MIN;
+    sock_notsent_lowat(tr->fd, TX_UNSENT_MIN);
     if (ring_alloc(&t->rxr, RX_RING) < 0 || ring_alloc(&t->txr, TX_RING) < 0) {
         delete t;
         return nullptr;
