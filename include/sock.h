@@ -87,9 +87,9 @@ void sock_nodelay(int fd);
  * other streams can still pass it. */
 void sock_notsent_lowat(int fd, int bytes);
 /* The rate TCP lets fd send at now, in bytes per second: its congestion
- * window over its smoothed round-trip time. 0 where the system does not
- * tell. */
-uint64_t sock_send_rate(int fd);
+ * window (*window, bytes) over its smoothed round-trip time. 0 (and
+ * *window 0) where the system does not tell. */
+uint64_t sock_send_rate(int fd, uint64_t *window);
 /* On close, send RST instead of FIN (to carry a reset). */
 void sock_linger0(int fd);
 /* Close fd after our last bytes (a lingering close): shut our write side,

@@ -23,7 +23,6 @@
 #define STREAM_RX_MIN (16 * 1024)    /* first buffer of a stream whose reader lags */
 #define TURN_MIN (4 * 1024)          /* the least share of tx room a woken stream gets */
 #define TX_RING_MS 10                /* DATA in tx: this long at the tunnel's rate, */
-#define TX_UNSENT_MS 40              /* bytes the kernel holds unsent: this long, */
 #define TX_RING_MIN (32 * 1024)      /* DATA in tx at least two frames (waiting
                                         streams wake at FRAME_MAX_DATA of room), */
 #define TX_UNSENT_MIN (16 * 1024)    /* unsent at least this, */
@@ -723,9 +722,11 @@ tunnel::~tunnel()
 }
 
 /* The tunnel's connection is what limits it (tx filled up): size the two
- * queues every stream's next frame waits behind to the rate the connection
- * sends at now, TX_RING_MS of it for DATA in tx (tx_cap) and TX_UNSENT_MS
- * for bytes the kernel holds unsent (TCP_NOTSENT_LOWAT). A fixed size is
+ * queues every stream's next frame waits behind to the connection as it is
+ * now: DATA in tx (tx_cap) to TX_RING_MS of the rate it sends at, and the
+ * bytes the kernel holds unsent (TCP_NOTSENT_LOWAT) to half its congestion
+ * window, which is what TCP needs at hand to keep a long path full, and no
+ * more than half a round trip's worth on a short one. A fixed size is
  * seconds on a slow link, or too little to keep a fast one busy; where the
  * system does not tell the rate, both are as large as they go. */
 static void tx_tune(tunnel *t)
@@ -734,8 +735,9 @@ static void tx_tune(tunnel *t)
     if (now - t->tuned_at < TX_TUNE_MS)
         return;
     t->tuned_at = now;
-    uint64_t rate = sock_send_rate(t->tr->fd);
-    uint64_t ring = rate * TX_RING_MS / 1000, unsent = rate * TX_UNSENT_MS / 1000;
+    uint64_t window;
+    uint64_t rate = sock_send_rate(t->tr->fd, &window);
+    uint64_t ring = rate * TX_RING_MS / 1000, unsent = window / 2;
     if (rate == 0 || ring > TX_RING - CTL_RESERVE)
         ring = TX_RING - CTL_RESERVE;
     else if (ring < TX_RING_MIN)

@@ -251,14 +251,16 @@ void sock_notsent_lowat(int fd, int bytes)
 #endif
 }
 
-uint64_t sock_send_rate(int fd)
+uint64_t sock_send_rate(int fd, uint64_t *window)
 {
+    *window = 0;
 #if defined(__linux__) && defined(TCP_INFO)
     struct tcp_info ti;
     socklen_t len = sizeof ti;
     if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 || ti.tcpi_rtt == 0)
         return 0;
-    return (uint64_t)ti.tcpi_snd_cwnd * ti.tcpi_snd_mss * 1000000 / ti.tcpi_rtt;
+    *window = (uint64_t)ti.tcpi_snd_cwnd * ti.tcpi_snd_mss;
+    return *window * 1000000 / ti.tcpi_rtt;
 #else
     (void)fd;
     return 0;
