@@ -726,9 +726,12 @@ tunnel::~tunnel()
  * now: DATA in tx (tx_cap) to TX_RING_MS of the rate it sends at, and the
  * bytes the kernel holds unsent (TCP_NOTSENT_LOWAT) to half its congestion
  * window, which is what TCP needs at hand to keep a long path full, and no
- * more than half a round trip's worth on a short one. A fixed size is
- * seconds on a slow link, or too little to keep a fast one busy; where the
- * system does not tell the rate, both are as large as they go. */
+ * more than half a round trip's worth on a short one; but never less than
+ * TX_RING_MS of the rate (on loopback half a window is a few hundred KiB,
+ * a wakeup for every few hundred KiB moved, where the rate gives 4 MiB).
+ * A fixed size is seconds on a slow link, or too little to keep a fast one
+ * busy; where the system does not tell the rate, both are as large as they
+ * go. */
 static void tx_tune(tunnel *t)
 {
     uint64_t now = now_ms();
@@ -737,7 +740,7 @@ static void tx_tune(tunnel *t)
     t->tuned_at = now;
     uint64_t window;
     uint64_t rate = sock_send_rate(t->tr->fd, &window);
-    uint64_t ring = rate * TX_RING_MS / 1000, unsent = window / 2;
+    uint64_t ring = rate * TX_RING_MS / 1000, unsent = window / 2 > ring ? window / 2 : ring;
     if (rate == 0 || ring > TX_RING - CTL_RESERVE)
         ring = TX_RING - CTL_RESERVE;
     else if (ring < TX_RING_MIN)
