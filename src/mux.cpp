@@ -151,7 +151,10 @@ size_t stream_send_room(stream *s)
             s->tx_used = 0;
         }
         if (s->tx_used >= t->tx_share) {
+            /* the next round starts at the next flush, which its own
+             * bytes may have had already: one is due in any case */
             wait_tx(s);
+            schedule_flush(t);
             return 0;
         }
         if (room > t->tx_share - s->tx_used)

@@ -833,6 +833,24 @@ TEST_CASE("mux: where max_streams x 8 KiB passes tunnel_buffer, streams at the 4
     CHECK_FALSE(p.cli->rx_paused);
 }
 
+TEST_CASE("mux: a stream that used its turn when the transmit buffer has drained gets the next turn")
+{
+    /* a round of turns was on (several streams waited), and this stream
+     * used its share of it; its bytes left long ago, and it has credit
+     * again: the next round must come without anyone else sending (it
+     * waited for the heartbeat before) */
+    lag_pair p;
+    stream *cl;
+    stream *s = p.open(4096, &cl);
+    REQUIRE(run_until([&] { return p.srv->txr.data == 0; }));
+    p.srv->tx_share = 4096;
+    s->tx_round = p.srv->tx_round;
+    s->tx_used = 4096;
+    CHECK(stream_send_room(s) == 0);
+    REQUIRE(run_until([&] { return stream_send_room(s) > 0; }, 1000));
+    CHECK_FALSE(p.so.down);
+}
+
 /* ---- resolver ---- */
 
 struct resolved_got {
