@@ -42,12 +42,15 @@ enum frame_type {
     FT_REGISTERED = 10, /* sid = mapping index: u8 status, text */
     FT_DGRAM = 11,      /* sid = flow id: u32 mapping index, then one UDP datagram */
     FT_UNREGISTER = 12, /* sid = mapping index: the client dropped it (reload) */
+    FT_RECLAIM = 13,    /* sid: u32 credit a receiver asks back; FL_ACK: what the
+                           sender gives back (only to a peer whose HELLO had FL_RECLAIM) */
     FT_MAX
 };
 
 /* FL_BLOCKED on DATA: this frame used the last of the sender's credit and
- * it had more to send (the receiver may grow the window; see PROTOCOL.md). */
-enum frame_flags { FL_FIN = 1, FL_ACK = 1, FL_BLOCKED = 2 };
+ * it had more to send (the receiver may grow the window; see PROTOCOL.md).
+ * FL_RECLAIM on HELLO: the sender answers RECLAIM (older ones never get it). */
+enum frame_flags { FL_FIN = 1, FL_ACK = 1, FL_BLOCKED = 2, FL_RECLAIM = 4 };
 
 enum reset_code {
     RST_CANCEL = 0,     /* closed by the other end */

@@ -76,6 +76,9 @@ struct stream : deferred {
     int64_t rx_avail = 0;        /* credit the peer still holds */
     uint32_t rx_consumed = 0;    /* consumed since the last WINDOW */
     bool rx_starved = false;     /* the peer ran out of credit since the last WINDOW */
+    uint32_t rx_at = 0;          /* (uint32_t)now_ms() of its last DATA, or its open */
+    bool rx_topup = false;       /* top_up at its next DATA (given back, or short at its open) */
+    uint32_t rx_reclaim = 0;     /* credit asked back (RECLAIM), not answered yet */
     ring rx;                     /* what the end could not take yet; allocated on demand */
     size_t rx_last = 0;          /* the size rx had when it was last drained and freed */
 
@@ -135,6 +138,9 @@ struct tunnel_conf {
     uint32_t max_streams = 4096;
     uint32_t handshake_timeout_ms = 10000;
     uint32_t drain_ms = 10000;    /* shutdown_timeout: how long orphans may drain */
+    uint32_t idle_ms = 1000;      /* a stream without DATA this long gives its grown window
+                                     back when another cannot grow (idle_sweep) */
+    bool reclaim = true;          /* announce and answer RECLAIM (false: as older versions) */
     uint8_t client_id[16] = {};  /* client: sent in HELLO */
 };
 
@@ -164,6 +170,9 @@ struct tunnel : io_handler, deferred {
     uint32_t peer_window = 0;    /* the peer's initial window */
     uint64_t rx_buffered = 0;    /* bytes held in stream rx rings */
     uint64_t windows_sum = 0;    /* sum of rx windows, capped by tunnel_buffer */
+    bool peer_reclaims = false;  /* its HELLO had FL_RECLAIM: idle windows shrink */
+    timer idle_timer;            /* idle_sweep, armed when a window could not grow */
+    uint64_t swept_at = 0;       /* now_ms() of the last idle_sweep */
     uint8_t nonce[NONCE_LEN];
     uint32_t hb_ms = 0;          /* agreed heartbeat */
     uint64_t last_rx = 0;

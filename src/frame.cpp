@@ -24,6 +24,7 @@ static uint32_t max_payload(uint8_t type)
     switch (type) {
     case FT_DATA: return FRAME_MAX_DATA;
     case FT_WINDOW: return 4;
+    case FT_RECLAIM: return 4;
     case FT_PING: return 8;
     case FT_AUTH: return MAC_LEN;
     case FT_READY: return 0;
@@ -249,7 +250,7 @@ const char *frame_type_name(uint8_t type)
 {
     static const char *const names[] = {"DATA", "OPEN", "WINDOW", "RESET", "PING", "GOAWAY",
                                         "HELLO", "AUTH", "READY", "REGISTER", "REGISTERED", "DGRAM",
-                                        "UNREGISTER"};
+                                        "UNREGISTER", "RECLAIM"};
     return type < FT_MAX ? names[type] : "UNKNOWN";
 }
 

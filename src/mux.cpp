@@ -29,8 +29,12 @@
 #define TX_UNSENT_MAX (4096 * 1024)  /* and at most this (DATA: all of tx) */
 #define TX_TUNE_MS 100               /* how often a busy tunnel rereads its rate */
 #define CALL_FRAMES 16               /* DATA frames per readv() or writev(): 256 KiB */
+#define RECLAIM_BATCH 1024           /* RECLAIMs an idle sweep sends at most, */
+#define SWEEP_GAP_MS 250             /* and it runs at most this often */
 
 static void tunnel_flush(void *arg);
+static void top_up(stream *s);
+static void idle_kick(tunnel *t);
 static void tunnel_read(tunnel *t);
 static void wake_stream(void *arg);
 
@@ -340,6 +344,20 @@ static bool may_grow(const tunnel *t, uint64_t more)
     return t->windows_sum + more + reserve <= t->cf.tunnel_buffer;
 }
 
+/* Grow s's window by more bytes if the budget allows (may_grow); if not,
+ * the budget is short, and quiet streams are asked for theirs (idle_sweep). */
+static bool grow_window(stream *s, uint32_t more)
+{
+    tunnel *t = s->t;
+    if (!may_grow(t, more)) {
+        idle_kick(t);
+        return false;
+    }
+    s->rx_window += more;
+    t->windows_sum += more;
+    return true;
+}
+
 /* Return consumed credit to the sender; grow the window when the sender
  * starved while we were keeping up. */
 static void give_credit(stream *s, bool force)
@@ -352,11 +370,8 @@ static void give_credit(stream *s, bool force)
     uint32_t inc = s->rx_consumed;
     if (s->rx_starved && s->rx.data < s->rx_window / 4 && s->rx_window < t->cf.max_window) {
         uint32_t grow = min32(s->rx_window, t->cf.max_window - s->rx_window);
-        if (may_grow(t, grow)) {
-            s->rx_window += grow;
-            t->windows_sum += grow;
+        if (grow_window(s, grow))
             inc += grow;
-        }
     }
     s->rx_starved = false;
     s->rx_consumed = 0;
@@ -377,7 +392,13 @@ void stream_rx_consume(stream *s, size_t n)
     ring_consume(&s->rx, n);
     if (t)
         t->rx_buffered -= n;
-    s->rx_consumed += (uint32_t)n;
+    if (!s->fin_recv) {
+        s->rx_consumed += (uint32_t)n;
+    } else {   /* nothing goes back after the FIN: the window shrinks to what is held */
+        s->rx_window -= (uint32_t)n;
+        if (t)
+            t->windows_sum -= n;
+    }
     if (s->rx.data == 0 && s->rx.area) {
         s->rx_last = s->rx.size;
         rx_release(s);   /* idle streams hold no buffers */
@@ -398,6 +419,14 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
     s->rx_avail -= (int64_t)len;
     s->bytes_in += len;
     t->bytes_in += len;
+    s->rx_at = (uint32_t)now_ms();
+    /* the first DATA since its window was given back (idle_sweep): it
+     * starts again as a new stream's does */
+    if (s->rx_topup) {
+        s->rx_topup = false;
+        if (!fin)
+            top_up(s);
+    }
     size_t took = 0;
     if (len > 0 && s->rx.data == 0 && s->end) {
         took = s->end->on_data(iov, n, len);
@@ -449,8 +478,16 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
         s->rx_consumed += (uint32_t)took;
         give_credit(s, false);
     }
-    if (fin)
+    if (fin) {
+        /* no more DATA comes and no credit goes back: the window is what
+         * is held (stream_rx_consume), the rest commits nothing */
+        uint64_t done = (uint64_t)s->rx_avail + s->rx_consumed;
         s->fin_recv = true;
+        s->rx_window -= (uint32_t)done;
+        t->windows_sum -= done;
+        s->rx_avail = 0;
+        s->rx_consumed = 0;
+    }
     if ((fin || took < len) && s->end)
         s->end->on_rx_ready();
     return 0;
@@ -469,14 +506,79 @@ static void top_up(stream *s)
     if (s->rx_window >= t->cf.window)
         return;
     uint32_t more = t->cf.window - s->rx_window;
-    if (!may_grow(t, more))
-        return;   /* busy tunnel: this one grows when it needs to (give_credit) */
-    s->rx_window += more;
+    if (!grow_window(s, more)) {
+        s->rx_topup = true;   /* short now: again at its next DATA */
+        return;
+    }
     s->rx_avail += more;
-    t->windows_sum += more;
     uint8_t b[4];
     put_u32(b, more);
     send_ctl(t, FT_WINDOW, 0, s->sid, b, 4);
+}
+
+/*
+ * Windows over the initial one (top_up, give_credit) commit part of
+ * tunnel_buffer for as long as they last; streams that went quiet would
+ * keep new ones at the initial window. So when a window cannot grow, a
+ * sweep asks back (RECLAIM) what each quiet stream (no DATA for idle_ms,
+ * nothing buffered) holds over the initial window. The peer answers with
+ * the credit it gives up (RECLAIM ACK), and only then does the window
+ * shrink, so no byte it may still send is ever over the window. While the
+ * budget is not short, quiet streams keep their windows, and a burst after
+ * a pause needs no round trip to get one back. Peers that do not answer
+ * RECLAIM (their HELLO has no FL_RECLAIM) keep their windows, as before.
+ */
+static void idle_sweep(void *arg)
+{
+    tunnel *t = (tunnel *)arg;
+    uint32_t base = initial_window(t), now = (uint32_t)now_ms(), sent = 0;
+    t->swept_at = now_ms();
+    for (auto &it : t->streams) {
+        stream *s = it.second;
+        if (s->rx_window <= base || s->rx_reclaim || s->fin_recv || s->rx.data || now - s->rx_at < t->cf.idle_ms)
+            continue;
+        if (sent++ == RECLAIM_BATCH)
+            return idle_kick(t);   /* the rest in the next sweep */
+        uint8_t b[4];
+        s->rx_reclaim = s->rx_window - base;
+        put_u32(b, s->rx_reclaim);
+        send_ctl(t, FT_RECLAIM, 0, s->sid, b, 4);
+    }
+}
+
+static void idle_kick(tunnel *t)
+{
+    if (!t->peer_reclaims || t->idle_timer.armed())
+        return;
+    uint64_t next = t->swept_at + SWEEP_GAP_MS, now = now_ms();
+    timer_arm(&t->idle_timer, next > now ? next - now : 0);
+}
+
+/* RECLAIM: the peer asks back credit it granted us (we give what we have
+ * unused, up to that), or answers ours (FL_ACK: what it gave up). */
+static int on_reclaim(tunnel *t, stream *s, uint8_t flags, uint32_t n)
+{
+    if (!(flags & FL_ACK)) {
+        uint32_t give = s->send_credit <= 0 ? 0 : n < s->send_credit ? n : (uint32_t)s->send_credit;
+        s->send_credit -= give;
+        uint8_t b[4];
+        put_u32(b, give);
+        send_ctl(t, FT_RECLAIM, FL_ACK, s->sid, b, 4);
+        return 0;
+    }
+    if (s->rx_reclaim == 0 || n > s->rx_reclaim)
+        return -1;
+    s->rx_reclaim = 0;
+    if (!s->fin_recv) {   /* after the FIN, the unused credit went already */
+        s->rx_window -= n;
+        s->rx_avail -= n;
+        t->windows_sum -= n;
+        s->rx_topup = true;
+        /* what the end consumed and we have not returned yet may now be
+         * all the window holds: without it the peer could never send again */
+        give_credit(s, false);
+    }
+    return 0;
 }
 
 stream::~stream()
@@ -490,6 +592,7 @@ static stream *stream_new(tunnel *t, uint32_t sid)
     stream *s = new stream;
     s->t = t;
     s->sid = sid;
+    s->rx_at = (uint32_t)now_ms();
     s->send_credit = t->peer_window;
     s->rx_window = initial_window(t);
     s->rx_avail = s->rx_window;
@@ -694,6 +797,7 @@ void tunnel_close(tunnel *t, uint8_t code, const char *why_)
     timer_cancel(&t->hb_timer);
     timer_cancel(&t->hs_timer);
     timer_cancel(&t->dead_timer);
+    timer_cancel(&t->idle_timer);
     /* a stop or a GOAWAY closes the streams; a tunnel lost under them
      * resets them, so a truncated transfer does not look complete */
     if (code != GA_NORMAL && code != GA_SHUTDOWN)
@@ -716,6 +820,7 @@ tunnel::~tunnel()
     timer_cancel(&hb_timer);
     timer_cancel(&hs_timer);
     timer_cancel(&dead_timer);
+    timer_cancel(&idle_timer);
     task_cancel(&flush_task);
     task_cancel(&read_task);
     task_cancel(&overflow_task);
@@ -827,7 +932,7 @@ static void send_hello(tunnel *t)
     }
     std::string p;
     hello_encode(m, &p);
-    send_ctl_str(t, FT_HELLO, 0, p);
+    send_ctl(t, FT_HELLO, t->cf.reclaim ? FL_RECLAIM : 0, 0, p.data(), p.size());
 }
 
 static void heartbeat(void *arg)
@@ -887,12 +992,13 @@ static void admit(tunnel *t)
     become_ready(t);
 }
 
-static int on_hello(tunnel *t, const uint8_t *p, size_t len)
+static int on_hello(tunnel *t, uint8_t flags, const uint8_t *p, size_t len)
 {
     hello_msg m;
     if (t->state != TS_HELLO || hello_decode(p, len, &m) < 0)
         return -1;
     t->peer_window = m.window;
+    t->peer_reclaims = t->cf.reclaim && (flags & FL_RECLAIM);
     memcpy(t->peer_id, m.client_id, sizeof t->peer_id);
     t->hb_ms = m.heartbeat_ms > t->cf.heartbeat_ms ? m.heartbeat_ms : t->cf.heartbeat_ms;
     timer_arm(&t->hb_timer, t->hb_ms);
@@ -976,7 +1082,7 @@ static int dispatch(tunnel *t, const frame_hdr &h)
     ring_peek(&t->rxr, FRAME_HDR, buf, h.len);
     switch (h.type) {
     case FT_HELLO:
-        if (on_hello(t, buf, h.len) < 0)
+        if (on_hello(t, h.flags, buf, h.len) < 0)
             return protocol_error(t, "bad HELLO");
         return t->state == TS_CLOSED;
     case FT_AUTH: {
@@ -1076,6 +1182,13 @@ static int dispatch(tunnel *t, const frame_hdr &h)
         t->owner->on_registered(t, h.sid, code, text);
         return t->state == TS_CLOSED;
     }
+    case FT_RECLAIM:
+        /* a request only from a peer we told we answer them */
+        if (h.len != 4 || (!(h.flags & FL_ACK) && !t->cf.reclaim) || find_stream(t, h.sid, &s) < 0)
+            return protocol_error(t, "bad RECLAIM for stream %u", h.sid);
+        if (s && on_reclaim(t, s, h.flags, get_u32(buf)) < 0)
+            return protocol_error(t, "stream %u: RECLAIM answer over what was asked", h.sid);
+        return 0;
     case FT_UNREGISTER:
         if (!t->cf.is_server)
             return protocol_error(t, "unexpected UNREGISTER");
@@ -1285,6 +1398,8 @@ tunnel *tunnel_new(transport *tr, const tunnel_conf &cf, tunnel_owner *owner, co
     t->read_task.arg = t;
     t->hb_timer.fn = heartbeat;
     t->hb_timer.arg = t;
+    t->idle_timer.fn = idle_sweep;
+    t->idle_timer.arg = t;
     t->dead_timer.fn = dead_check;
     t->dead_timer.arg = t;
     t->hs_timer.fn = hs_timeout;

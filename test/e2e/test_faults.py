@@ -48,12 +48,13 @@ def ns_pair(ctx, subnet, server_extra="", client_extra="", mappings=None, link="
     return s, c, ln, ns_s, ns_c, echo
 
 
-def daemons_over(ctx, ns_s, ns_c, ln, maps):
+def daemons_over(ctx, ns_s, ns_c, ln, maps, server_extra=""):
     """A server in ns_s and a client in ns_c across ln, the client's maps
     on PUB, PUB + 1, ...: returns (server, client) once all registered."""
     n = maps.count("[mapping ")
     ports = "%d" % PUB if n == 1 else "%d-%d" % (PUB, PUB + n - 1)
-    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %s\n" % (ln.ip_a, ports)).start()
+    s = NsDaemon(ctx, ns_s, "server", "[server]\nbind_addr = %s:7000\nallow_ports = %s\n%s" % (
+        ln.ip_a, ports, server_extra)).start()
     s.wait_log(r"listening for tunnels")
     c = NsDaemon(ctx, ns_c, "client", "[client]\nserver = %s:7000\n\n%s" % (ln.ip_a, maps)).start()
     c.wait_log(r"mapping registered", count=n, timeout=20)
@@ -476,6 +477,79 @@ def faults_long_fat_pipe_one_stream_fills_it(ctx):
           "the tunnel's first stream %.1f, plain TCP outside the tunnel %.1f%s" % (
               how, LFP_MBIT, LFP_DELAY_MS, size // MiB, tunnel, 100 * tunnel / LFP_MBIT, warm, direct, drops))
     assert tunnel >= 0.8 * LFP_MBIT, "one stream moved %.1f Mbit/s, under 80%% of %d" % (tunnel, LFP_MBIT)
+    assert c.stop() == 0
+    assert s.stop() == 0
+
+
+@test(timeout=120)
+def faults_quiet_streams_give_their_windows_back(ctx):
+    """With the defaults (tunnel_buffer 32m, max_streams 4096: new streams
+    start at 4 KiB, are topped up to window = 256k, and 16 MiB is left for
+    windows to grow into), 65 streams that moved 256 KiB each and then stay
+    open without a byte more take all of that 16 MiB (200 KiB each, in
+    fact). A new stream then
+    got 8 KiB of window at most: over a 40 ms round trip, 200 KB/s, about
+    40 s for the 8 MiB it downloads here. Now, when a window cannot grow,
+    streams quiet for a second give back what they hold over the initial
+    window (RECLAIM), and the new one grows: the bound is 10 s for its
+    8 MiB on this 100 Mbit/s link (20 ms each way). Then each quiet
+    stream downloads 64 KiB more, within 10 s for all of them (credit it
+    had consumed and not returned yet must come back with the rest)."""
+    quiet, size = 65, 8 * MiB
+    ns_s, ns_c = Netns(ctx), Netns(ctx)
+    ln = LossyLink(ctx, ns_s, ns_c, 18, delay_ms=20, rate_mbit=100)
+
+    def source(conn):
+        while True:                    # the fetcher says how much, again and again
+            ask = b""
+            while len(ask) < 16:
+                b = conn.recv(16 - len(ask))
+                if not b:
+                    return
+                ask += b
+            conn.sendall(b"\x5a" * int(ask))
+    src = ns_tcp_server(ctx, ns_c, source)
+    s, c = daemons_over(ctx, ns_s, ns_c, ln, tcp_mapping("down", src.port, PUB))
+
+    def ask(want):
+        d = ns_s.connect((ln.ip_a, PUB), timeout=10)
+        d.sendall(b"%16d" % want)
+        return d
+
+    def fetch(d, want, deadline):
+        """Read want bytes from d by deadline (else fail): the seconds it took."""
+        t0 = time.monotonic()
+        buf, n = bytearray(1 << 20), 0
+        while n < want:
+            left = deadline - time.monotonic()
+            assert left > 0, "%d of %d bytes after %.1f s" % (n, want, time.monotonic() - t0)
+            d.settimeout(left)
+            try:
+                k = d.recv_into(buf, min(len(buf), want - n))
+            except socket.timeout:
+                continue
+            assert k, "the stream ended after %d of %d bytes" % (n, want)
+            n += k
+        return time.monotonic() - t0
+    # all at once, so that they go quiet together; 200 KiB is not a whole
+    # number of the 64 KiB (a quarter window) after which credit goes back
+    conns = [ask(200 * 1024) for _ in range(quiet)]
+    for k in conns:
+        fetch(k, 200 * 1024, time.monotonic() + 30)
+    d = ask(size)                                       # at once after them
+    took = fetch(d, size, time.monotonic() + 10)
+    # the streams that gave their windows back work as before
+    t0 = time.monotonic()
+    for k in conns:
+        k.sendall(b"%16d" % (64 * 1024))
+    for k in conns:
+        fetch(k, 64 * 1024, t0 + 10)
+    again = time.monotonic() - t0
+    print("    %d quiet streams open; a new one downloaded %d MiB in %.1f s (%.1f Mbit/s) over 100 Mbit/s, "
+          "20 ms each way; then each quiet one 64 KiB more, all in %.2f s" % (
+              quiet, size // MiB, took, size * 8 / took / 1e6, again))
+    for k in conns + [d]:
+        k.close()
     assert c.stop() == 0
     assert s.stop() == 0
 

@@ -51,7 +51,7 @@ static const type_limit limits[] = {
     {FT_DATA, 16384}, {FT_OPEN, 1024},   {FT_WINDOW, 4},    {FT_RESET, 1024},
     {FT_PING, 8},     {FT_GOAWAY, 1024}, {FT_HELLO, 1024},  {FT_AUTH, 32},
     {FT_READY, 0},    {FT_REGISTER, 16384}, {FT_REGISTERED, 1024}, {FT_DGRAM, 65792},
-    {FT_UNREGISTER, 0},
+    {FT_UNREGISTER, 0}, {FT_RECLAIM, 4},
 };
 
 TEST_CASE("frame: constants of the wire format")
@@ -62,7 +62,7 @@ TEST_CASE("frame: constants of the wire format")
     CHECK(FRAME_MAX_PAYLOAD == 65792);
     CHECK(NONCE_LEN == 32);
     CHECK(MAC_LEN == 32);
-    CHECK(FT_MAX == 13);
+    CHECK(FT_MAX == 14);
     CHECK(sizeof limits / sizeof limits[0] == FT_MAX);
 }
 
@@ -638,7 +638,7 @@ TEST_CASE("frame: names of frame types, reset and goaway codes")
 {
     const char *types[] = {"DATA", "OPEN", "WINDOW", "RESET", "PING", "GOAWAY",
                            "HELLO", "AUTH", "READY", "REGISTER", "REGISTERED", "DGRAM",
-                           "UNREGISTER"};
+                           "UNREGISTER", "RECLAIM"};
     for (int i = 0; i < FT_MAX; i++)
         CHECK(std::string(frame_type_name((uint8_t)i)) == types[i]);
     for (int i = FT_MAX; i <= 255; i++)

@@ -163,14 +163,15 @@ struct pair {
     test_owner so, co;
     tunnel *srv = nullptr, *cli = nullptr;
 
-    explicit pair(const tunnel_conf &base = tunnel_conf())
+    /* cc_own: the client's settings, where they differ from the server's */
+    explicit pair(const tunnel_conf &base = tunnel_conf(), const tunnel_conf *cc_own = nullptr)
     {
         up();
         REQUIRE(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds) == 0);
         int big = 4 << 20;
         setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
         setsockopt(fds[1], SOL_SOCKET, SO_SNDBUF, &big, sizeof big);
-        tunnel_conf sc = base, cc = base;
+        tunnel_conf sc = base, cc = cc_own ? *cc_own : base;
         sc.is_server = true;
         srv = tunnel_new(plain_transport_new(fds[0]), sc, &so, "test-server");
         cli = tunnel_new(plain_transport_new(fds[1]), cc, &co, "test-client");
@@ -385,7 +386,11 @@ static void send_until_held(stream *s, stream *peer, size_t n, size_t held)
  * that lags. */
 struct lag_pair : pair {
     lagging_end sink, src;
-    explicit lag_pair(const tunnel_conf &base = tunnel_conf()) : pair(base) { co.accept = &sink; }
+    explicit lag_pair(const tunnel_conf &base = tunnel_conf(), const tunnel_conf *cc_own = nullptr)
+        : pair(base, cc_own)
+    {
+        co.accept = &sink;
+    }
     /* Open a stream and send n bytes its lagging end leaves in the client's
      * stream (*c). Returns the server's side. */
     stream *open(size_t n, stream **c)
@@ -849,6 +854,267 @@ TEST_CASE("mux: a stream that used its turn when the transmit buffer has drained
     CHECK(stream_send_room(s) == 0);
     REQUIRE(run_until([&] { return stream_send_room(s) > 0; }, 1000));
     CHECK_FALSE(p.so.down);
+}
+
+/* ---- windows given back ---- */
+
+/* 16 streams x 8 KiB initial windows in 256 KiB; a stream is topped up to
+ * window (64 KiB) at its open; quiet for idle_ms, it gives that back. */
+static tunnel_conf reclaim_conf()
+{
+    tunnel_conf c;
+    c.tunnel_buffer = 256 * 1024;
+    c.max_streams = 16;
+    c.window = 64 * 1024;
+    c.max_window = 128 * 1024;
+    c.idle_ms = 20;
+    return c;
+}
+
+/* The receiver's books: each window is the credit the peer holds, what
+ * the stream holds and what was consumed and not returned yet; the tunnel's
+ * sum is theirs. */
+static void check_windows(tunnel *t)
+{
+    uint64_t sum = 0;
+    for (auto &it : t->streams) {
+        stream *s = it.second;
+        CAPTURE(s->sid);
+        CHECK(s->rx_avail >= 0);
+        CHECK((int64_t)s->rx_window == s->rx_avail + (int64_t)s->rx.data + (int64_t)s->rx_consumed);
+        sum += s->rx_window;
+    }
+    CHECK(t->windows_sum == sum);
+}
+
+/* The lag_pair's server side of the client's stream cl. */
+static stream *sender_of(lag_pair &p, stream *cl)
+{
+    auto it = p.srv->streams.find(cl->sid);
+    REQUIRE(it != p.srv->streams.end());
+    return it->second;
+}
+
+/* Let idle_ms (20 ms) pass with nothing sent: the streams are quiet then. */
+static void pause_quiet(lag_pair &p)
+{
+    REQUIRE_FALSE(run_until([&] { return p.so.down || p.co.down; }, 50));
+}
+
+TEST_CASE("mux: a quiet stream keeps its window until the budget is short, then gives back what it was topped up to")
+{
+    lag_pair p(reclaim_conf());
+    stream *ca;
+    stream *a = p.open(0, &ca);
+    CHECK(ca->rx_window == 64 * 1024);
+    CHECK(a->send_credit == 64 * 1024);
+    /* quiet for ten times idle_ms, with budget to spare: its next burst
+     * needs no round trip to get its window back */
+    REQUIRE_FALSE(run_until([&] { return ca->rx_window < 64 * 1024; }, 200));
+    /* two more streams: the first gets 64 KiB; the second cannot (room is
+     * kept for 13 initial windows still to come): the quiet one is asked,
+     * down to the initial window, and the sender gave up its credit before
+     * the window shrank */
+    stream *cb, *cc;
+    p.open(0, &cb);
+    p.open(0, &cc);
+    CHECK(cb->rx_window == 64 * 1024);
+    CHECK(cc->rx_window == 8 * 1024);
+    REQUIRE(run_until([&] { return ca->rx_window == 8 * 1024; }, 2000));
+    CHECK(a->send_credit == 8 * 1024);
+    CHECK(ca->rx_avail == 8 * 1024);
+    CHECK(ca->rx_reclaim == 0);
+    CHECK(cb->rx_window == 64 * 1024);   /* not quiet yet */
+    CHECK(p.cli->windows_sum == (64 + 2 * 8) * 1024);
+    /* it speaks again: the first DATA tops it up as at its open, and all
+     * of 40 KiB goes through in order */
+    send_until_held(a, ca, 40 * 1024, 40 * 1024);
+    CHECK(ca->rx_window == 64 * 1024);
+    std::string want = pattern(40 * 1024, 7), got(want.size(), '\0');
+    ring_peek(&ca->rx, 0, &got[0], got.size());
+    CHECK(got == want);
+    /* short again: the quiet one gives its window back; the one holding
+     * bytes is not quiet */
+    pause_quiet(p);
+    stream *ce;
+    p.open(0, &ce);
+    CHECK(ce->rx_window == 8 * 1024);
+    REQUIRE(run_until([&] { return cb->rx_window == 8 * 1024; }, 2000));
+    CHECK(ca->rx_window == 64 * 1024);
+    CHECK(p.cli->windows_sum == (64 + 3 * 8) * 1024);
+    check_windows(p.cli);
+    stream_rx_consume(ca, ca->rx.data);
+    check_windows(p.cli);
+    CHECK_FALSE(p.so.down);
+    CHECK_FALSE(p.co.down);
+}
+
+TEST_CASE("mux: a quiet stream whose consumed bytes were not returned yet gets them back as credit after giving its window back")
+{
+    lag_pair p(reclaim_conf());
+    stream *ca;
+    stream *a = p.open(10 * 1024, &ca);
+    /* 10 KiB consumed, under a quarter of the window: not returned yet */
+    stream_rx_consume(ca, ca->rx.data);
+    CHECK(a->send_credit == 54 * 1024);
+    pause_quiet(p);
+    for (int i = 0; i < 2; i++) {   /* the budget runs short */
+        stream *cl;
+        p.open(0, &cl);
+    }
+    /* it is asked 56 KiB and gives all it has, 54 KiB: the window keeps the
+     * 10 KiB consumed, and they must come back as credit, or the sender
+     * could never send again */
+    REQUIRE(run_until([&] { return ca->rx_window == 10 * 1024; }, 2000));
+    REQUIRE(run_until([&] { return a->send_credit == 10 * 1024; }));
+    check_windows(p.cli);
+    send_until_held(a, ca, 30 * 1024, 30 * 1024);
+    check_windows(p.cli);
+    CHECK_FALSE(p.co.down);
+}
+
+TEST_CASE("mux: windows given back let a stream that wants to grow grow where quiet ones had taken the budget")
+{
+    lag_pair p(reclaim_conf());
+    std::vector<stream *> cs;
+    for (int i = 0; i < 3; i++) {
+        stream *cl;
+        p.open(0, &cl);
+        cs.push_back(cl);
+    }
+    /* two got 64 KiB; the third could not, and asked when the two were not
+     * quiet yet. Its first bytes ask again: the quiet two give theirs back */
+    CHECK(cs[2]->rx_window == 8 * 1024);
+    pause_quiet(p);
+    stream *s2 = sender_of(p, cs[2]);
+    send_until_held(s2, cs[2], 1024, 1024);
+    REQUIRE(run_until([&] { return cs[0]->rx_window == 8 * 1024 && cs[1]->rx_window == 8 * 1024; }, 2000));
+    /* now a new stream is topped up at its open, and the third at its next
+     * bytes */
+    stream *cl4;
+    p.open(0, &cl4);
+    CHECK(cl4->rx_window == 64 * 1024);
+    send_until_held(s2, cs[2], 1024, 2048);
+    CHECK(cs[2]->rx_window == 64 * 1024);
+}
+
+TEST_CASE("mux: credit in flight is not given back: the sender gives what it has, and every byte stays within the window")
+{
+    lag_pair p(reclaim_conf());
+    stream *cl;
+    /* 10 KiB on their way (here: arrived) when the sender hears a RECLAIM
+     * of 60 KiB, which the client asked (as its sweep would) */
+    stream *s = p.open(10 * 1024, &cl);
+    REQUIRE(s->send_credit == 54 * 1024);
+    cl->rx_reclaim = 60 * 1024;
+    uint8_t b[4];
+    put_u32(b, 60 * 1024);
+    write_all(p.fds[1], frame(FT_RECLAIM, 0, s->sid, std::string((const char *)b, 4)));
+    /* it gives all it has, 54 KiB; the client's window keeps the 10 KiB */
+    REQUIRE(run_until([&] { return cl->rx_reclaim == 0; }));
+    CHECK(s->send_credit == 0);
+    CHECK(cl->rx_window == 10 * 1024);
+    CHECK(cl->rx_avail == 0);
+    CHECK(p.cli->windows_sum == 10 * 1024);
+    check_windows(p.cli);
+    /* consumed, they come back as credit, and more goes through */
+    stream_rx_consume(cl, cl->rx.data);
+    send_until_held(s, cl, 10 * 1024, 10 * 1024);
+    CHECK_FALSE(p.co.down);
+    CHECK_FALSE(p.so.down);
+}
+
+TEST_CASE("mux: a RECLAIM answered after the sender's DATA and FIN crossed it leaves the books right")
+{
+    lag_pair p(reclaim_conf());
+    stream *cl;
+    stream *s = p.open(0, &cl);
+    /* the sender sends 10 KiB and its FIN before it reads the request */
+    REQUIRE(stream_send(s, pattern(10 * 1024, 1).data(), 10 * 1024) == 0);
+    stream_send_fin(s);
+    cl->rx_reclaim = 56 * 1024;
+    uint8_t b[4];
+    put_u32(b, 56 * 1024);
+    write_all(p.fds[1], frame(FT_RECLAIM, 0, s->sid, std::string((const char *)b, 4)));
+    REQUIRE(run_until([&] { return cl->fin_recv && cl->rx_reclaim == 0; }));
+    CHECK(cl->rx_window == 10 * 1024);
+    check_windows(p.cli);
+    CHECK_FALSE(p.co.down);
+}
+
+TEST_CASE("mux: an answer to RECLAIM that gives back more than was asked is a protocol error")
+{
+    lag_pair p(reclaim_conf());
+    stream *cl;
+    stream *s = p.open(0, &cl);
+    cl->rx_reclaim = 1000;
+    uint8_t b[4];
+    put_u32(b, 60 * 1024);
+    write_all(p.fds[1], frame(FT_RECLAIM, 0, s->sid, std::string((const char *)b, 4)));
+    REQUIRE(run_until([&] { return p.co.down; }));
+    CHECK(p.co.why == "stream 2: RECLAIM answer over what was asked");
+}
+
+TEST_CASE("mux: a peer whose HELLO does not offer RECLAIM keeps its windows, and one that was not offered it refuses it")
+{
+    tunnel_conf c = reclaim_conf(), old = c;
+    old.reclaim = false;
+    /* an older server sends to a newer client: with the budget short and a
+     * stream that wants to grow, the client still never asks (the server
+     * would take RECLAIM for garbage) */
+    {
+        lag_pair p(old, &c);
+        std::vector<stream *> cs;
+        for (int i = 0; i < 3; i++) {
+            stream *cl;
+            p.open(0, &cl);
+            cs.push_back(cl);
+        }
+        CHECK(cs[2]->rx_window == 8 * 1024);
+        pause_quiet(p);
+        send_until_held(sender_of(p, cs[2]), cs[2], 1024, 1024);
+        REQUIRE_FALSE(run_until([&] { return p.cli->windows_sum != (2 * 64 + 8) * 1024 || p.so.down; }, 300));
+        CHECK_FALSE(p.cli->idle_timer.armed());
+    }
+    /* a newer server, an older client: a RECLAIM that reaches the client
+     * anyway breaks the protocol */
+    {
+        lag_pair p(c, &old);
+        stream *cl;
+        stream *s = p.open(0, &cl);
+        uint8_t b[4];
+        put_u32(b, 1);
+        write_all(p.fds[0], frame(FT_RECLAIM, 0, s->sid, std::string((const char *)b, 4)));
+        REQUIRE(run_until([&] { return p.co.down; }));
+        CHECK(p.co.why == "bad RECLAIM for stream 2");
+    }
+}
+
+TEST_CASE("mux: after the peer's FIN a stream's window is what it holds: unused and consumed credit commit nothing")
+{
+    lag_pair p(reclaim_conf());
+    stream *cl;
+    stream *s = p.open(10 * 1024, &cl);
+    stream_send_fin(s);
+    REQUIRE(run_until([&] { return cl->fin_recv; }));
+    /* what is held stays counted; the 54 KiB it can never use does not */
+    CHECK(cl->rx_window == 10 * 1024);
+    CHECK(p.cli->windows_sum == 10 * 1024);
+    stream_rx_consume(cl, 4 * 1024);
+    CHECK(cl->rx_window == 6 * 1024);
+    stream_rx_consume(cl, cl->rx.data);
+    CHECK(p.cli->windows_sum == 0);
+    CHECK(p.cli->rx_buffered == 0);
+    /* bytes consumed and not returned yet (under a quarter of the window)
+     * when the FIN comes: no credit goes back for them, so nothing stays */
+    stream *cl2;
+    stream *s2 = p.open(12 * 1024, &cl2);
+    stream_rx_consume(cl2, cl2->rx.data);
+    CHECK(cl2->rx_consumed == 12 * 1024);
+    stream_send_fin(s2);
+    REQUIRE(run_until([&] { return cl2->fin_recv; }));
+    CHECK(cl2->rx_window == 0);
+    CHECK(p.cli->windows_sum == 0);
 }
 
 /* ---- resolver ---- */
