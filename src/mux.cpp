@@ -840,6 +840,12 @@ tunnel::~tunnel()
  * A fixed size is seconds on a slow link, or too little to keep a fast one
  * busy; where the system does not tell the rate, both are as large as they
  * go. */
+/* v within [lo, hi]; hi where the rate is unknown (0) */
+static uint64_t tx_bound(uint64_t rate, uint64_t v, uint64_t lo, uint64_t hi)
+{
+    return rate == 0 || v > hi ? hi : v < lo ? lo : v;
+}
+
 static void tx_tune(tunnel *t)
 {
     uint64_t now = now_ms();
@@ -849,16 +855,8 @@ static void tx_tune(tunnel *t)
     uint64_t window;
     uint64_t rate = sock_send_rate(t->tr->fd, &window);
     uint64_t ring = rate * TX_RING_MS / 1000, unsent = window / 2 > ring ? window / 2 : ring;
-    if (rate == 0 || ring > TX_RING - CTL_RESERVE)
-        ring = TX_RING - CTL_RESERVE;
-    else if (ring < TX_RING_MIN)
-        ring = TX_RING_MIN;
-    if (rate == 0 || unsent > TX_UNSENT_MAX)
-        unsent = TX_UNSENT_MAX;
-    else if (unsent < TX_UNSENT_MIN)
-        unsent = TX_UNSENT_MIN;
-    t->tx_cap = (size_t)ring;
-    sock_notsent_lowat(t->tr->fd, (int)unsent);
+    t->tx_cap = (size_t)tx_bound(rate, ring, TX_RING_MIN, TX_RING - CTL_RESERVE);
+    sock_notsent_lowat(t->tr->fd, (int)tx_bound(rate, unsent, TX_UNSENT_MIN, TX_UNSENT_MAX));
 }
 
 static void tunnel_flush(void *arg)
