@@ -973,21 +973,30 @@ TEST_CASE("mux: a quiet stream whose consumed bytes were not returned yet gets t
     CHECK_FALSE(p.co.down);
 }
 
-TEST_CASE("mux: windows given back let a stream that wants to grow grow where quiet ones had taken the budget")
+/* Three streams: two get 64 KiB, the third cannot (the budget is short)
+ * and asks when the two are not quiet yet; once they are, its first bytes
+ * ask again. Returns the client's sides. */
+static std::vector<stream *> short_then_ask(lag_pair &p)
 {
-    lag_pair p(reclaim_conf());
     std::vector<stream *> cs;
     for (int i = 0; i < 3; i++) {
         stream *cl;
         p.open(0, &cl);
         cs.push_back(cl);
     }
-    /* two got 64 KiB; the third could not, and asked when the two were not
-     * quiet yet. Its first bytes ask again: the quiet two give theirs back */
+    CHECK(cs[1]->rx_window == 64 * 1024);
     CHECK(cs[2]->rx_window == 8 * 1024);
     pause_quiet(p);
+    send_until_held(sender_of(p, cs[2]), cs[2], 1024, 1024);
+    return cs;
+}
+
+TEST_CASE("mux: windows given back let a stream that wants to grow grow where quiet ones had taken the budget")
+{
+    lag_pair p(reclaim_conf());
+    /* the quiet two give theirs back */
+    std::vector<stream *> cs = short_then_ask(p);
     stream *s2 = sender_of(p, cs[2]);
-    send_until_held(s2, cs[2], 1024, 1024);
     REQUIRE(run_until([&] { return cs[0]->rx_window == 8 * 1024 && cs[1]->rx_window == 8 * 1024; }, 2000));
     /* now a new stream is topped up at its open, and the third at its next
      * bytes */
@@ -1064,15 +1073,7 @@ TEST_CASE("mux: a peer whose HELLO does not offer RECLAIM keeps its windows, and
      * would take RECLAIM for garbage) */
     {
         lag_pair p(old, &c);
-        std::vector<stream *> cs;
-        for (int i = 0; i < 3; i++) {
-            stream *cl;
-            p.open(0, &cl);
-            cs.push_back(cl);
-        }
-        CHECK(cs[2]->rx_window == 8 * 1024);
-        pause_quiet(p);
-        send_until_held(sender_of(p, cs[2]), cs[2], 1024, 1024);
+        short_then_ask(p);
         REQUIRE_FALSE(run_until([&] { return p.cli->windows_sum != (2 * 64 + 8) * 1024 || p.so.down; }, 300));
         CHECK_FALSE(p.cli->idle_timer.armed());
     }
