@@ -476,7 +476,8 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
         s->rx_starved = true;
     if (took > 0) {
         s->rx_consumed += (uint32_t)took;
-        give_credit(s, false);
+        if (!fin)   /* no credit goes back for a finished direction */
+            give_credit(s, false);
     }
     if (fin) {
         /* no more DATA comes and no credit goes back: the window is what
@@ -575,7 +576,9 @@ static int on_reclaim(tunnel *t, stream *s, uint8_t flags, uint32_t n)
         t->windows_sum -= n;
         s->rx_topup = true;
         /* what the end consumed and we have not returned yet may now be
-         * all the window holds: without it the peer could never send again */
+         * all the window holds: without it the peer could never send again
+         * (and no growth: a starved mark from before is no reason) */
+        s->rx_starved = false;
         give_credit(s, false);
     }
     return 0;

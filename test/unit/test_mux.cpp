@@ -1118,6 +1118,23 @@ TEST_CASE("mux: after the peer's FIN a stream's window is what it holds: unused 
     CHECK(p.cli->windows_sum == 0);
 }
 
+TEST_CASE("mux: no credit goes back for bytes that came with the peer's FIN, though the end took them at once")
+{
+    lag_pair p(reclaim_conf());
+    null_end taker;   /* takes all as it comes */
+    stream *cl;
+    stream *s = p.open(0, &cl);
+    cl->end = &taker;
+    REQUIRE(stream_send(s, pattern(20 * 1024, 3).data(), 20 * 1024) == 0);
+    stream_send_fin(s);
+    REQUIRE(run_until([&] { return cl->fin_recv; }));
+    /* a WINDOW would be on its way now: give it time to arrive */
+    REQUIRE_FALSE(run_until([&] { return s->send_credit != 44 * 1024 || p.so.down; }, 100));
+    CHECK(cl->rx_window == 0);
+    CHECK(p.cli->windows_sum == 0);
+    stream_reset(s, RST_CANCEL);
+}
+
 /* ---- resolver ---- */
 
 struct resolved_got {
