@@ -76,8 +76,8 @@ struct stream : deferred {
     int64_t rx_avail = 0;        /* credit the peer still holds */
     uint32_t rx_consumed = 0;    /* consumed since the last WINDOW */
     bool rx_starved = false;     /* the peer ran out of credit since the last WINDOW */
-    uint32_t rx_at = 0;          /* (uint32_t)now_ms() of its last DATA, or its open */
     bool rx_topup = false;       /* top_up at its next DATA (given back, or short at its open) */
+    uint32_t rx_at = 0;          /* (uint32_t)now_ms() of its last DATA, or its open */
     uint32_t rx_reclaim = 0;     /* credit asked back (RECLAIM), not answered yet */
     ring rx;                     /* what the end could not take yet; allocated on demand */
     size_t rx_last = 0;          /* the size rx had when it was last drained and freed */

@@ -76,6 +76,14 @@ static void send_ctl_str(tunnel *t, uint8_t type, uint32_t sid, const std::strin
     send_ctl(t, type, 0, sid, p.data(), p.size());
 }
 
+/* WINDOW and RECLAIM: a u32. */
+static void send_u32(tunnel *t, uint8_t type, uint8_t flags, uint32_t sid, uint32_t v)
+{
+    uint8_t b[4];
+    put_u32(b, v);
+    send_ctl(t, type, flags, sid, b, 4);
+}
+
 static void send_code(tunnel *t, uint8_t type, uint32_t sid, uint8_t code, const char *text)
 {
     std::string p;
@@ -358,6 +366,14 @@ static bool grow_window(stream *s, uint32_t more)
     return true;
 }
 
+/* Take n bytes off s's window (an orphan's counts in no tunnel). */
+static void shrink_window(stream *s, uint32_t n)
+{
+    s->rx_window -= n;
+    if (s->t)
+        s->t->windows_sum -= n;
+}
+
 /* Return consumed credit to the sender; grow the window when the sender
  * starved while we were keeping up. */
 static void give_credit(stream *s, bool force)
@@ -376,9 +392,7 @@ static void give_credit(stream *s, bool force)
     s->rx_starved = false;
     s->rx_consumed = 0;
     s->rx_avail += inc;
-    uint8_t b[4];
-    put_u32(b, inc);
-    send_ctl(t, FT_WINDOW, 0, s->sid, b, 4);
+    send_u32(t, FT_WINDOW, 0, s->sid, inc);
 }
 
 int stream_rx_spans(stream *s, iovec iov[2])
@@ -395,9 +409,7 @@ void stream_rx_consume(stream *s, size_t n)
     if (!s->fin_recv) {
         s->rx_consumed += (uint32_t)n;
     } else {   /* nothing goes back after the FIN: the window shrinks to what is held */
-        s->rx_window -= (uint32_t)n;
-        if (t)
-            t->windows_sum -= n;
+        shrink_window(s, (uint32_t)n);
     }
     if (s->rx.data == 0 && s->rx.area) {
         s->rx_last = s->rx.size;
@@ -482,10 +494,8 @@ static int stream_data(stream *s, iovec *iov, int n, size_t len, bool fin, bool 
     if (fin) {
         /* no more DATA comes and no credit goes back: the window is what
          * is held (stream_rx_consume), the rest commits nothing */
-        uint64_t done = (uint64_t)s->rx_avail + s->rx_consumed;
         s->fin_recv = true;
-        s->rx_window -= (uint32_t)done;
-        t->windows_sum -= done;
+        shrink_window(s, (uint32_t)s->rx_avail + s->rx_consumed);
         s->rx_avail = 0;
         s->rx_consumed = 0;
     }
@@ -512,9 +522,7 @@ static void top_up(stream *s)
         return;
     }
     s->rx_avail += more;
-    uint8_t b[4];
-    put_u32(b, more);
-    send_ctl(t, FT_WINDOW, 0, s->sid, b, 4);
+    send_u32(t, FT_WINDOW, 0, s->sid, more);
 }
 
 /*
@@ -532,18 +540,16 @@ static void top_up(stream *s)
 static void idle_sweep(void *arg)
 {
     tunnel *t = (tunnel *)arg;
-    uint32_t base = initial_window(t), now = (uint32_t)now_ms(), sent = 0;
     t->swept_at = now_ms();
+    uint32_t base = initial_window(t), now = (uint32_t)t->swept_at, sent = 0;
     for (auto &it : t->streams) {
         stream *s = it.second;
         if (s->rx_window <= base || s->rx_reclaim || s->fin_recv || s->rx.data || now - s->rx_at < t->cf.idle_ms)
             continue;
         if (sent++ == RECLAIM_BATCH)
             return idle_kick(t);   /* the rest in the next sweep */
-        uint8_t b[4];
         s->rx_reclaim = s->rx_window - base;
-        put_u32(b, s->rx_reclaim);
-        send_ctl(t, FT_RECLAIM, 0, s->sid, b, 4);
+        send_u32(t, FT_RECLAIM, 0, s->sid, s->rx_reclaim);
     }
 }
 
@@ -562,18 +568,15 @@ static int on_reclaim(tunnel *t, stream *s, uint8_t flags, uint32_t n)
     if (!(flags & FL_ACK)) {
         uint32_t give = s->send_credit <= 0 ? 0 : n < s->send_credit ? n : (uint32_t)s->send_credit;
         s->send_credit -= give;
-        uint8_t b[4];
-        put_u32(b, give);
-        send_ctl(t, FT_RECLAIM, FL_ACK, s->sid, b, 4);
+        send_u32(t, FT_RECLAIM, FL_ACK, s->sid, give);
         return 0;
     }
     if (s->rx_reclaim == 0 || n > s->rx_reclaim)
         return -1;
     s->rx_reclaim = 0;
     if (!s->fin_recv) {   /* after the FIN, the unused credit went already */
-        s->rx_window -= n;
+        shrink_window(s, n);
         s->rx_avail -= n;
-        t->windows_sum -= n;
         s->rx_topup = true;
         /* what the end consumed and we have not returned yet may now be
          * all the window holds: without it the peer could never send again
@@ -832,6 +835,12 @@ tunnel::~tunnel()
     ring_free(&txr);
 }
 
+/* v within [lo, hi]; hi where the rate is unknown (0) */
+static uint64_t tx_bound(uint64_t rate, uint64_t v, uint64_t lo, uint64_t hi)
+{
+    return rate == 0 || v > hi ? hi : v < lo ? lo : v;
+}
+
 /* The tunnel's connection is what limits it (tx filled up): size the two
  * queues every stream's next frame waits behind to the connection as it is
  * now: DATA in tx (tx_cap) to TX_RING_MS of the rate it sends at, and the
@@ -843,12 +852,6 @@ tunnel::~tunnel()
  * A fixed size is seconds on a slow link, or too little to keep a fast one
  * busy; where the system does not tell the rate, both are as large as they
  * go. */
-/* v within [lo, hi]; hi where the rate is unknown (0) */
-static uint64_t tx_bound(uint64_t rate, uint64_t v, uint64_t lo, uint64_t hi)
-{
-    return rate == 0 || v > hi ? hi : v < lo ? lo : v;
-}
-
 static void tx_tune(tunnel *t)
 {
     uint64_t now = now_ms();
